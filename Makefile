@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (the offline end-to-end demo) and `make test` (the whole suite).
+# Both create .venv on first use; torch is pinned first so pip never pulls the CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/reasoning-dspy demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check reasoning_dspy optimizers signatures experiments tests bench
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench_extract.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Experiment configs (YAML) and the runner that executes them."""

@@ -1,0 +1,55 @@
+"""reasoning-dspy: find, score and steer a language model's reasoning features, and use them from DSPy.
+
+The pipeline, one import each (loaded lazily, so `import reasoning_dspy` stays fast):
+
+    >>> from reasoning_dspy import load_model, load_prompts, extract_activations
+    >>> model, tokenizer, spec = load_model("tiny-random")          # or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    >>> cache = extract_activations(model, tokenizer, load_prompts("bundled"), layer=2, out_dir="runs/acts")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "load_model": "reasoning_dspy.models",
+    "LoadedModel": "reasoning_dspy.models",
+    "ModelSpec": "reasoning_dspy.models",
+    "ModelLoadError": "reasoning_dspy.models",
+    "load_prompts": "reasoning_dspy.prompts",
+    "PromptError": "reasoning_dspy.prompts",
+    "extract_activations": "reasoning_dspy.activations",
+    "ActivationCache": "reasoning_dspy.activations",
+    "CacheError": "reasoning_dspy.activations",
+    "residual_at": "reasoning_dspy.activations",
+    "SAE": "reasoning_dspy.sae",
+    "SAEConfig": "reasoning_dspy.sae",
+    "load_sae": "reasoning_dspy.sae",
+    "save_sae": "reasoning_dspy.sae",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
+    from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations, residual_at  # noqa: F401
+    from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model  # noqa: F401
+    from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
+    from reasoning_dspy.sae import SAE, SAEConfig, load_sae, save_sae  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'reasoning_dspy' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

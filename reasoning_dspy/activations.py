@@ -1,0 +1,377 @@
+"""Residual-stream activations: capture them with a hook, cache them on disk, stream them back.
+
+The forward is stopped right after the hooked layer (layers above it, the final norm and the LM
+head are wasted work). Activations are stored per token with their token id, prompt index and
+position, in safetensors shards listed by a JSON manifest. Every write is atomic and the
+manifest is rewritten only after a shard is safely on disk, so an interrupted run resumes at the
+first prompt of the first missing shard and produces the same cache as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reasoning_dspy.models import ModelSpec, model_spec, resolve_dtype
+
+MANIFEST = "manifest.json"
+PROMPTS = "prompts.jsonl"
+FIELDS = ("acts", "token_ids", "seq_ids", "positions")
+StorageDType = Literal["float32", "float16", "bfloat16"]
+
+
+class CacheError(RuntimeError):
+    """The activation cache is missing, corrupt, or does not match the requested run."""
+
+
+class ShardInfo(BaseModel):
+    file: str
+    n_tokens: int
+    prompt_start: int = Field(description="first prompt index in this shard")
+    prompt_end: int = Field(description="one past the last prompt index in this shard")
+    n_bytes: int = Field(description="file size, to detect truncated shards")
+
+
+class CacheManifest(BaseModel):
+    """Everything needed to interpret, verify and resume a cache."""
+
+    format_version: int = 1
+    model: str
+    layer: int
+    d_model: int
+    dtype: StorageDType
+    max_length: int
+    batch_size: int
+    keep_special_tokens: bool
+    n_prompts: int
+    prompts_sha256: str
+    shards: list[ShardInfo] = Field(default_factory=list)
+    complete: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s.n_tokens for s in self.shards)
+
+    @property
+    def prompts_done(self) -> int:
+        return self.shards[-1].prompt_end if self.shards else 0
+
+
+class _StopForward(Exception):
+    """Raised from the hook to skip every layer after the one we need."""
+
+
+def _hidden(output) -> Tensor:
+    # transformers >= 5 decoder layers return a tensor; older ones a tuple whose first item it is.
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def stop_after(layer_module: nn.Module) -> Iterator[dict]:
+    """Within the block, a forward records `layer_module`'s output in `box["acts"]` and stops there.
+
+    The hook is removed on exit, also after an exception.
+    """
+    box: dict = {}
+
+    def hook(_module, _inputs, output):
+        box["acts"] = _hidden(output)
+        raise _StopForward
+
+    handle = layer_module.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+@torch.inference_mode()
+def residual_at(
+    model: nn.Module,
+    layer: int,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    spec: ModelSpec | None = None,
+) -> Tensor:
+    """Residual stream after decoder layer `layer`: `[batch, seq, d_model]`, equal to
+    `hidden_states[layer + 1]` of a full forward (for the last layer: before the final norm)."""
+    spec = spec or model_spec(model)
+    with stop_after(spec.layer(layer)) as box:
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+    if "acts" not in box:
+        raise RuntimeError(f"layer {layer} was never reached during the forward pass")
+    return box["acts"]
+
+
+def prompts_fingerprint(prompts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(prompts)).encode("utf-8")).hexdigest()
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def extract_activations(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    layer: int,
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    batch_size: int = 16,
+    max_length: int = 256,
+    dtype: StorageDType = "bfloat16",
+    shard_tokens: int = 65_536,
+    keep_special_tokens: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ActivationCache:
+    """Extract per-token activations after decoder layer `layer` for `prompts` into `out_dir`.
+
+    Re-running with the same arguments resumes an interrupted run (or returns a finished cache);
+    different arguments on an existing cache raise `CacheError` unless `overwrite=True`.
+    BOS/EOS/pad tokens are dropped unless `keep_special_tokens`; pads are never stored.
+    """
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to extract activations from")
+    if batch_size < 1 or max_length < 1 or shard_tokens < 1:
+        raise ValueError("batch_size, max_length and shard_tokens must be positive")
+    spec = model_spec(model, model_name)
+    layer = spec.check_layer(layer)
+    storage_dtype = resolve_dtype(dtype)
+    out = Path(out_dir)
+    wanted = CacheManifest(
+        model=spec.name,
+        layer=layer,
+        d_model=spec.d_model,
+        dtype=dtype,
+        max_length=max_length,
+        batch_size=batch_size,
+        keep_special_tokens=keep_special_tokens,
+        n_prompts=len(prompts),
+        prompts_sha256=prompts_fingerprint(prompts),
+    )
+    manifest = _start_or_resume(out, wanted, overwrite)
+    if manifest.complete:
+        return ActivationCache(out)
+    if not (out / PROMPTS).exists() or manifest.prompts_done == 0:
+        atomic_write_text(out / PROMPTS, "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    device = next(model.parameters()).device
+    buffer: list[dict[str, Tensor]] = []
+    buffered = 0
+    shard_start = manifest.prompts_done
+    bar = tqdm(total=len(prompts), initial=shard_start, desc=f"extract L{layer}", unit="prompt",
+               disable=not progress)
+    for start in range(shard_start, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        rows = tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+        ids, mask = pad_right(rows, tokenizer.pad_token_id)
+        acts = residual_at(model, layer, ids.to(device), mask.to(device), spec=spec)  # [B, T, d]
+        keep = mask.bool()
+        if not keep_special_tokens:
+            keep &= ~torch.isin(ids, torch.tensor(sorted(special), dtype=torch.long))
+        b_idx, pos = keep.nonzero(as_tuple=True)
+        buffer.append({
+            "acts": acts[keep.to(acts.device)].to("cpu", storage_dtype),
+            "token_ids": ids[keep].to(torch.int32),
+            "seq_ids": (b_idx + start).to(torch.int64),
+            "positions": pos.to(torch.int32),
+        })
+        buffered += int(keep.sum())
+        end = min(start + batch_size, len(prompts))
+        bar.update(end - start)
+        if buffered >= shard_tokens or end == len(prompts):
+            _flush(out, manifest, buffer, shard_start, end)
+            buffer, buffered, shard_start = [], 0, end
+    bar.close()
+    manifest.complete = True
+    atomic_write_json(out / MANIFEST, manifest.model_dump())
+    return ActivationCache(out)
+
+
+def _start_or_resume(out: Path, wanted: CacheManifest, overwrite: bool) -> CacheManifest:
+    path = out / MANIFEST
+    if path.exists() and not overwrite:
+        existing = ActivationCache(out).manifest  # also verifies every listed shard
+        keys = set(CacheManifest.model_fields) - {"shards", "complete"}
+        diff = {k: (getattr(existing, k), getattr(wanted, k)) for k in keys
+                if getattr(existing, k) != getattr(wanted, k)}
+        if diff:
+            detail = ", ".join(f"{k}: cache has {a!r}, run asks {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise CacheError(
+                f"{out} already holds a cache from a different run ({detail}). "
+                "Use another output folder, or overwrite=True (--overwrite) to start again."
+            )
+        return existing
+    if overwrite and out.exists():
+        for f in out.glob("shard_*.safetensors"):
+            f.unlink()
+        path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, wanted.model_dump())
+    return wanted.model_copy(deep=True)
+
+
+def _flush(out: Path, manifest: CacheManifest, buffer: list[dict[str, Tensor]], start: int, end: int) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: torch.cat([b[k] for b in buffer]).contiguous() for k in FIELDS} if buffer else {
+        "acts": torch.zeros(0, manifest.d_model, dtype=resolve_dtype(manifest.dtype)),
+        "token_ids": torch.zeros(0, dtype=torch.int32),
+        "seq_ids": torch.zeros(0, dtype=torch.int64),
+        "positions": torch.zeros(0, dtype=torch.int32),
+    }
+    name = f"shard_{len(manifest.shards):05d}.safetensors"
+    data = save(tensors, metadata={"prompt_start": str(start), "prompt_end": str(end)})
+    atomic_write_bytes(out / name, data)
+    manifest.shards.append(ShardInfo(file=name, n_tokens=len(tensors["acts"]), prompt_start=start,
+                                     prompt_end=end, n_bytes=len(data)))
+    atomic_write_json(out / MANIFEST, manifest.model_dump())
+
+
+class ActivationCache:
+    """Read side of a cache folder: verified on open, streamed shard by shard.
+
+    >>> cache = ActivationCache("runs/acts")
+    >>> for batch in cache.iter_batches(4096, shuffle=True):
+    ...     acts = batch["acts"]  # [4096, d_model]
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise CacheError(f"no activation cache at {str(self.path)!r}: {MANIFEST} is missing")
+        try:
+            self.manifest = CacheManifest.model_validate_json(manifest_path.read_text())
+        except ValueError as err:
+            raise CacheError(f"{manifest_path} is not a valid cache manifest: {err}") from None
+        for shard in self.manifest.shards:
+            self._check_shard(shard)
+
+    def _check_shard(self, shard: ShardInfo) -> None:
+        f = self.path / shard.file
+        if not f.is_file():
+            raise CacheError(f"shard {f} listed in the manifest is missing; re-run the extraction")
+        size = f.stat().st_size
+        if size != shard.n_bytes:
+            raise CacheError(
+                f"shard {f} is corrupt: {size} bytes on disk, manifest expects {shard.n_bytes} "
+                "(truncated or overwritten). Delete the cache folder and extract again."
+            )
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def d_model(self) -> int:
+        return self.manifest.d_model
+
+    @property
+    def layer(self) -> int:
+        return self.manifest.layer
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.model
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest.n_tokens
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        state = "complete" if m.complete else f"{m.prompts_done}/{m.n_prompts} prompts"
+        return (f"ActivationCache({str(self.path)!r}, model={m.model!r}, layer={m.layer}, "
+                f"d_model={m.d_model}, tokens={m.n_tokens}, dtype={m.dtype}, {state})")
+
+    def prompts(self) -> list[str]:
+        lines = (self.path / PROMPTS).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)["prompt"] for line in lines if line]
+
+    # -- data -------------------------------------------------------------------------------
+    def load_shard(self, index: int, fields: Sequence[str] = FIELDS) -> dict[str, Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        shard = self.manifest.shards[index]
+        self._check_shard(shard)
+        try:
+            data = load_file(self.path / shard.file)
+        except SafetensorError as err:
+            raise CacheError(f"shard {self.path / shard.file} cannot be read: {err}") from None
+        return {k: data[k] for k in fields}
+
+    def iter_shards(self, fields: Sequence[str] = FIELDS) -> Iterator[dict[str, Tensor]]:
+        for i in range(len(self.manifest.shards)):
+            yield self.load_shard(i, fields)
+
+    def load(self, fields: Sequence[str] = FIELDS) -> dict[str, Tensor]:
+        """The whole cache in memory: for small caches and tests."""
+        shards = list(self.iter_shards(fields))
+        return {k: torch.cat([s[k] for s in shards]) for k in fields}
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        fields: Sequence[str] = ("acts",),
+        buffer_shards: int = 4,
+        drop_last: bool = False,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Stream batches of `batch_size` tokens; memory holds at most `buffer_shards` shards.
+
+        With `shuffle`, shards come in a random order and tokens are shuffled across each group
+        of `buffer_shards` shards (the leftover of a group carries over to the next).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        gen = torch.Generator().manual_seed(seed)
+        order = (torch.randperm(len(self.manifest.shards), generator=gen).tolist() if shuffle
+                 else list(range(len(self.manifest.shards))))
+        carry: dict[str, Tensor] | None = None
+        group = max(1, buffer_shards if shuffle else 1)
+        for g in range(0, len(order), group):
+            parts = [self.load_shard(i, fields) for i in order[g : g + group]]
+            if carry is not None:
+                parts.insert(0, carry)
+            pool = {k: torch.cat([p[k] for p in parts]) for k in fields}
+            n = len(pool[fields[0]])
+            if shuffle:
+                perm = torch.randperm(n, generator=gen)
+                pool = {k: v[perm] for k, v in pool.items()}
+            full = n - n % batch_size
+            for s in range(0, full, batch_size):
+                yield {k: v[s : s + batch_size] for k, v in pool.items()}
+            carry = {k: v[full:] for k, v in pool.items()} if full < n else None
+        if carry is not None and not drop_last:
+            yield carry

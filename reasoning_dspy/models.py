@@ -1,0 +1,172 @@
+"""Load a causal LM and find its decoder layers, whatever the architecture.
+
+`load_model` is the one entry point: a Hugging Face id or local folder goes through
+`from_pretrained`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process
+from a config and a locally trained tokenizer, so tests and demos never need the hub.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+
+# Attribute paths to the decoder-layer list, tried in order. Covers Llama/Mistral/Qwen/Gemma
+# (`model.layers`), GPT-2/GPT-J/Bloom (`transformer.h`), GPT-NeoX (`gpt_neox.layers`) and OPT.
+LAYER_PATHS: tuple[str, ...] = (
+    "model.layers",
+    "model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "layers",
+    "h",
+)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do instead."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept `torch.bfloat16`, "bfloat16" or "bf16"; None keeps the checkpoint's own dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(set(_DTYPES))}") from None
+
+
+def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return `(path, layers)` for the decoder-layer list of any supported architecture."""
+    for path in LAYER_PATHS:
+        obj: Any = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return path, obj
+    raise ValueError(
+        f"cannot find the decoder layers of {type(model).__name__}: tried {', '.join(LAYER_PATHS)}. "
+        "Pass a Llama/Mistral/Qwen-style or GPT-2-style causal LM."
+    )
+
+
+@dataclass
+class ModelSpec:
+    """What the rest of the library needs to know about a loaded model."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    layers_path: str
+    layers: nn.ModuleList = field(repr=False)
+
+    def layer(self, index: int) -> nn.Module:
+        """The decoder layer `index` (negative counts from the end), with a clear range error."""
+        return self.layers[self.check_layer(index)]
+
+    def check_layer(self, index: int) -> int:
+        """Normalise a possibly negative layer index, or raise a specific error."""
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"layer must be an int, got {type(index).__name__}")
+        if not -self.n_layers <= index < self.n_layers:
+            raise IndexError(
+                f"layer {index} is out of range for {self.name}, which has {self.n_layers} decoder "
+                f"layers (valid: 0..{self.n_layers - 1}, or negative from the end)"
+            )
+        return index % self.n_layers
+
+
+def model_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
+    """Describe `model`: layer count, residual width and where its layers live."""
+    path, layers = find_layers(model)
+    config = getattr(model, "config", None)
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if d_model is None:
+        d_model = model.get_input_embeddings().weight.shape[1]
+    name = name or getattr(config, "_name_or_path", None) or type(model).__name__
+    return ModelSpec(name=name, n_layers=len(layers), d_model=int(d_model), layers_path=path, layers=layers)
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and its spec; unpacks as `model, tokenizer, spec = load_model(...)`."""
+
+    model: nn.Module
+    tokenizer: Any
+    spec: ModelSpec
+
+    def __iter__(self):
+        return iter((self.model, self.tokenizer, self.spec))
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> LoadedModel:
+    """Load a causal LM in eval mode with its tokenizer.
+
+    `name_or_path` is a Hugging Face id, a local folder, or an offline name from
+    `OFFLINE_MODELS` (`tiny-random` for tests and demos, `tinyllama-random` for benchmarks:
+    TinyLlama's exact architecture with random weights). `seed` only affects offline models.
+    """
+    from reasoning_dspy import tiny
+
+    torch_dtype = resolve_dtype(dtype)
+    if name_or_path in tiny.OFFLINE_MODELS:
+        model, tokenizer = tiny.build(name_or_path, seed=seed, dtype=torch_dtype)
+    else:
+        model, tokenizer = _from_pretrained(name_or_path, torch_dtype)
+    if tokenizer.pad_token is None:
+        # Llama tokenizers ship without a pad token; any id works since pads are masked out.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, model_spec(model, name_or_path))
+
+
+def _from_pretrained(name_or_path: str, dtype: torch.dtype | None) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    is_local = os.path.isdir(name_or_path)
+    if is_local and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise ModelLoadError(
+            f"local folder {name_or_path!r} is not a Hugging Face model folder (no config.json); "
+            "pass a folder written by `save_pretrained`, a hub id, or an offline model such as 'tiny-random'"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
+    except (OSError, ValueError) as err:  # hub unreachable / not found / not a model
+        from reasoning_dspy.tiny import OFFLINE_MODELS
+
+        where = "local folder" if is_local else "Hugging Face model id"
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelLoadError(
+            f"could not load {where} {name_or_path!r}"
+            + (" (HF_HUB_OFFLINE=1, and it is not in the local cache)" if offline else "")
+            + f": {err.__class__.__name__}: {str(err).splitlines()[0]}\n"
+            f"Without network access use an offline model: {', '.join(OFFLINE_MODELS)} "
+            "(e.g. `load_model('tiny-random')`)."
+        ) from err
+    return model, tokenizer

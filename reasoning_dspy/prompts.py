@@ -1,0 +1,123 @@
+"""Load prompts from local files, a `datasets` hub id, or the set bundled with the package."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+BUNDLED = "bundled"
+TEXT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input", "content")
+_TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+
+
+class PromptError(ValueError):
+    """The prompt source is missing, empty or has no usable text column."""
+
+
+def bundled_prompts_path() -> Path:
+    return Path(str(resources.files("reasoning_dspy") / "data" / "prompts.jsonl"))
+
+
+def load_prompts(
+    source: str | os.PathLike = BUNDLED,
+    *,
+    column: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+) -> list[str]:
+    """Return a list of non-empty prompt strings.
+
+    `source` is `"bundled"` (the package's own prompt set), a local `.jsonl`/`.json`/`.csv`/
+    `.parquet`/`.txt` file (text files: one prompt per line), or a `datasets` hub id (needs network).
+    `column` picks the text field; by default the first of prompt/text/instruction/question/input.
+    """
+    source = bundled_prompts_path() if str(source) == BUNDLED else source
+    path = Path(source)
+    if path.suffix.lower() in _TABLE_SUFFIXES | {".txt"} or path.exists():
+        if not path.is_file():
+            raise PromptError(f"prompts file not found: {str(path)!r}")
+        prompts = _load_local(path, column)
+    else:
+        prompts = _load_hub(str(source), column, split)
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise PromptError(f"no prompts in {str(source)!r}: it is empty or every text is blank")
+    return prompts[:limit] if limit is not None else prompts
+
+
+def _load_local(path: Path, column: str | None) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        if column is not None:
+            raise PromptError(f"{path} is a text file (one prompt per line); it has no column {column!r}")
+        return path.read_text(encoding="utf-8").splitlines()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    elif suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise PromptError(f"{path}:{lineno} is not valid JSON: {err.msg}") from None
+    elif suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise PromptError(f"{path} must hold a JSON list of strings or objects")
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        raise PromptError(f"unsupported prompts file {path.name!r}: use .jsonl, .json, .csv, .parquet or .txt")
+    return _texts(rows, column, str(path))
+
+
+def _load_hub(dataset_id: str, column: str | None, split: str) -> list[str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as err:  # datasets raises many types for "not found" and "offline"
+        raise PromptError(
+            f"{dataset_id!r} is neither a local file nor a loadable dataset "
+            f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "Pass a .jsonl/.json/.csv/.parquet/.txt path, or 'bundled'."
+        ) from err
+    name = _pick_column(list(ds.column_names), column, dataset_id)
+    return [str(x) for x in ds[name]]
+
+
+def _texts(rows: Sequence, column: str | None, where: str) -> list[str]:
+    if not rows:
+        return []
+    if all(isinstance(r, str) for r in rows):
+        if column is not None:
+            raise PromptError(f"{where} holds plain strings; it has no column {column!r}")
+        return list(rows)
+    if not all(isinstance(r, dict) for r in rows):
+        raise PromptError(f"{where}: every record must be a string or an object")
+    name = _pick_column(list(rows[0].keys()), column, where)
+    missing = [i for i, r in enumerate(rows) if name not in r]
+    if missing:
+        raise PromptError(f"{where}: record {missing[0]} has no {name!r} field")
+    return [str(r[name]) if r[name] is not None else "" for r in rows]
+
+
+def _pick_column(columns: list[str], column: str | None, where: str) -> str:
+    if column is not None:
+        if column not in columns:
+            raise PromptError(f"{where} has no column {column!r}; available columns: {columns}")
+        return column
+    for guess in TEXT_COLUMN_GUESSES:
+        if guess in columns:
+            return guess
+    raise PromptError(
+        f"cannot tell which column of {where} holds the text (columns: {columns}); pass column=..."
+    )

@@ -1,0 +1,456 @@
+"""Steer a model with SAE features: what to add (`SteeringSpec`) and the hooks that add it (`Steerer`).
+
+Two modes, both applied to the residual stream after decoder layer L at *every* position — the
+prompt and each KV-cached decode step (a length-1 forward), so nothing here depends on absolute
+positions:
+
+- `add` (Galichin et al. 2025): `x' = x + Σ_i γ_i · f_i^max · W_dec,i` (+ an optional raw vector).
+- `clamp` (the paper's official code): encode, set `f_i = γ_i · f_i^max`, decode, and add the SAE's
+  reconstruction error back, which reduces to `x' = x + Σ_i (γ_i f_i^max − f_i(x)) · W_dec,i`.
+
+`f_i^max` is feature i's largest activation on the reference corpus (ReasonScore records it), so
+γ is in units of "the strongest this feature ever fires". The SAE is used with decoder norms folded
+into the encoder (`SAE.fold_decoder_norms`), the convention ReasonScore's activations use; `f · W_dec`
+is unchanged by folding, so steering means the same thing either way.
+
+A batch may mix specs: each row gets its own `[d]` delta (zeros for unsteered rows, which are then
+bit-for-bit unchanged), so steered and unsteered requests share one batched forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from reasoning_dspy.models import ModelSpec, model_spec
+from reasoning_dspy.sae import SAE
+
+
+class SteeringError(ValueError):
+    """A steering spec does not fit the model or SAE it is applied to."""
+
+
+class SteeringSpec(BaseModel):
+    """What to steer: SAE features with strengths (γ), or a raw residual-space vector.
+
+    Serialises to plain JSON, so it travels in DSPy's `metadata={"steering": spec.model_dump()}` and
+    becomes part of DSPy's cache key.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: dict[int, float] = Field(
+        default_factory=dict, description="SAE feature index -> strength γ, in multiples of the feature's f_max"
+    )
+    vector: list[float] | None = Field(None, description="raw residual-space direction added as is (add mode only)")
+    layer: int | None = Field(None, description="decoder layer to steer; None = the SAE's hook_layer")
+    mode: Literal["add", "clamp"] = Field("add", description="add: x + γ f_max W_dec,i; clamp: set f_i = γ f_max")
+
+    @field_validator("features")
+    @classmethod
+    def _check_features(cls, value: dict[int, float]) -> dict[int, float]:
+        for index, strength in value.items():
+            if index < 0:
+                raise ValueError(f"feature indices must be >= 0, got {index}")
+            if not torch.isfinite(torch.tensor(float(strength))):
+                raise ValueError(f"strength of feature {index} must be finite, got {strength}")
+        return dict(sorted(value.items()))
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> SteeringSpec:
+        if self.mode == "clamp" and self.vector is not None:
+            raise ValueError("a raw vector can only be added (mode='add'); clamp works on SAE features")
+        return self
+
+    @classmethod
+    def from_features(
+        cls, features: Iterable[int], strength: float = 2.0, *, mode: Literal["add", "clamp"] = "add",
+        layer: int | None = None,
+    ) -> SteeringSpec:
+        """The same strength γ for every feature in `features` (the paper's setting)."""
+        return cls(features={int(i): float(strength) for i in features}, mode=mode, layer=layer)
+
+    @property
+    def is_noop(self) -> bool:
+        """True when applying the spec cannot change anything (no features, no vector)."""
+        return not self.features and self.vector is None
+
+    def fingerprint(self) -> str:
+        """A stable short hash of the spec (for cache keys and model names)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def as_spec(value: SteeringSpec | dict | None) -> SteeringSpec | None:
+    """Coerce a spec given as a dict (e.g. from DSPy metadata) with a clear error; None/{} -> None."""
+    if value is None or isinstance(value, SteeringSpec):
+        return None if value is None or value.is_noop else value
+    if isinstance(value, str) and value.lower() in {"off", "none", "baseline"}:
+        return None
+    if not isinstance(value, dict):
+        raise SteeringError(
+            f"steering must be a SteeringSpec, a dict such as {{'features': {{12: 2.0}}}} or None, "
+            f"got {type(value).__name__}"
+        )
+    try:
+        spec = SteeringSpec.model_validate(value)
+    except Exception as err:  # pydantic's message lists every bad field
+        raise SteeringError(f"invalid steering spec {value!r}: {err}") from None
+    return None if spec.is_noop else spec
+
+
+# -- f_max ------------------------------------------------------------------------------------
+
+def load_max_activation(source: Any, d_sae: int | None = None) -> Tensor:
+    """Per-feature max activation `[d_sae]` from a tensor, a sequence, an object with
+    `.max_activation` (a ReasonScore result), or a folder/file holding `scores.safetensors`."""
+    if hasattr(source, "max_activation"):
+        source = source.max_activation
+    if isinstance(source, (str, os.PathLike)):
+        from safetensors.torch import load_file
+
+        path = Path(source)
+        file = path / "scores.safetensors" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no max activations at {file}: expected a ReasonScore folder with scores.safetensors")
+        tensors = load_file(str(file))
+        if "max_activation" not in tensors:
+            raise KeyError(f"{file} holds {sorted(tensors)} but no 'max_activation' tensor")
+        source = tensors["max_activation"]
+    fmax = torch.as_tensor(source, dtype=torch.float32).detach().cpu().flatten()
+    if d_sae is not None and fmax.numel() != d_sae:
+        raise SteeringError(f"max_activation has {fmax.numel()} entries but the SAE has d_sae={d_sae}")
+    return fmax
+
+
+@torch.no_grad()
+def compute_max_activation(sae: SAE, acts: Tensor | Iterable[Tensor], *, batch_size: int = 4096) -> Tensor:
+    """f_max per feature `[d_sae]` over activations `[n, d_in]` (or an iterable of such batches,
+    e.g. `cache.iter_shards(("acts",))`), using the folded SAE like ReasonScore does."""
+    folded = sae.fold_decoder_norms()
+    fmax = torch.zeros(sae.d_sae)
+    batches = [acts] if isinstance(acts, Tensor) else acts
+    for batch in batches:
+        batch = batch["acts"] if isinstance(batch, dict) else batch
+        for start in range(0, batch.shape[0], batch_size):
+            chunk = batch[start : start + batch_size].to(folded.W_enc.dtype)
+            fmax = torch.maximum(fmax, folded.encode(chunk).amax(0).float().cpu())
+    return fmax
+
+
+# -- resolution: spec -> per-row tensors ----------------------------------------------------
+
+@dataclass
+class RowSteering:
+    """A spec resolved against a model and SAE: what one batch row needs at one layer."""
+
+    layer: int
+    add: Tensor | None = None  # [d_model] float32, added at every position
+    clamp_features: Tensor | None = None  # [m] long
+    clamp_targets: Tensor | None = None  # [m] float32, γ f_max per feature
+
+
+def resolve(
+    spec: SteeringSpec, *, d_model: int, n_layers: int, sae: SAE | None = None,
+    max_activation: Tensor | None = None,
+) -> RowSteering:
+    """Check `spec` against the model/SAE and turn it into tensors. `sae` must be the folded SAE."""
+    layer = spec.layer if spec.layer is not None else (sae.cfg.hook_layer if sae is not None else None)
+    if layer is None:
+        raise SteeringError("the steering spec has no layer and the SAE records no hook_layer: set SteeringSpec(layer=...)")
+    if not -n_layers <= layer < n_layers:
+        raise SteeringError(f"steering layer {layer} is out of range for a model with {n_layers} layers")
+    layer %= n_layers
+    row = RowSteering(layer=layer)
+    if spec.features:
+        if sae is None:
+            raise SteeringError("feature steering needs an SAE: pass sae= to the engine (or steer with a raw vector)")
+        if sae.cfg.hook_layer is not None and sae.cfg.hook_layer % n_layers != layer:
+            raise SteeringError(
+                f"the SAE reads layer {sae.cfg.hook_layer} but the spec steers layer {layer}; "
+                "feature directions only mean something at the SAE's own layer (drop layer= from the spec)"
+            )
+        bad = [i for i in spec.features if i >= sae.d_sae]
+        if bad:
+            raise SteeringError(f"feature indices {bad} are out of range for an SAE with d_sae={sae.d_sae}")
+        if max_activation is None:
+            raise SteeringError(
+                "feature steering scales by each feature's max activation f_max: pass max_activation= "
+                "(a [d_sae] tensor, a ReasonScore result or its folder), or compute it with "
+                "reasoning_dspy.steering.compute_max_activation(sae, acts)"
+            )
+        idx = torch.tensor(list(spec.features), dtype=torch.long)
+        gamma = torch.tensor(list(spec.features.values()), dtype=torch.float32)
+        targets = gamma * max_activation[idx]
+        if spec.mode == "add":
+            w = sae.W_dec.detach()[idx.to(sae.W_dec.device)].float().cpu()  # [m, d]
+            row.add = targets @ w
+        else:
+            row.clamp_features, row.clamp_targets = idx, targets
+    if spec.vector is not None:
+        vec = torch.tensor(spec.vector, dtype=torch.float32)
+        if vec.numel() != d_model:
+            raise SteeringError(f"steering vector has {vec.numel()} entries but the model's d_model is {d_model}")
+        row.add = vec if row.add is None else row.add + vec
+    return row
+
+
+# -- activation capture ---------------------------------------------------------------------
+
+@dataclass
+class CaptureConfig:
+    """Record SAE latents of the positions that predict generated tokens, in the same forward."""
+
+    sae: SAE  # folded
+    layer: int
+    features: Sequence[int] = ()  # reasoning features whose mean activation is reported
+    k: int = 10  # top-k |f| mean (the seed's prompt score)
+    top: int = 32  # strongest latents kept per token, for "top features"
+
+
+@dataclass
+class ActivationReport:
+    """Reasoning activation of one generated response (JSON-ready via `to_dict`)."""
+
+    n_tokens: int
+    topk_mean: float  # mean of the k largest latents over the response (reasonscore.topk_activation_mean)
+    features_mean: float | None  # mean activation of the chosen reasoning features, if any
+    top_features: list[tuple[int, float]]  # (feature, mean activation over the response), strongest first
+
+    def to_dict(self) -> dict:
+        return {"n_tokens": self.n_tokens, "topk_mean": self.topk_mean, "features_mean": self.features_mean,
+                "top_features": [[int(i), float(v)] for i, v in self.top_features]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ActivationReport:
+        return cls(int(data["n_tokens"]), float(data["topk_mean"]), data.get("features_mean"),
+                   [(int(i), float(v)) for i, v in data.get("top_features", [])])
+
+
+@dataclass
+class _CaptureBuffer:
+    steps_topk: list[Tensor] = field(default_factory=list)  # each [B, k]
+    steps_feat: list[Tensor] = field(default_factory=list)  # each [B]
+    steps_top_vals: list[Tensor] = field(default_factory=list)  # each [B, top]
+    steps_top_idx: list[Tensor] = field(default_factory=list)  # each [B, top]
+
+
+def summarize_latents(latents: Tensor, cfg: CaptureConfig, n_features: int = 10) -> ActivationReport:
+    """An `ActivationReport` from full latents `[n_tokens, d_sae]` (the reference the capture matches)."""
+    from reasoning_dspy.reasonscore import feature_set_activation, topk_activation_mean
+
+    n = latents.shape[0]
+    mean = latents.float().mean(0) if n else torch.zeros(latents.shape[-1])
+    vals, idx = mean.topk(min(n_features, mean.numel()))
+    return ActivationReport(
+        n_tokens=n,
+        topk_mean=topk_activation_mean(latents, cfg.k),
+        features_mean=feature_set_activation(latents, list(cfg.features)) if cfg.features else None,
+        top_features=[(int(i), float(v)) for i, v in zip(idx, vals) if v > 0],
+    )
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+def _hidden(output: Any) -> Tensor:
+    # transformers >= 5 decoder layers return a tensor; older ones a tuple whose first item it is.
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace(output: Any, hidden: Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@dataclass
+class _LayerPlan:
+    add: Tensor | None = None  # [B, d] or None when no row adds anything
+    clamp_idx: Tensor | None = None  # [m] union of clamped features
+    clamp_targets: Tensor | None = None  # [B, m]
+    clamp_mask: Tensor | None = None  # [B, m] 1 where the row clamps that feature
+
+
+class Steerer:
+    """Forward hooks that steer each batch row by its own spec; they exist only inside `with`.
+
+    >>> with Steerer(model, [row, None], sae=folded) as steerer:   # row 0 steered, row 1 not
+    ...     model.generate(ids, attention_mask=mask, max_new_tokens=32)
+
+    `rows` holds one `RowSteering` (or None) per batch row. With `capture`, the hook also encodes the
+    (pre-steering) residual at the last position of every forward — the positions that predict the
+    generated tokens — and `steerer.reports(lengths)` summarises them per row afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rows: Sequence[RowSteering | None],
+        *,
+        sae: SAE | None = None,
+        capture: CaptureConfig | None = None,
+        spec: ModelSpec | None = None,
+    ):
+        self.model = model
+        self.spec = spec or model_spec(model)
+        self.rows = list(rows)
+        self.sae = sae
+        self.capture = capture
+        self._handles: list[Any] = []
+        self._buffer = _CaptureBuffer()
+        self._plans = self._build_plans()
+        needs_sae = any(p.clamp_idx is not None for p in self._plans.values())
+        if needs_sae and sae is None:
+            raise SteeringError("clamp steering needs the SAE: pass sae= to Steerer")
+
+    def _build_plans(self) -> dict[int, _LayerPlan]:
+        batch, d = len(self.rows), self.spec.d_model
+        plans: dict[int, _LayerPlan] = {}
+        for b, row in enumerate(self.rows):
+            if row is None:
+                continue
+            plan = plans.setdefault(row.layer, _LayerPlan())
+            if row.add is not None:
+                if plan.add is None:
+                    plan.add = torch.zeros(batch, d)
+                plan.add[b] += row.add
+        for layer, plan in plans.items():
+            clamped = [(b, r) for b, r in enumerate(self.rows)
+                       if r is not None and r.layer == layer and r.clamp_features is not None]
+            if not clamped:
+                continue
+            union = sorted({int(i) for _, r in clamped for i in r.clamp_features})
+            pos = {f: j for j, f in enumerate(union)}
+            plan.clamp_idx = torch.tensor(union, dtype=torch.long)
+            plan.clamp_targets = torch.zeros(batch, len(union))
+            plan.clamp_mask = torch.zeros(batch, len(union))
+            for b, r in clamped:
+                for f, t in zip(r.clamp_features.tolist(), r.clamp_targets.tolist()):
+                    plan.clamp_targets[b, pos[f]] = t
+                    plan.clamp_mask[b, pos[f]] = 1.0
+        if self.capture is not None:
+            plans.setdefault(self.spec.check_layer(self.capture.layer), _LayerPlan())
+        return plans
+
+    # -- context manager --------------------------------------------------------------------
+    def __enter__(self) -> Steerer:
+        try:
+            for layer, plan in self._plans.items():
+                device = next(self.spec.layer(layer).parameters()).device
+                plan = _to_device(plan, device)
+                self._plans[layer] = plan
+                self._handles.append(self.spec.layer(layer).register_forward_hook(self._make_hook(layer, plan)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    # -- the hook ---------------------------------------------------------------------------
+    def _make_hook(self, layer: int, plan: _LayerPlan):
+        capture = self.capture if self.capture is not None and self.capture.layer % self.spec.n_layers == layer else None
+        sae = self.sae
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            x = _hidden(output)  # [B, T, d]
+            if x.shape[0] != len(self.rows):
+                raise SteeringError(
+                    f"Steerer was built for a batch of {len(self.rows)} rows but layer {layer} saw {x.shape[0]}; "
+                    "give one RowSteering (or None) per row"
+                )
+            if capture is not None:
+                self._record(capture, x[:, -1, :])
+            new = x
+            if plan.add is not None:
+                new = new + plan.add.to(x.dtype)[:, None, :]
+            if plan.clamp_idx is not None:
+                f = sae.encode(x.to(sae.W_enc.dtype))[..., plan.clamp_idx]  # [B, T, m]
+                coef = plan.clamp_mask[:, None, :] * (plan.clamp_targets[:, None, :] - f.float())
+                w = sae.W_dec[plan.clamp_idx].float()  # [m, d]
+                new = new + (coef @ w).to(x.dtype)
+            return output if new is x else _replace(output, new)
+
+        return hook
+
+    @torch.no_grad()
+    def _record(self, cfg: CaptureConfig, x_last: Tensor) -> None:
+        f = cfg.sae.encode(x_last.to(cfg.sae.W_enc.dtype)).float()  # [B, d_sae]
+        buf = self._buffer
+        buf.steps_topk.append(f.abs().topk(min(cfg.k, f.shape[-1]), dim=-1).values)
+        if cfg.features:
+            idx = torch.as_tensor(list(cfg.features), dtype=torch.long, device=f.device)
+            buf.steps_feat.append(f.index_select(-1, idx).mean(-1))
+        vals, idx = f.topk(min(cfg.top, f.shape[-1]), dim=-1)
+        buf.steps_top_vals.append(vals)
+        buf.steps_top_idx.append(idx)
+
+    def reports(self, lengths: Sequence[int], n_features: int = 10) -> list[ActivationReport | None]:
+        """Per-row reports over the first `lengths[b]` recorded positions (one per generated token).
+
+        Top features are exact when each token has at most `capture.top` active latents (TopK SAEs
+        with k <= top); otherwise they are computed from each token's `top` strongest latents.
+        """
+        cfg, buf = self.capture, self._buffer
+        if cfg is None:
+            return [None] * len(self.rows)
+        if not buf.steps_topk:
+            return [ActivationReport(0, 0.0, None, []) for _ in self.rows]
+        topk = torch.stack(buf.steps_topk, 1).cpu()  # [B, S, k]
+        feat = torch.stack(buf.steps_feat, 1).cpu() if buf.steps_feat else None  # [B, S]
+        top_vals = torch.stack(buf.steps_top_vals, 1).cpu()  # [B, S, top]
+        top_idx = torch.stack(buf.steps_top_idx, 1).cpu()
+        out: list[ActivationReport | None] = []
+        for b, n in enumerate(lengths):
+            n = max(0, min(int(n), topk.shape[1]))
+            if n == 0:
+                out.append(ActivationReport(0, 0.0, None if feat is None else 0.0, []))
+                continue
+            flat = topk[b, :n].flatten()
+            topk_mean = float(flat.topk(min(cfg.k, flat.numel())).values.mean())
+            sums = torch.zeros(cfg.sae.d_sae).index_add_(0, top_idx[b, :n].flatten(), top_vals[b, :n].flatten())
+            mean = sums / n
+            vals, idx = mean.topk(min(n_features, mean.numel()))
+            out.append(ActivationReport(
+                n_tokens=n, topk_mean=topk_mean,
+                features_mean=None if feat is None else float(feat[b, :n].mean()),
+                top_features=[(int(i), float(v)) for i, v in zip(idx, vals) if v > 0],
+            ))
+        return out
+
+
+def _to_device(plan: _LayerPlan, device: torch.device) -> _LayerPlan:
+    move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+    return _LayerPlan(move(plan.add), move(plan.clamp_idx), move(plan.clamp_targets), move(plan.clamp_mask))
+
+
+def steer(
+    model: nn.Module, spec: SteeringSpec, *, sae: SAE | None = None, max_activation: Any = None,
+    batch_size: int = 1,
+) -> Steerer:
+    """One spec for every row: `with steer(model, spec, sae=sae, max_activation=fmax): model.generate(...)`.
+
+    `sae` may be unfolded; it is folded here so `max_activation` (ReasonScore's, on folded latents)
+    and the decoder directions agree.
+    """
+    mspec = model_spec(model)
+    folded = sae.fold_decoder_norms() if sae is not None else None
+    fmax = load_max_activation(max_activation, sae.d_sae) if max_activation is not None and sae is not None else None
+    row = resolve(spec, d_model=mspec.d_model, n_layers=mspec.n_layers, sae=folded, max_activation=fmax)
+    return Steerer(model, [row] * batch_size, sae=folded, spec=mspec)

@@ -1,0 +1,43 @@
+"""Shared fixtures. Tests never touch the network: the hub is switched off before anything imports it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from reasoning_dspy.models import LoadedModel, load_model  # noqa: E402
+from reasoning_dspy.prompts import load_prompts  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    """The offline `tiny-random` model in fp32 (4 layers, d_model 64). Treat as read-only."""
+    return load_model("tiny-random", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def bundled_prompts() -> list[str]:
+    return load_prompts("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny, bundled_prompts, tmp_path_factory):
+    """Layer-2 fp32 activations of the first 64 bundled prompts (a few thousand tokens)."""
+    from reasoning_dspy.activations import extract_activations
+
+    out = tmp_path_factory.mktemp("tiny_cache")
+    return extract_activations(tiny.model, tiny.tokenizer, bundled_prompts[:64], 2, out,
+                               dtype="float32", batch_size=16, shard_tokens=1024, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
