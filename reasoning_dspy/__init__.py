@@ -1,6 +1,7 @@
 """reasoning-dspy: find, score and steer a language model's reasoning features, and use them from DSPy.
 
 The pipeline, one import each (loaded lazily, so `import reasoning_dspy` stays fast):
+models → activations → sae → reasonscore → steering → lm (a `dspy.LM`) → modules / metrics.
 
     >>> from reasoning_dspy import load_model, load_prompts, extract_activations
     >>> model, tokenizer, spec = load_model("tiny-random")          # or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -30,15 +31,46 @@ _EXPORTS: dict[str, str] = {
     "SAEConfig": "reasoning_dspy.sae",
     "load_sae": "reasoning_dspy.sae",
     "save_sae": "reasoning_dspy.sae",
+    "SAETrainConfig": "reasoning_dspy.sae",
+    "train_sae": "reasoning_dspy.sae",
+    "evaluate_sae": "reasoning_dspy.sae",
+    "Vocabulary": "reasoning_dspy.vocab",
+    "score_features": "reasoning_dspy.reasonscore",
+    "FeatureScores": "reasoning_dspy.reasonscore",
+    "analyze_features": "reasoning_dspy.analysis",
+    "SteeringSpec": "reasoning_dspy.steering",
+    "Steerer": "reasoning_dspy.steering",
+    "steer": "reasoning_dspy.steering",
+    "SteeredEngine": "reasoning_dspy.lm",
+    "SteeredLM": "reasoning_dspy.lm",
+    "LenientChatAdapter": "reasoning_dspy.adapter",
+    "SAESteeringModule": "reasoning_dspy.modules",
+    "ReasonScoreMetric": "reasoning_dspy.metrics",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations, residual_at  # noqa: F401
+    from reasoning_dspy.adapter import LenientChatAdapter  # noqa: F401
+    from reasoning_dspy.analysis import analyze_features  # noqa: F401
+    from reasoning_dspy.lm import SteeredEngine, SteeredLM  # noqa: F401
+    from reasoning_dspy.metrics import ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model  # noqa: F401
+    from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
-    from reasoning_dspy.sae import SAE, SAEConfig, load_sae, save_sae  # noqa: F401
+    from reasoning_dspy.reasonscore import FeatureScores, score_features  # noqa: F401
+    from reasoning_dspy.sae import (  # noqa: F401
+        SAE,
+        SAEConfig,
+        SAETrainConfig,
+        evaluate_sae,
+        load_sae,
+        save_sae,
+        train_sae,
+    )
+    from reasoning_dspy.steering import Steerer, SteeringSpec, steer  # noqa: F401
+    from reasoning_dspy.vocab import Vocabulary  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -130,7 +130,7 @@ def _top_per_prompt(values: torch.Tensor, seq: np.ndarray, n: int) -> list[tuple
     k = min(len(values), n * 8)
     vals, order = values.topk(k)
     out, seen = [], set()
-    for v, i in zip(vals.tolist(), order.tolist()):
+    for v, i in zip(vals.tolist(), order.tolist(), strict=True):
         if v <= 0 or seq[i] in seen:
             continue
         seen.add(seq[i])

@@ -54,10 +54,87 @@ def extract(
 # <cli-commands: later commands are added below this line>
 
 
+# <train-sae: SAE training command (issue 3); its flags are generated from SAETrainConfig's fields>
+def _train_sae(options: dict) -> None:
+    """Train a sparse autoencoder on an activation cache; writes the SAE (SAELens layout), a
+    resumable checkpoint, train_log.jsonl and loss_curve.png to OUT."""
+    from pydantic import ValidationError
+
+    from reasoning_dspy.activations import CacheError
+    from reasoning_dspy.sae import SAETrainConfig, train_sae
+
+    try:
+        result = train_sae(SAETrainConfig(**options))
+    except ValidationError as err:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}".replace("Value error, ", "")
+                        for e in err.errors()))
+    except (CacheError, ValueError) as err:
+        _fail(str(err))
+    ev = result.eval
+    typer.echo(f"FVU {ev.fvu:.4f}  L0 {ev.l0:.1f}  dead {100 * ev.dead_fraction:.1f}%  "
+               f"({result.steps} steps, {result.tokens_per_second:,.0f} tokens/s) -> {result.out}")
+
+
+def _register_train_sae() -> None:
+    from reasoning_dspy.sae.train_config import typer_command  # pydantic only: keeps --help instant
+
+    app.command("train-sae")(typer_command(_train_sae, required=("cache", "out")))
+
+
+_register_train_sae()
+
+
+# <score: ReasonScore command (issue 4)>
+@app.command()
+def score(
+    cache: Path = typer.Option(..., help="activation cache folder (from `extract`)"),
+    sae: Path = typer.Option(..., help="SAE folder (cfg.json + sae_weights.safetensors)"),
+    out: Path = typer.Option(..., help="folder for scores.safetensors, features.json/csv, analysis and plots"),
+    vocab: Path | None = typer.Option(None, help="vocabulary file (.txt one word per line, or .json); default: the paper's 10 words"),
+    alpha: float = typer.Option(0.7, help="entropy exponent α"),
+    quantile: float = typer.Option(0.997, help="select features at or above this score quantile"),
+    top_n: int | None = typer.Option(None, help="select the N best features instead of a quantile"),
+    left: int = typer.Option(1, help="window tokens before each reasoning word"),
+    right: int = typer.Option(2, help="window tokens after each reasoning word"),
+    n_features: int = typer.Option(10, help="features to analyze (max-activating contexts, top tokens)"),
+    n_contexts: int = typer.Option(5, help="max-activating contexts per analyzed feature"),
+    batch_size: int = typer.Option(4096, help="tokens per SAE forward"),
+    device: str = typer.Option("cpu", help="torch device"),
+) -> None:
+    """Rank SAE features by ReasonScore over a cache and write the scores and feature analysis."""
+    from reasoning_dspy.activations import ActivationCache, CacheError
+    from reasoning_dspy.analysis import analyze_features, write_analysis
+    from reasoning_dspy.reasonscore import score_features
+    from reasoning_dspy.sae import load_sae
+    from reasoning_dspy.vocab import Vocabulary, load_tokenizer
+
+    try:
+        acts = ActivationCache(cache)
+        if not (sae / "cfg.json").is_file():
+            raise FileNotFoundError(f"no SAE at {str(sae)!r}: cfg.json is missing (train one, or pass its folder)")
+        model = load_sae(sae, device=device)
+        words = Vocabulary.from_file(vocab) if vocab else Vocabulary.default()
+        tokenizer = load_tokenizer(acts.model_name)
+        scores = score_features(acts, model, words, tokenizer=tokenizer, alpha=alpha, left=left, right=right,
+                                quantile=quantile, top_n=top_n, batch_size=batch_size, device=device)
+        scores.save(out)
+        reports = analyze_features(acts, model, scores, tokenizer=tokenizer, n_features=n_features,
+                                   n_contexts=n_contexts, batch_size=batch_size, device=device)
+        write_analysis(out, scores, reports)
+    except (CacheError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"{len(scores.selected)} of {scores.d_sae} features selected (ReasonScore >= {scores.threshold:.4g})")
+    for r in reports:
+        words_ = ", ".join(w for w, _ in r.top_words[:3]) or "-"
+        typer.echo(f"  #{r.rank:<3} feature {r.index:<6} score {r.score:+.4g}  max {r.max_activation:.3g}  "
+                   f"density {r.density:.3f}  words: {words_}")
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="folder for the demo's outputs"),
-    limit: int = typer.Option(128, help="number of bundled prompts to use"),
+    limit: int = typer.Option(128, help="number of bundled texts to use (half prompts, half reasoning traces)"),
 ) -> None:
     """Run the offline end-to-end demo on tiny-random (no network needed)."""
     from reasoning_dspy.demo import run_demo

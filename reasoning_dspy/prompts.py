@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 BUNDLED = "bundled"
+BUNDLED_TRACES = "bundled-traces"
 TEXT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input", "content")
 _TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
@@ -22,6 +23,16 @@ def bundled_prompts_path() -> Path:
     return Path(str(resources.files("reasoning_dspy") / "data" / "prompts.jsonl"))
 
 
+def bundled_traces() -> list[str]:
+    """Worked reasoning traces and prose shipped with the package (one paragraph each).
+
+    They are full of "wait", "hmm", "therefore"..., which prompts alone rarely contain: the kind of
+    text ReasonScore needs to find reasoning features offline (the paper uses model reasoning traces).
+    """
+    text = (resources.files("reasoning_dspy") / "data" / "corpus.txt").read_text(encoding="utf-8")
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
 def load_prompts(
     source: str | os.PathLike = BUNDLED,
     *,
@@ -31,13 +42,16 @@ def load_prompts(
 ) -> list[str]:
     """Return a list of non-empty prompt strings.
 
-    `source` is `"bundled"` (the package's own prompt set), a local `.jsonl`/`.json`/`.csv`/
+    `source` is `"bundled"` (the package's own prompt set), `"bundled-traces"` (reasoning traces
+    shipped with the package), a local `.jsonl`/`.json`/`.csv`/
     `.parquet`/`.txt` file (text files: one prompt per line), or a `datasets` hub id (needs network).
     `column` picks the text field; by default the first of prompt/text/instruction/question/input.
     """
     source = bundled_prompts_path() if str(source) == BUNDLED else source
     path = Path(source)
-    if path.suffix.lower() in _TABLE_SUFFIXES | {".txt"} or path.exists():
+    if str(source) == BUNDLED_TRACES:
+        prompts = bundled_traces()
+    elif path.suffix.lower() in _TABLE_SUFFIXES | {".txt"} or path.exists():
         if not path.is_file():
             raise PromptError(f"prompts file not found: {str(path)!r}")
         prompts = _load_local(path, column)

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from reasoning_dspy.vocab import Vocabulary, VocabMatcher, load_tokenizer
+from reasoning_dspy.vocab import VocabMatcher, Vocabulary, load_tokenizer
 
 SCORES_FILE = "scores.safetensors"
 FEATURES_JSON = "features.json"
@@ -148,19 +148,20 @@ class ReasonScoreAccumulator:
             lat = lat.float()
         window = window.to(lat.device)
         pos = window.any(dim=1)
-        # One matmul gives every group's sum and the pooled window sum; float64 only across batches.
-        cols = torch.cat([window, pos[:, None]], dim=1).to(lat.dtype)  # [n, G + 1]
-        sums = (cols.T @ lat).to("cpu", torch.float64)  # [G + 1, d_sae]
-        total = lat.sum(dim=0).to("cpu", torch.float64)
-        self.sum_by_group += sums[:-1]
-        self.sum_pos += sums[-1]
-        self.sum_neg += total - sums[-1]
+        # One matmul gives every group's sum and the pooled window and non-window sums (never
+        # total − window: that cancels badly for features nearly silent outside the windows).
+        cols = torch.cat([window, pos[:, None], ~pos[:, None]], dim=1).to(lat.dtype)  # [n, G + 2]
+        sums = (cols.T @ lat).to("cpu", torch.float64)  # [G + 2, d_sae]
+        self.sum_by_group += sums[:-2]
+        self.sum_pos += sums[-2]
+        self.sum_neg += sums[-1]
         self.count_by_group += window.sum(dim=0).cpu()
         n_pos = int(pos.sum())
         self.n_pos += n_pos
         self.n_neg += len(pos) - n_pos
         self.max_activation = torch.maximum(self.max_activation, lat.amax(dim=0).float().cpu())
-        self.n_fired += torch.count_nonzero(lat > 0, dim=0).cpu()
+        # SAE latents are >= 0, so "fires" is "non-zero" (count_nonzero avoids an [n, d_sae] mask)
+        self.n_fired += torch.count_nonzero(lat.clamp_min(0) if lat.min() < 0 else lat, dim=0).cpu()
 
     @property
     def n_tokens(self) -> int:
@@ -178,7 +179,7 @@ class ReasonScoreAccumulator:
         if self.n_tokens == 0:
             raise ValueError("no tokens were scored: the activation cache is empty")
         groups = list(groups)
-        absent = [g for g, c in zip(groups, self.count_by_group.tolist()) if c == 0]
+        absent = [g for g, c in zip(groups, self.count_by_group.tolist(), strict=True) if c == 0]
         if len(absent) == len(groups):
             warnings.warn(
                 "no vocabulary word occurs in the data, so every feature's positive term is 0 and scores only "

@@ -147,6 +147,33 @@ def compute_max_activation(sae: SAE, acts: Tensor | Iterable[Tensor], *, batch_s
     return fmax
 
 
+@torch.no_grad()
+def estimate_max_activation(
+    model: nn.Module, tokenizer: Any, sae: SAE, prompts: Sequence[str] | None = None, *,
+    layer: int | None = None, batch_size: int = 16, max_length: int = 256,
+) -> Tensor:
+    """f_max `[d_sae]` measured on `prompts` (default: the bundled prompts) when no ReasonScore result
+    is at hand. Special and pad tokens are skipped, as in the activation cache."""
+    from reasoning_dspy.activations import residual_at
+    from reasoning_dspy.prompts import load_prompts
+
+    layer = layer if layer is not None else sae.cfg.hook_layer
+    if layer is None:
+        raise SteeringError("the SAE records no hook_layer: pass layer= to estimate_max_activation")
+    prompts = list(prompts) if prompts is not None else load_prompts("bundled", limit=64)
+    spec = model_spec(model)
+    device = next(model.parameters()).device
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                        truncation=True, max_length=max_length)
+        acts = residual_at(model, layer, enc["input_ids"].to(device), enc["attention_mask"].to(device), spec=spec)
+        keep = enc["attention_mask"].bool() & ~torch.isin(enc["input_ids"], special)
+        chunks.append(acts[keep.to(acts.device)].float().cpu())
+    return compute_max_activation(sae, torch.cat(chunks))
+
+
 # -- resolution: spec -> per-row tensors ----------------------------------------------------
 
 @dataclass
@@ -164,16 +191,17 @@ def resolve(
     max_activation: Tensor | None = None,
 ) -> RowSteering:
     """Check `spec` against the model/SAE and turn it into tensors. `sae` must be the folded SAE."""
+    if spec.features and sae is None:
+        raise SteeringError("feature steering needs an SAE: pass sae= to the engine (or steer with a raw vector)")
     layer = spec.layer if spec.layer is not None else (sae.cfg.hook_layer if sae is not None else None)
     if layer is None:
-        raise SteeringError("the steering spec has no layer and the SAE records no hook_layer: set SteeringSpec(layer=...)")
+        where = "the SAE records no hook_layer" if sae is not None else "there is no SAE to take it from"
+        raise SteeringError(f"the steering spec has no layer and {where}: set SteeringSpec(layer=...)")
     if not -n_layers <= layer < n_layers:
         raise SteeringError(f"steering layer {layer} is out of range for a model with {n_layers} layers")
     layer %= n_layers
     row = RowSteering(layer=layer)
     if spec.features:
-        if sae is None:
-            raise SteeringError("feature steering needs an SAE: pass sae= to the engine (or steer with a raw vector)")
         if sae.cfg.hook_layer is not None and sae.cfg.hook_layer % n_layers != layer:
             raise SteeringError(
                 f"the SAE reads layer {sae.cfg.hook_layer} but the spec steers layer {layer}; "
@@ -212,7 +240,6 @@ class CaptureConfig:
 
     sae: SAE  # folded
     layer: int
-    features: Sequence[int] = ()  # reasoning features whose mean activation is reported
     k: int = 10  # top-k |f| mean (the seed's prompt score)
     top: int = 32  # strongest latents kept per token, for "top features"
 
@@ -244,7 +271,9 @@ class _CaptureBuffer:
     steps_top_idx: list[Tensor] = field(default_factory=list)  # each [B, top]
 
 
-def summarize_latents(latents: Tensor, cfg: CaptureConfig, n_features: int = 10) -> ActivationReport:
+def summarize_latents(
+    latents: Tensor, cfg: CaptureConfig, features: Sequence[int] = (), n_features: int = 10
+) -> ActivationReport:
     """An `ActivationReport` from full latents `[n_tokens, d_sae]` (the reference the capture matches)."""
     from reasoning_dspy.reasonscore import feature_set_activation, topk_activation_mean
 
@@ -254,8 +283,8 @@ def summarize_latents(latents: Tensor, cfg: CaptureConfig, n_features: int = 10)
     return ActivationReport(
         n_tokens=n,
         topk_mean=topk_activation_mean(latents, cfg.k),
-        features_mean=feature_set_activation(latents, list(cfg.features)) if cfg.features else None,
-        top_features=[(int(i), float(v)) for i, v in zip(idx, vals) if v > 0],
+        features_mean=feature_set_activation(latents, list(features)) if features else None,
+        top_features=[(int(i), float(v)) for i, v in zip(idx, vals, strict=True) if v > 0],
     )
 
 
@@ -296,6 +325,7 @@ class Steerer:
         *,
         sae: SAE | None = None,
         capture: CaptureConfig | None = None,
+        capture_features: Sequence[Sequence[int]] | None = None,
         spec: ModelSpec | None = None,
     ):
         self.model = model
@@ -305,10 +335,28 @@ class Steerer:
         self.capture = capture
         self._handles: list[Any] = []
         self._buffer = _CaptureBuffer()
+        self._feat_idx, self._feat_w = self._feature_weights(capture_features)
         self._plans = self._build_plans()
         needs_sae = any(p.clamp_idx is not None for p in self._plans.values())
         if needs_sae and sae is None:
             raise SteeringError("clamp steering needs the SAE: pass sae= to Steerer")
+
+    def _feature_weights(self, per_row: Sequence[Sequence[int]] | None) -> tuple[Tensor | None, Tensor | None]:
+        """Union of every row's reasoning features `[u]` and per-row averaging weights `[B, u]`."""
+        if self.capture is None or not per_row or not any(per_row):
+            return None, None
+        if len(per_row) != len(self.rows):
+            raise SteeringError(f"capture_features has {len(per_row)} entries for {len(self.rows)} rows")
+        union = sorted({int(f) for feats in per_row for f in feats})
+        bad = [f for f in union if not 0 <= f < self.capture.sae.d_sae]
+        if bad:
+            raise SteeringError(f"reasoning features {bad} are out of range for an SAE with d_sae={self.capture.sae.d_sae}")
+        pos = {f: j for j, f in enumerate(union)}
+        weights = torch.zeros(len(per_row), len(union))
+        for b, feats in enumerate(per_row):
+            for f in set(int(x) for x in feats):
+                weights[b, pos[f]] = 1.0 / len(set(feats))
+        return torch.tensor(union, dtype=torch.long), weights
 
     def _build_plans(self) -> dict[int, _LayerPlan]:
         batch, d = len(self.rows), self.spec.d_model
@@ -332,7 +380,7 @@ class Steerer:
             plan.clamp_targets = torch.zeros(batch, len(union))
             plan.clamp_mask = torch.zeros(batch, len(union))
             for b, r in clamped:
-                for f, t in zip(r.clamp_features.tolist(), r.clamp_targets.tolist()):
+                for f, t in zip(r.clamp_features.tolist(), r.clamp_targets.tolist(), strict=True):
                     plan.clamp_targets[b, pos[f]] = t
                     plan.clamp_mask[b, pos[f]] = 1.0
         if self.capture is not None:
@@ -394,9 +442,9 @@ class Steerer:
         f = cfg.sae.encode(x_last.to(cfg.sae.W_enc.dtype)).float()  # [B, d_sae]
         buf = self._buffer
         buf.steps_topk.append(f.abs().topk(min(cfg.k, f.shape[-1]), dim=-1).values)
-        if cfg.features:
-            idx = torch.as_tensor(list(cfg.features), dtype=torch.long, device=f.device)
-            buf.steps_feat.append(f.index_select(-1, idx).mean(-1))
+        if self._feat_idx is not None:
+            idx, w = self._feat_idx.to(f.device), self._feat_w.to(f.device)
+            buf.steps_feat.append((f.index_select(-1, idx) * w).sum(-1))
         vals, idx = f.topk(min(cfg.top, f.shape[-1]), dim=-1)
         buf.steps_top_vals.append(vals)
         buf.steps_top_idx.append(idx)
@@ -429,8 +477,8 @@ class Steerer:
             vals, idx = mean.topk(min(n_features, mean.numel()))
             out.append(ActivationReport(
                 n_tokens=n, topk_mean=topk_mean,
-                features_mean=None if feat is None else float(feat[b, :n].mean()),
-                top_features=[(int(i), float(v)) for i, v in zip(idx, vals) if v > 0],
+                features_mean=None if feat is None or not self._feat_w[b].any() else float(feat[b, :n].mean()),
+                top_features=[(int(i), float(v)) for i, v in zip(idx, vals, strict=True) if v > 0],
             ))
         return out
 

@@ -218,7 +218,7 @@ class VocabMatcher:
         starts = ends - lengths  # char offset of each token's piece in `text`
         pieces = self.pieces
         text = "".join((_PROMPT_SEPARATOR + pieces[t]) if b else pieces[t]
-                       for t, b in zip(token_ids.tolist(), new_prompt.tolist()))
+                       for t, b in zip(token_ids.tolist(), new_prompt.tolist(), strict=True))
         firsts, lasts, groups = [], [], []
         for m in self._regex.finditer(text):
             firsts.append(m.start())

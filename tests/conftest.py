@@ -41,3 +41,22 @@ def tiny_cache(tiny, bundled_prompts, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def steer_sae(tiny):
+    """A random ReLU SAE on layer 2 of tiny-random (d_sae 128) for steering tests."""
+    from reasoning_dspy.sae import SAE, SAEConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        return SAE.from_config(SAEConfig(architecture="relu", d_in=64, d_sae=128, hook_layer=2,
+                                         model_name="tiny-random"))
+
+
+@pytest.fixture(scope="session")
+def steer_fmax(tiny, steer_sae, bundled_prompts):
+    """f_max of `steer_sae` on 16 bundled prompts: `[128]`."""
+    from reasoning_dspy.steering import estimate_max_activation
+
+    return estimate_max_activation(tiny.model, tiny.tokenizer, steer_sae, bundled_prompts[:16])

@@ -10,6 +10,14 @@ def test_bundled_prompts_are_many_and_unique(bundled_prompts):
     assert len(set(bundled_prompts)) == len(bundled_prompts)
 
 
+def test_bundled_traces_hold_reasoning_words():
+    traces = load_prompts("bundled-traces")
+    assert len(traces) >= 100 and all(t.strip() == t and t for t in traces)
+    text = " ".join(traces).lower()
+    for word in ["wait", "hmm", "therefore", "alternatively", "let me"]:
+        assert text.count(word) >= 20, word
+
+
 @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "txt", "parquet"])
 def test_local_formats(tmp_path, kind):
     rows = ["first prompt", "second, with a comma", "third"]

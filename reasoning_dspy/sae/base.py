@@ -7,13 +7,15 @@ unchanged. An architecture subclass only supplies its activation `σ` (and its t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 Architecture = Literal["relu", "topk", "jumprelu"]
+PARAM_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 class SAEConfig(BaseModel):
@@ -31,6 +33,15 @@ class SAEConfig(BaseModel):
     hook_layer: int | None = Field(None, description="decoder layer whose output it reads")
     hook_name: str | None = Field(None, description="SAELens/TransformerLens hook name, if any")
 
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: object) -> object:
+        # SAELens writes "float32"; older files "torch.float32".
+        value = str(value).removeprefix("torch.")
+        if value not in PARAM_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(PARAM_DTYPES)}, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> SAEConfig:
         if self.architecture == "topk":
@@ -39,6 +50,31 @@ class SAEConfig(BaseModel):
             if self.k > self.d_sae:
                 raise ValueError(f"k={self.k} cannot exceed d_sae={self.d_sae}")
         return self
+
+
+@dataclass
+class LossContext:
+    """What the trainer tells an architecture's loss at one step (the coefficients are already
+    warmed up / scheduled); each architecture reads the fields it needs."""
+
+    sparsity_coef: float = 0.0  # λ of the L1 (relu) or L0 (jumprelu) penalty at this step
+    dead_mask: Tensor | None = None  # [d_sae] bool, latents that have not fired for N tokens (topk AuxK)
+    aux_coef: float = 1 / 32  # AuxK coefficient (topk)
+    k_aux: int | None = None  # dead latents used by AuxK per token; None = d_in // 2 (topk)
+    bandwidth: float = 0.05  # straight-through estimator kernel width (jumprelu)
+    fast: bool = True  # use the sparse fast path where the architecture has one (topk)
+    compute_dtype: torch.dtype | None = None  # matmul dtype of the fast path (None: parameter dtype)
+
+
+@dataclass
+class StepOutput:
+    """One training step's loss (for `backward`) and detached statistics for logging/dead tracking."""
+
+    loss: Tensor  # scalar
+    recon: Tensor  # [B, d_in], detached
+    l0: Tensor  # scalar: mean active latents per token
+    fired: Tensor  # [d_sae] bool: latents active for at least one token of the batch
+    losses: dict[str, float] = field(default_factory=dict)  # named components, floats
 
 
 ARCHITECTURES: dict[str, type[SAE]] = {}
@@ -72,6 +108,9 @@ class SAE(nn.Module):
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:
+        from reasoning_dspy.sae import load_architectures
+
+        load_architectures()
         try:
             cls = ARCHITECTURES[cfg.architecture]
         except KeyError:
@@ -120,6 +159,43 @@ class SAE(nn.Module):
         f = self.encode(x)
         return f, self.decode(f)
 
+    # -- training --------------------------------------------------------------------------
+    def training_loss(self, x: Tensor, ctx: LossContext) -> StepOutput:
+        """The architecture's training loss on a batch `x [B, d_in]` (see each subclass)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def mse(x: Tensor, recon: Tensor) -> Tensor:
+        """Squared error summed over `d_in`, averaged over tokens (SAELens' convention)."""
+        return torch.nn.functional.mse_loss(recon, x, reduction="sum") / max(1, x[..., 0].numel())
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Drop the part of each decoder row's gradient that would change its norm."""
+        g, w = self.W_dec.grad, self.W_dec
+        if g is not None:
+            g.addcmul_(w, torch.linalg.vecdot(g, w)[:, None], value=-1.0)  # g_j -= (g_j·w_j) w_j
+
+    @torch.no_grad()
+    def set_decoder_unit_norm(self) -> None:
+        """Renormalise decoder rows to unit norm in place (after an optimiser step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def after_step(self) -> None:
+        """Projection an architecture needs after each optimiser step (unit-norm decoder)."""
+        self.set_decoder_unit_norm()
+
+    def check_compatible(self, spec, layer: int) -> None:
+        """Raise a clear error if this SAE cannot read layer `layer` of the model described by `spec`
+        (a `reasoning_dspy.models.ModelSpec`)."""
+        spec.check_layer(layer)
+        if spec.d_model != self.cfg.d_in:
+            trained = f" (trained on layer {self.cfg.hook_layer} of {self.cfg.model_name})" if self.cfg.model_name else ""
+            raise ValueError(
+                f"SAE expects d_in={self.cfg.d_in}{trained} but layer {layer} of {spec.name} has "
+                f"d_model={spec.d_model}; use an SAE trained on this model"
+            )
+
     def check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
             where = f" (trained on layer {self.cfg.hook_layer} of {self.cfg.model_name})" if self.cfg.model_name else ""
@@ -143,6 +219,22 @@ class SAE(nn.Module):
         folded = copy.deepcopy(self)
         folded.normalize_decoder()
         return folded
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on `scale · x` take raw `x` (exactly; decoder rows keep their norm).
+
+        Every σ here is positively homogeneous (ReLU, TopK, JumpReLU with θ scaled), so dividing the
+        biases (and θ) by `scale` divides every latent by `scale` and the reconstruction comes out
+        in the raw units: `f(x) = f'(s x) / s`, `x̂(x) = x̂'(s x) / s`.
+        """
+        if scale <= 0:
+            raise ValueError(f"input scale must be positive, got {scale}")
+        self.b_enc /= scale
+        self.b_dec /= scale
+        threshold = getattr(self, "threshold", None)
+        if isinstance(threshold, Tensor):
+            threshold /= scale
 
     def _rescale(self, norms: Tensor) -> None:
         self.W_dec /= norms[:, None]

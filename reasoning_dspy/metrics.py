@@ -1,0 +1,140 @@
+"""ReasonScore as a DSPy metric: reward answers whose generation activated the reasoning features.
+
+`ReasonScoreMetric` works wherever DSPy takes a metric (`Evaluate`, `BootstrapFewShot`, `MIPROv2`):
+`metric(example, pred, trace=None) -> float`. Combined with a task metric it scores, e.g.,
+correctness × reasoning activation, so an optimizer cannot win by reasoning loudly and answering
+wrongly. Called with GEPA's five arguments `(gold, pred, trace, pred_name, pred_trace)` it returns
+`dspy.Prediction(score=..., feedback=...)`, with feedback text the reflection LM can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import dspy
+
+TaskMetric = Callable[..., Any]
+
+
+def exact_match(example: Any, pred: Any, trace: Any = None, field: str = "answer") -> float:
+    """1.0 when the prediction's `field` equals the example's (case and surrounding space ignored)."""
+    gold = str(getattr(example, field, "") or "").strip().lower()
+    got = str(getattr(pred, field, "") or "").strip().lower()
+    return float(bool(gold) and gold == got)
+
+
+def _as_float(value: Any) -> float:
+    if hasattr(value, "score"):
+        value = value.score
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"the task metric must return a number, a bool or a Prediction with .score; got {value!r}") from None
+
+
+class ReasonScoreMetric:
+    """Score a prediction by its reasoning activation, optionally combined with a task metric.
+
+    The activation is read from `pred.reasoning_activation` (set by `SAESteeringModule`); for
+    predictions without it, pass `lm=` (a `SteeredLM`) and the prediction's `field_text` field is
+    scored in a second forward pass.
+
+    Args:
+        task_metric: `(example, pred, trace) -> float|bool`, e.g. answer correctness; None scores
+            activation alone.
+        combine: "product" (task × activation) or "sum" (weight·task + (1−weight)·activation).
+        target: activation that counts as full marks; activation/target is clipped to [0, 1].
+            None uses the raw activation.
+        threshold: with a trace (bootstrapping), a demo is kept only if the score reaches this.
+    """
+
+    def __init__(
+        self,
+        task_metric: TaskMetric | None = None,
+        *,
+        combine: Literal["product", "sum"] = "product",
+        weight: float = 0.5,
+        target: float | None = None,
+        threshold: float | None = None,
+        lm: Any = None,
+        field: str = "reasoning_activation",
+        field_text: str = "answer",
+        features: list[int] | None = None,
+    ):
+        if combine not in ("product", "sum"):
+            raise ValueError(f"combine must be 'product' or 'sum', got {combine!r}")
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {weight}")
+        if target is not None and target <= 0:
+            raise ValueError(f"target must be > 0, got {target}")
+        self.task_metric = task_metric
+        self.combine, self.weight, self.target, self.threshold = combine, weight, target, threshold
+        self.lm, self.field, self.field_text, self.features = lm, field, field_text, features
+
+    # -- parts -------------------------------------------------------------------------------
+    def activation(self, pred: Any) -> float:
+        """The prediction's reasoning activation (normalised by `target` when set)."""
+        value = getattr(pred, self.field, None)
+        if value is None:
+            if self.lm is None:
+                raise ValueError(
+                    f"the prediction has no {self.field!r}: produce it with SAESteeringModule, or pass "
+                    "lm=SteeredLM(..., sae=...) to ReasonScoreMetric so it can measure the text"
+                )
+            from reasoning_dspy.lm import engine_of
+
+            report = engine_of(self.lm).reasoning_activation([str(getattr(pred, self.field_text, "") or "")],
+                                                             self.features)[0]
+            value = report.features_mean if report.features_mean is not None else report.topk_mean
+        value = float(value)
+        if self.target is not None:
+            value = min(max(value / self.target, 0.0), 1.0)
+        return value
+
+    def task(self, example: Any, pred: Any, trace: Any = None) -> float | None:
+        return None if self.task_metric is None else _as_float(self.task_metric(example, pred, trace))
+
+    def score(self, example: Any, pred: Any, trace: Any = None) -> tuple[float, float | None, float]:
+        """`(score, task score or None, activation)`."""
+        act = self.activation(pred)
+        task = self.task(example, pred, trace)
+        if task is None:
+            return act, None, act
+        if self.combine == "product":
+            return task * act, task, act
+        return self.weight * task + (1 - self.weight) * act, task, act
+
+    # -- DSPy entry points -----------------------------------------------------------------
+    def __call__(self, example: Any, pred: Any, trace: Any = None, pred_name: str | None = None,
+                 pred_trace: Any = None) -> Any:
+        value, task, act = self.score(example, pred, trace)
+        if pred_name is not None or pred_trace is not None:
+            return dspy.Prediction(score=value, feedback=self.feedback(value, task, act, pred))
+        if trace is not None and self.threshold is not None:
+            return value >= self.threshold
+        return value
+
+    def gepa(self, gold: Any, pred: Any, trace: Any = None, pred_name: str | None = None,
+             pred_trace: Any = None) -> dspy.Prediction:
+        """GEPA's form, always with feedback: `dspy.Prediction(score=..., feedback=...)`."""
+        value, task, act = self.score(gold, pred, trace)
+        return dspy.Prediction(score=value, feedback=self.feedback(value, task, act, pred))
+
+    def feedback(self, value: float, task: float | None, act: float, pred: Any) -> str:
+        """Plain-language feedback for a reflection LM."""
+        parts = [f"Score {value:.3f}."]
+        if task is not None:
+            parts.append("The answer was correct." if task >= 1 else
+                         "The answer was wrong." if task <= 0 else f"The answer scored {task:.2f} on the task.")
+        unit = f" of a target {self.target:g}" if self.target is not None else ""
+        parts.append(f"Reasoning activation was {act:.3f}{' (normalised)' if self.target else ''}{unit}.")
+        top = getattr(pred, "top_features", None)
+        if top:
+            parts.append("Strongest SAE features: " + ", ".join(f"#{i} ({v:.2f})" for i, v in list(top)[:5]) + ".")
+        if self.target is not None and act < 1:
+            parts.append("Reason more explicitly: weigh alternatives ('wait', 'maybe', 'however'), "
+                         "check intermediate steps, and state the conclusion ('therefore').")
+        return " ".join(parts)

@@ -1,0 +1,277 @@
+"""SteeredEngine / SteeredLM: the DSPy engine contract, cache keys, save/load, micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import dspy
+import pytest
+import torch
+from dspy.lm15 import Config, Message, Request
+
+from reasoning_dspy.adapter import LenientChatAdapter
+from reasoning_dspy.batching import GenRow, MicroBatcher, generate_rows
+from reasoning_dspy.lm import _LIVE, SteeredEngine, SteeredLM, collect_reports, engine_of
+from reasoning_dspy.sae import save_sae
+from reasoning_dspy.steering import SteeringSpec
+
+STEER = SteeringSpec(features={5: 6.0, 40: 4.0}).model_dump(mode="json")
+
+
+@pytest.fixture(autouse=True)
+def _memory_cache():
+    """DSPy's cache in memory only, empty for each test (never the user's disk cache)."""
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    dspy.cache.reset_memory_cache()
+    yield
+    dspy.cache.reset_memory_cache()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny, steer_sae, steer_fmax):
+    eng = SteeredEngine(tiny.model, tiny.tokenizer, sae=steer_sae, max_activation=steer_fmax, max_tokens=12,
+                        max_wait_ms=20)
+    yield eng
+    eng.close()
+
+
+def _request(engine, text="What is two plus two?", system=None, **config):
+    return Request(model=f"local/{engine.model_id}", messages=(Message.user(text),), system=system,
+                   config=Config(**config))
+
+
+def test_complete_applies_chat_template_and_limits(engine, tiny):
+    r = engine.complete(_request(engine, system="Be brief.", max_tokens=7))
+    expected = tiny.tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is two plus two?"}],
+        tokenize=False, add_generation_prompt=True)
+    assert r.usage.input_tokens == len(tiny.tokenizer(expected)["input_ids"])
+    assert 0 < r.usage.output_tokens <= 7 and r.finish_reason in ("stop", "length")
+    assert r.model == engine.model_id and r.provider_data["reasoning_dspy"]["steering"] is None
+    # a stop string cuts the text before it, and finish_reason says so
+    full = engine.complete(_request(engine, max_tokens=12)).text
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    cut = engine.complete(_request(engine, max_tokens=12, stop=(stop,)))
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
+
+
+def test_metadata_steering_changes_output_and_is_reported(engine):
+    plain = engine.complete(_request(engine))
+    steered = engine.complete(_request(engine, extensions={"metadata": {"steering": STEER, "capture": True}}))
+    assert steered.text != plain.text
+    data = steered.provider_data["reasoning_dspy"]
+    assert SteeringSpec.model_validate(data["steering"]) == SteeringSpec.model_validate(STEER)
+    assert data["activation"]["n_tokens"] == steered.usage.output_tokens
+    assert data["activation"]["features_mean"] is not None  # the steered features are the reasoning set
+    with pytest.raises(dspy.lm15.InvalidRequestError, match="d_sae=128"):
+        engine.complete(_request(engine, extensions={"metadata": {"steering": {"features": {"999": 1.0}}}}))
+
+
+def test_default_steering_and_explicit_baseline(engine):
+    steered_engine = engine.derive(steering=STEER)
+    try:
+        assert steered_engine.model_id != engine.model_id
+        default = steered_engine.complete(_request(steered_engine))
+        explicit = engine.complete(_request(engine, extensions={"metadata": {"steering": STEER}}))
+        baseline = steered_engine.complete(_request(steered_engine, extensions={"metadata": {"steering": None}}))
+        assert default.text == explicit.text
+        assert baseline.text == engine.complete(_request(engine)).text
+    finally:
+        steered_engine.close()
+
+
+def test_cache_key_changes_with_sae_fmax_and_steering(tiny, steer_sae, steer_fmax):
+    base = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=6)
+    same = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=6)
+    other_sae = steer_sae.fold_decoder_norms()
+    with torch.no_grad():
+        other_sae.W_dec[0, 0] += 0.5
+    variants = [
+        SteeredLM(tiny, sae=other_sae, max_activation=steer_fmax, max_tokens=6),
+        SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax * 2, max_tokens=6),
+        SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, steering=STEER, max_tokens=6),
+        SteeredLM(tiny, max_tokens=6),
+    ]
+    assert base.model == same.model
+    assert len({base.model, *(v.model for v in variants)}) == 1 + len(variants)
+    # DSPy's cache really separates them: the second LM's call reaches its engine, not the cache
+    base("Hello")
+    base("Hello")
+    assert len(engine_of(base)._batcher.batch_sizes) == 1  # the repeat was a cache hit
+    variants[0]("Hello")
+    assert len(engine_of(variants[0])._batcher.batch_sizes) == 1
+    base("Hello", metadata={"steering": STEER})  # per-call steering is part of the key
+    assert len(engine_of(base)._batcher.batch_sizes) == 2
+    for lm in (base, same, *variants):
+        engine_of(lm).close()
+
+
+def test_n_async_and_reports_through_dspy(tiny, steer_sae, steer_fmax):
+    lm = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, capture=True, max_tokens=5, cache=False)
+    outs = lm("Hello", n=3, temperature=0.9)
+    assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
+    assert asyncio.run(lm.acall("Hello")) == lm("Hello")
+    with collect_reports() as collector:
+        lm("Hello", metadata={"steering": STEER})
+    (report,) = collector.reports()
+    assert report.steering == SteeringSpec.model_validate(STEER) and report.activation.n_tokens > 0
+    engine_of(lm).close()
+
+
+def test_save_load_round_trip(tiny, steer_sae, steer_fmax, tmp_path):
+    dspy.settings.configure(adapter=LenientChatAdapter())
+    save_sae(steer_sae, tmp_path / "sae")
+    lm = SteeredLM("tiny-random", dtype="float32", sae=str(tmp_path / "sae"), max_activation=steer_fmax,
+                   steering=STEER, max_tokens=6, cache=False)
+    program = dspy.Predict("question -> answer")
+    program.lm = lm
+    program.save(tmp_path / "program.json")
+    answer = program(question="Why?").answer
+    # another process: no live engine with that fingerprint, rebuilt from the recorded sources
+    fingerprint = engine_of(lm).fingerprint
+    _LIVE.pop(fingerprint)
+    loaded = dspy.Predict("question -> answer")
+    loaded.load(tmp_path / "program.json", allow_unsafe_lm_state=True)
+    assert loaded.lm.model == lm.model and engine_of(loaded.lm) is not engine_of(lm)
+    assert engine_of(loaded.lm).fingerprint == fingerprint
+    assert loaded(question="Why?").answer == answer
+    # a different model under the same name is refused, not silently used
+    state = engine_of(lm).dump_state()
+    _LIVE.pop(fingerprint, None)
+    state["sources"]["seed"] = 1
+    with pytest.raises(ValueError, match="weights, SAE or f_max changed"):
+        SteeredEngine.load_state(state)
+    # an in-memory SAE cannot be rebuilt elsewhere: the error says how to fix it
+    mem = SteeredEngine(tiny.model, tiny.tokenizer, sae=steer_sae, max_activation=steer_fmax, capture=True)
+    mem_state = mem.dump_state()
+    mem.close()
+    _LIVE.pop(mem.fingerprint, None)
+    with pytest.raises(ValueError, match="save_sae"):
+        SteeredEngine.load_state(mem_state)
+    for e in (engine_of(lm), engine_of(loaded.lm)):
+        e.close()
+
+
+def test_bad_requests_fail_clearly(engine, tiny):
+    with pytest.raises(dspy.lm15.UnsupportedFeatureError, match="text messages only"):
+        engine.complete(Request(model="local/x", messages=(Message.user([dspy.lm15.ImagePart(url="http://x/y.png")]),)))
+    with pytest.raises(dspy.lm15.ContextLengthError, match="holds 1024 positions"):
+        engine.complete(_request(engine, text="word " * 1100))
+    truncating = engine.derive(truncate_prompt=True)
+    long = truncating.complete(_request(truncating, text="word " * 1100, max_tokens=12))
+    assert long.usage.input_tokens + long.usage.output_tokens <= 1024 and long.usage.output_tokens > 0
+    truncating.close()
+    plain = SteeredEngine(tiny.model, tiny.tokenizer)
+    with pytest.raises(dspy.lm15.InvalidRequestError, match="needs an SAE"):
+        plain.complete(_request(plain, extensions={"metadata": {"steering": STEER}}))
+    plain.close()
+
+
+# -- micro-batching ---------------------------------------------------------------------------
+
+def test_microbatcher_routes_results_and_isolates_failures():
+    seen_threads = set()
+
+    def run(batch):
+        seen_threads.add(threading.current_thread().name)
+        if any(x < 0 for x in batch):
+            raise ValueError("negative")
+        return [x * 10 for x in batch]
+
+    batcher = MicroBatcher(run, max_batch_size=8, max_wait_ms=30)
+    results: dict[int, object] = {}
+
+    def call(x):
+        try:
+            results[x] = batcher(x)
+        except ValueError as err:
+            results[x] = err
+
+    threads = [threading.Thread(target=call, args=(x,)) for x in [*range(1, 24), -5]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert all(results[x] == x * 10 for x in range(1, 24))
+    assert isinstance(results[-5], ValueError)
+    assert max(batcher.batch_sizes) > 1 and seen_threads == {batcher.name}
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(1)
+
+
+class _Steerable(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.predict = dspy.Predict("question -> answer")
+
+    def forward(self, question, steering):
+        return self.predict(question=question, config={"metadata": {"steering": steering}})
+
+
+def _devset(prompts):
+    specs = [None, STEER, SteeringSpec(features={3: 5.0}, mode="clamp").model_dump(mode="json"),
+             SteeringSpec(features={60: -4.0}).model_dump(mode="json")]
+    return [dspy.Example(question=p[:120], steering=specs[i % 4]).with_inputs("question", "steering")
+            for i, p in enumerate(prompts[:16])]
+
+
+def test_evaluate_16_threads_matches_one_by_one(tiny, steer_sae, steer_fmax, bundled_prompts):
+    """Mixed steered/unsteered greedy requests from 16 DSPy threads, batched, give the one-by-one
+    outputs; any difference must be a float-rounding tie, never a mix-up."""
+    batched = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=10, cache=False,
+                        max_batch_size=16, max_wait_ms=50)
+    single = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=10, cache=False,
+                       max_batch_size=1)
+    devset = _devset(bundled_prompts)
+    program = _Steerable()
+    threads = set()
+    handle = tiny.model.register_forward_pre_hook(lambda *a: threads.add(threading.current_thread().name))
+    try:
+        with dspy.context(lm=batched, adapter=LenientChatAdapter()):
+            result = dspy.Evaluate(devset=devset, metric=lambda ex, pred, trace=None: 1.0, num_threads=16,
+                                   display_progress=False)(program)
+        with dspy.context(lm=single, adapter=LenientChatAdapter()):
+            alone = [program(**ex.inputs()).answer for ex in devset]
+    finally:
+        handle.remove()
+    batch_engine, single_engine = engine_of(batched), engine_of(single)
+    assert max(batch_engine._batcher.batch_sizes) > 1  # requests really were batched
+    assert set(single_engine._batcher.batch_sizes) == {1}
+    assert threads == {batch_engine._batcher.name, single_engine._batcher.name}  # only workers ran the model
+    got = {ex.question: pred.answer for ex, pred, _ in result.results}
+    assert len(set(alone)) > 4  # the steering specs really produce different answers
+    for ex, expected in zip(devset, alone, strict=True):
+        if got[ex.question] != expected:
+            _assert_tie(single_engine, ex, got[ex.question], expected)
+    for e in (batch_engine, single_engine):
+        e.close()
+
+
+def _assert_tie(engine, ex, got, expected):
+    """Where batched and single answers differ, the single run's logits at the first differing
+    token must be a near tie (top-2 gap < 1e-4)."""
+    messages = LenientChatAdapter().format(dspy.Signature("question -> answer"), demos=[],
+                                           inputs={"question": ex.question})
+    system = next(m["content"] for m in messages if m["role"] == "system")
+    ids = engine._render([m for m in messages if m["role"] != "system"], system)
+    spec = SteeringSpec.model_validate(ex.steering) if ex.steering else None
+    pending = engine._pending(ids, spec, 10, 0.0, 1.0, (), False)
+    res = generate_rows(engine.model, engine._worker_tokenizer, [pending.row], sae=engine.sae, output_scores=True)[0]
+    for j in range(len(res.token_ids)):
+        prefix = engine.tokenizer.decode(res.token_ids[: j + 1], skip_special_tokens=True)
+        if prefix not in got:
+            top2 = res.extras["scores"][j].topk(2).values
+            assert float(top2[0] - top2[1]) < 1e-4, f"batched answer {got!r} differs from {expected!r}: not a tie"
+            return
+    raise AssertionError(f"answers differ ({got!r} vs {expected!r}) but no differing token was found")
+
+
+def test_generate_rows_mixed_sampling_keeps_greedy_rows_exact(tiny):
+    ids = tiny.tokenizer("Wait, maybe", return_tensors="pt")["input_ids"][0].tolist()
+    greedy = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 8)])[0]
+    torch.manual_seed(3)
+    mixed = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 8), GenRow(ids, 8, temperature=1.5, top_p=0.9)])
+    assert mixed[0].token_ids == greedy.token_ids
+    assert len(mixed[1].token_ids) > 0

@@ -1,0 +1,214 @@
+"""Steering: specs, exact deltas on prompt and KV-cached decode positions, per-row batches, hook hygiene."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reasoning_dspy.activations import residual_at
+from reasoning_dspy.batching import GenRow, generate_rows
+from reasoning_dspy.steering import (
+    CaptureConfig,
+    Steerer,
+    SteeringError,
+    SteeringSpec,
+    as_spec,
+    compute_max_activation,
+    load_max_activation,
+    resolve,
+    steer,
+    summarize_latents,
+)
+
+LAYER = 2
+
+
+def _resolve(spec, tiny, sae, fmax):
+    return resolve(spec, d_model=tiny.spec.d_model, n_layers=tiny.spec.n_layers, sae=sae.fold_decoder_norms(),
+                   max_activation=fmax)
+
+
+def _ids(tiny, text="Wait, let me think about this. Therefore the answer is"):
+    return tiny.tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def _record_layer_outputs(tiny, layer=LAYER):
+    """Register a hook *after* the steerer's, so it sees the steered output of every forward."""
+    seen = []
+    handle = tiny.spec.layer(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    return seen, handle
+
+
+# -- specs ------------------------------------------------------------------------------------
+
+def test_spec_validation_and_coercion():
+    spec = SteeringSpec.from_features([5, 3], strength=2.5)
+    assert spec.features == {3: 2.5, 5: 2.5} and spec.mode == "add"
+    assert as_spec(spec.model_dump(mode="json")) == spec  # JSON keys are strings, coerced back
+    assert as_spec(None) is None and as_spec({}) is None and as_spec("off") is None
+    assert spec.fingerprint() != SteeringSpec.from_features([5, 3], strength=2.0).fingerprint()
+    with pytest.raises(Exception, match="clamp"):
+        SteeringSpec(vector=[0.0] * 4, mode="clamp")
+    with pytest.raises(Exception, match=">= 0"):
+        SteeringSpec(features={-1: 1.0})
+    with pytest.raises(SteeringError, match="invalid steering spec"):
+        as_spec({"features": {1: 1.0}, "strength": 3})
+    with pytest.raises(SteeringError, match="must be a SteeringSpec"):
+        as_spec(3.0)
+
+
+def test_resolve_errors_are_specific(tiny, steer_sae, steer_fmax):
+    with pytest.raises(SteeringError, match="out of range for an SAE with d_sae=128"):
+        _resolve(SteeringSpec(features={500: 1.0}), tiny, steer_sae, steer_fmax)
+    with pytest.raises(SteeringError, match="max activation"):
+        _resolve(SteeringSpec(features={1: 1.0}), tiny, steer_sae, None)
+    with pytest.raises(SteeringError, match="d_model is 64"):
+        _resolve(SteeringSpec(vector=[1.0] * 3), tiny, steer_sae, steer_fmax)
+    with pytest.raises(SteeringError, match="reads layer 2"):
+        _resolve(SteeringSpec(features={1: 1.0}, layer=1), tiny, steer_sae, steer_fmax)
+    with pytest.raises(SteeringError, match="needs an SAE"):
+        resolve(SteeringSpec(features={1: 1.0}, layer=2), d_model=64, n_layers=4)
+    with pytest.raises(SteeringError, match="d_sae=128"):
+        load_max_activation(torch.ones(7), d_sae=128)
+
+
+def test_several_features_add_up(tiny, steer_sae, steer_fmax):
+    folded = steer_sae.fold_decoder_norms()
+    row = _resolve(SteeringSpec(features={4: 2.0, 9: -1.0}), tiny, steer_sae, steer_fmax)
+    expected = 2.0 * steer_fmax[4] * folded.W_dec[4] - 1.0 * steer_fmax[9] * folded.W_dec[9]
+    torch.testing.assert_close(row.add, expected.detach())
+    vec = torch.randn(64)
+    both = _resolve(SteeringSpec(features={4: 2.0, 9: -1.0}, vector=vec.tolist()), tiny, steer_sae, steer_fmax)
+    torch.testing.assert_close(both.add, expected.detach() + vec)
+
+
+def test_compute_max_activation_matches_encode(steer_sae):
+    acts = torch.randn(50, 64)
+    expected = steer_sae.fold_decoder_norms().encode(acts).amax(0)
+    torch.testing.assert_close(compute_max_activation(steer_sae, acts, batch_size=16), expected.detach())
+
+
+# -- exact deltas -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["add", "clamp"])
+def test_delta_is_exact_on_prompt_and_decode_positions(tiny, steer_sae, steer_fmax, mode):
+    """During a KV-cached generate, the layer-L output differs from the unsteered residual of the same
+    tokens by exactly the expected delta, at every prompt position and every decode step."""
+    folded = steer_sae.fold_decoder_norms()
+    features = {7: 3.0, 20: 1.5}
+    spec = SteeringSpec(features=features, mode=mode)
+    ids = _ids(tiny)
+    with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax) as steerer:
+        seen, handle = _record_layer_outputs(tiny)
+        try:
+            out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                      pad_token_id=tiny.tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+    assert not steerer.active
+    assert len(seen) == 6 and seen[0].shape[1] == ids.shape[1] and all(s.shape[1] == 1 for s in seen[1:])
+    steered = torch.cat(seen, dim=1)[0]  # [T_prompt + 5, d]: prompt forward, then one per decode step
+    full = out[:, : steered.shape[0]]
+    clean = residual_at(tiny.model, LAYER, full)[0]  # no cache, no steering: the same tokens
+    idx = torch.tensor(list(features))
+    target = torch.tensor(list(features.values())) * steer_fmax[idx]
+    w = folded.W_dec.detach()[idx]
+    if mode == "add":
+        expected = (target @ w).expand_as(clean)
+    else:
+        f = folded.encode(clean).detach()[:, idx]
+        expected = (target - f) @ w
+    torch.testing.assert_close(steered - clean, expected, atol=2e-5, rtol=1e-4)
+    assert (steered - clean).abs().sum() > 0
+
+
+def test_per_row_specs_share_one_forward(tiny, steer_sae, steer_fmax):
+    """Row 0 steered, row 1 not: row 1 is bit-for-bit the unsteered forward, row 0 moves by its delta."""
+    row = _resolve(SteeringSpec(features={11: 4.0}), tiny, steer_sae, steer_fmax)
+    ids = _ids(tiny).repeat(2, 1)
+    clean = residual_at(tiny.model, LAYER, ids)
+    with Steerer(tiny.model, [row, None]):
+        seen, handle = _record_layer_outputs(tiny)
+        try:
+            with torch.no_grad():
+                tiny.model(input_ids=ids)
+        finally:
+            handle.remove()
+    assert torch.equal(seen[0][1], clean[1])
+    torch.testing.assert_close(seen[0][0] - clean[0], row.add.expand_as(clean[0]), atol=1e-5, rtol=1e-4)
+
+
+def test_batched_rows_generate_like_single_rows(tiny, steer_sae, steer_fmax):
+    """A steered and an unsteered row of different lengths in one left-padded generate give the
+    tokens each gives alone."""
+    folded = steer_sae.fold_decoder_norms()
+    row = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
+    a = GenRow(_ids(tiny)[0].tolist(), max_new_tokens=8, steering=row)
+    b = GenRow(_ids(tiny, "Hmm")[0].tolist(), max_new_tokens=5)
+    both = generate_rows(tiny.model, tiny.tokenizer, [a, b], sae=folded)
+    alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=folded)[0] for r in (a, b)]
+    assert [r.token_ids for r in both] == [r.token_ids for r in alone]
+    assert len(both[1].token_ids) <= 5
+    unsteered = generate_rows(tiny.model, tiny.tokenizer, [GenRow(a.prompt_ids, 8)])[0]
+    assert unsteered.token_ids != both[0].token_ids  # the steering did something
+
+
+# -- hook hygiene -------------------------------------------------------------------------------
+
+def test_hooks_removed_on_exit_and_on_exception(tiny, steer_sae, steer_fmax):
+    layer = tiny.spec.layer(LAYER)
+    before = len(layer._forward_hooks)
+    spec = SteeringSpec(features={3: 1.0})
+    with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax) as s:
+        assert s.active and len(layer._forward_hooks) == before + 1
+    assert len(layer._forward_hooks) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax):
+            raise RuntimeError("boom")
+    assert len(layer._forward_hooks) == before
+    # an error raised inside the hook itself (wrong batch size) also leaves no hook behind
+    with pytest.raises(SteeringError, match="batch of 1 rows"):
+        with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax):
+            tiny.model(input_ids=_ids(tiny).repeat(2, 1))
+    assert len(layer._forward_hooks) == before
+
+
+# -- capture ------------------------------------------------------------------------------------
+
+def test_capture_matches_a_second_pass(tiny, steer_sae):
+    """Latents recorded during generation equal those of a separate forward over the positions that
+    predicted each generated token."""
+    folded = steer_sae.fold_decoder_norms()
+    cfg = CaptureConfig(folded, LAYER, k=5, top=128)
+    prompt = _ids(tiny)[0].tolist()
+    feats = (3, 17, 40)
+    res = generate_rows(tiny.model, tiny.tokenizer, [GenRow(prompt, 7, capture=True, capture_features=feats)],
+                        sae=folded, capture=cfg)[0]
+    n = len(res.token_ids)
+    full = torch.tensor([prompt + res.token_ids])
+    acts = residual_at(tiny.model, LAYER, full)[0]
+    latents = folded.encode(acts[len(prompt) - 1 : len(prompt) - 1 + n]).detach()
+    ref = summarize_latents(latents, cfg, feats)
+    assert res.report.n_tokens == n == 7
+    assert res.report.topk_mean == pytest.approx(ref.topk_mean, rel=1e-4)
+    assert res.report.features_mean == pytest.approx(ref.features_mean, rel=1e-4, abs=1e-6)
+    assert [i for i, _ in res.report.top_features] == [i for i, _ in ref.top_features]
+
+
+def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bundled_prompts):
+    """Rows sharing a long prompt prefix (DSPy's system prompt) reuse one prefix forward per distinct
+    steering; every row still gets exactly the tokens it gets alone."""
+    from reasoning_dspy.batching import _shared_prefix_len
+
+    folded = steer_sae.fold_decoder_norms()
+    system = " ".join(bundled_prompts[:3])
+    add = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
+    clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
+    rows = [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s)
+            for q, s in [(" Why?", add), (" Is it so?", None), (" Why?", clamp), (" How come?", add)]]
+    assert _shared_prefix_len(rows) >= 32
+    shared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=folded)
+    unshared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=folded, share_prefix=False)
+    alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=folded)[0] for r in rows]
+    assert [r.token_ids for r in shared] == [r.token_ids for r in alone] == [r.token_ids for r in unshared]
+    assert shared[0].token_ids != shared[1].token_ids  # steering and prompts really differ
