@@ -109,7 +109,8 @@ def stage_score(state: DemoState) -> None:
     write_analysis(folder, scores, reports)
     table = Table(title=f"top features by ReasonScore ({len(scores.selected)} of {scores.d_sae} selected)")
     for col in ("rank", "feature", "score", "max", "density", "top words", "top context"):
-        table.add_column(col, no_wrap=col != "top context", min_width=24 if col == "top context" else None)
+        wraps = col in ("top words", "top context")  # numbers never wrap; text does on narrow terminals
+        table.add_column(col, no_wrap=not wraps, min_width=20 if col == "top context" else None)
     for r in reports:
         words = ", ".join(w for w, _ in r.top_words[:3]) or "-"
         context = Text()

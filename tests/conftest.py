@@ -43,6 +43,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads can
+    make them ~50x slower (each parallel region waits for a descheduled thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def steer_sae(tiny):
     """A random ReLU SAE on layer 2 of tiny-random (d_sae 128) for steering tests."""

@@ -10,17 +10,6 @@ from reasoning_dspy.sae.base import LossContext
 from reasoning_dspy.sae.fast_topk import latent_major_sum
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads can
-    make them ~50x slower (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def _sae(d_in=24, d_sae=96, k=5, apply_b_dec_to_input=True) -> SAE:
     torch.manual_seed(1)
     sae = SAE.from_config(SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k,

@@ -11,17 +11,6 @@ from safetensors.torch import save_file
 from reasoning_dspy.sae import SAE, SAEConfig, SAEFileError, load_sae, save_sae
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads can
-    make them ~50x slower (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def _random_sae(arch: str, d_in: int = 12, d_sae: int = 40, **kw) -> SAE:
     sae = SAE.from_config(SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=5 if arch == "topk" else None,
                                     model_name="tiny-random", hook_layer=2, hook_name="blocks.2.hook_resid_post", **kw))

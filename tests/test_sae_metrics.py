@@ -19,17 +19,6 @@ from reasoning_dspy.sae.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads can
-    make them ~50x slower (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def test_l0_counts_nonzeros_per_token():
     f = torch.tensor([[0.0, 1.0, 2.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     assert l0(f) == pytest.approx((2 + 1 + 0) / 3)

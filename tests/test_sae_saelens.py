@@ -18,15 +18,6 @@ from reasoning_dspy.sae import load_sae, save_sae  # noqa: E402
 D_IN, D_SAE = 16, 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads can
-    make them ~50x slower (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _randomise(sl) -> None:
     with torch.no_grad():

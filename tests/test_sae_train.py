@@ -13,17 +13,6 @@ from reasoning_dspy.sae.synthetic import dictionary_recovery, sparse_dictionary_
 from reasoning_dspy.sae.train import geometric_median, lr_at, sparsity_at
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads can
-    make them ~50x slower (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 @pytest.fixture(scope="module")
 def synthetic():
     """32 768 tokens in 32 dimensions, each a sparse mix (≈3 active) of 64 known unit atoms."""
