@@ -31,23 +31,30 @@ from reasoning_dspy.steering import SteeringSpec  # noqa: E402
 CASES = {"tinyllama-random": "bfloat16", "tiny-random": "float32"}
 
 
-def evaluate_throughput(loaded, devset, *, max_batch_size: int, max_tokens: int, threads: int) -> tuple[float, int, list]:
-    """Seconds for `dspy.Evaluate` over `devset`, generated tokens, and observed batch sizes."""
-    lm = SteeredLM(loaded, max_tokens=max_tokens, cache=False, max_batch_size=max_batch_size, max_wait_ms=10)
+def evaluate_throughput(loaded, devset, *, max_batch_size: int, max_tokens: int, threads: int,
+                        prefix_cache_size: int = 4
+                        ) -> tuple[float, int, list, str]:
+    """Seconds for `dspy.Evaluate` over `devset`, generated tokens, observed batch sizes, and the
+    prefix cache's hits/lookups during the run (the warm-up call fills it first)."""
+    lm = SteeredLM(loaded, max_tokens=max_tokens, cache=False, max_batch_size=max_batch_size, max_wait_ms=10,
+                   prefix_cache_size=prefix_cache_size)
     engine = engine_of(lm)
     program = dspy.Predict("question -> answer")
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
         program(question="warm-up")
         lm.history.clear()
         engine._batcher.batch_sizes.clear()
+        hits, misses = engine.prefix_cache.hits, engine.prefix_cache.misses
         start = time.perf_counter()
         dspy.Evaluate(devset=devset, metric=lambda ex, pred, trace=None: 1.0, num_threads=threads,
                       display_progress=True, max_errors=len(devset))(program)
         elapsed = time.perf_counter() - start
     tokens = sum(h["usage"].get("completion_tokens", 0) for h in lm.history)
     sizes = list(engine._batcher.batch_sizes)
+    hits = engine.prefix_cache.hits - hits
+    prefix = f"{hits}/{hits + engine.prefix_cache.misses - misses}"
     engine.close()
-    return elapsed, tokens, sizes
+    return elapsed, tokens, sizes, prefix
 
 
 def generate_tokens_per_s(engine: SteeredEngine, prompts, specs: dict, max_tokens: int, repeats: int) -> dict:
@@ -68,8 +75,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--threads", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=64,
+                    help="tokens generated per answer (64: a short DSPy answer with its field markers)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prefix-cache-size", type=int, default=4,
+                    help="prefilled prompt prefixes both engines keep across calls (0 = off)")
     ap.add_argument("--sequential-examples", type=int, default=16,
                     help="examples for the one-at-a-time run (its throughput is per request, so a subset "
                          "measures it; 0 = all). Keeps the TinyLlama run to a few minutes.")
@@ -79,7 +89,7 @@ def main() -> None:
     devset = [dspy.Example(question=p[:160]).with_inputs("question") for p in prompts]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {len(devset)} examples, {args.threads} DSPy threads, "
-          f"max_tokens {args.max_tokens}, greedy")
+          f"max_tokens {args.max_tokens}, greedy, prefix cache {args.prefix_cache_size}")
     for name in args.models:
         loaded = load_model(name, dtype=CASES[name])
         d = loaded.spec.d_model
@@ -88,11 +98,13 @@ def main() -> None:
         n_single = min(len(devset), args.sequential_examples or len(devset))
         runs = [("micro-batched", 16, devset), ("one at a time", 1, devset[:n_single])]
         for label, mbs, examples in tqdm(runs, desc="evaluate", leave=False):
-            sec, tokens, sizes = evaluate_throughput(loaded, examples, max_batch_size=mbs,
-                                                     max_tokens=args.max_tokens, threads=args.threads)
+            sec, tokens, sizes, prefix = evaluate_throughput(loaded, examples, max_batch_size=mbs,
+                                                     max_tokens=args.max_tokens, threads=args.threads,
+                                                             prefix_cache_size=args.prefix_cache_size)
             results[label] = len(examples) / sec
             print(f"{label:>14}: {len(examples) / sec:7.3f} examples/s, {tokens / sec:8.1f} generated tok/s "
-                  f"({len(examples)} examples in {sec:.1f} s; mean batch {sum(sizes) / max(len(sizes), 1):.1f})")
+                  f"({len(examples)} examples in {sec:.1f} s; mean batch {sum(sizes) / max(len(sizes), 1):.1f}; "
+                  f"prefix cache hits {prefix})")
         print(f"micro-batched / one-at-a-time throughput: {results['micro-batched'] / results['one at a time']:.2f}x")
 
         # steering cost: one batch of 16 rows, unsteered vs steered (add / clamp), same engine

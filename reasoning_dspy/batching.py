@@ -3,7 +3,9 @@
 `generate_rows` is the batched step: each row keeps its own steering, max_tokens, stop strings,
 temperature and top_p, and greedy rows stay exactly greedy next to sampled ones. Left padding with
 the attention mask lets Hugging Face derive each row's position ids from the mask, so a padded row
-computes what it would compute alone (up to float rounding of differently shaped matmuls).
+computes what it would compute alone (up to float rounding of differently shaped matmuls). The
+prompt prefix all rows share is prefilled once per steering, and a `PrefixCache` keeps it across
+batches, so the system prompt of a DSPy program is computed once, not once per call.
 
 `MicroBatcher` is the concurrency step: callers on many threads (DSPy's `Evaluate(num_threads=N)`)
 submit requests; one worker thread — the only thread that ever runs the model — waits a few
@@ -13,11 +15,13 @@ reading the weights, so 16 rows per step cost little more than one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -120,18 +124,24 @@ def generate_rows(
     output_scores: bool = False,
     min_new_tokens: int = 0,
     share_prefix: bool = True,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[GenResult]:
     """Generate for all `rows` in one left-padded batch, each with its own settings.
 
-    `min_new_tokens` suppresses EOS that long (benchmarks compare equal amounts of decoding)."""
+    `min_new_tokens` suppresses EOS that long (benchmarks compare equal amounts of decoding).
+    `prefix_cache` keeps prefilled prompt prefixes across calls (pass the same one with the same
+    model and SAE every time)."""
     if not rows:
         return []
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # Rows that start alike (DSPy's system prompt) share that prefix's forward: layout
     # [prefix][pads][suffix], so the prefix sits at the same positions in every row and its KV cache
-    # is computed once per distinct steering; position ids still follow the attention mask.
-    shared = _shared_prefix_len(rows) if share_prefix else 0
+    # is computed once per distinct steering (or taken from `prefix_cache`); position ids still follow
+    # the attention mask. A lone row only splits its prompt when a prefix cache can serve it.
+    caching = prefix_cache is not None and prefix_cache.size > 0
+    shared = _shared_prefix_len(rows) if share_prefix and (len(rows) > 1 or caching) else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
     suffix_width = max(len(r.prompt_ids) - shared for r in rows)
     width = shared + suffix_width
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -143,7 +153,7 @@ def generate_rows(
         ids[b, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
         mask[b, width - len(suffix) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    cache = _prefix_cache(model, rows, ids[:, :shared], sae, spec) if shared else None
+    cache = _prefix_kv(model, rows, rows[0].prompt_ids[:shared], sae, spec, prefix_cache) if shared else None
 
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -204,19 +214,18 @@ def generate_rows(
 MIN_SHARED_PREFIX = 32  # shorter common prefixes are not worth a separate forward
 
 
+def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def _shared_prefix_len(rows: Sequence[GenRow]) -> int:
-    """Length of the prompt prefix common to every row (leaving each row at least one own token)."""
-    if len(rows) < 2:
-        return 0
+    """Length of the prompt prefix common to every row, leaving each row at least one own token."""
     first = rows[0].prompt_ids
-    n = min(len(r.prompt_ids) for r in rows) - 1
-    for r in rows[1:]:
-        ids = r.prompt_ids
-        i = 0
-        while i < n and ids[i] == first[i]:
-            i += 1
-        n = i
-    return n if n >= MIN_SHARED_PREFIX else 0
+    return min(min(_common_len(first, r.prompt_ids) for r in rows), min(len(r.prompt_ids) for r in rows) - 1)
 
 
 def _steering_key(row: RowSteering | None) -> Any:
@@ -226,25 +235,102 @@ def _steering_key(row: RowSteering | None) -> Any:
     return (row.layer, as_bytes(row.add), as_bytes(row.clamp_features), as_bytes(row.clamp_targets))
 
 
-def _prefix_cache(model: nn.Module, rows: Sequence[GenRow], prefix: Tensor, sae: Any, spec: Any) -> Any:
-    """KV cache of the shared prefix for every row, computed once per distinct steering: `[B, ...]`."""
+class PrefixCache:
+    """Prefilled KV caches of recent prompt prefixes, reused across batches (automatic prefix caching).
+
+    An entry is the `DynamicCache` of one prefix (one row) under one steering: steering at layer L
+    changes the keys and values of every later layer, so the resolved steering (layer, vector, clamp
+    targets; f_max and the SAE decoder are folded into them) is part of the key. A new prefix takes
+    the entry sharing the longest run of leading tokens with it (at least `MIN_SHARED_PREFIX`),
+    cropped to that run, and prefills only the rest — a DSPy program's system prompt is computed once
+    per steering, not once per batch or request. At most `size` entries, least recently used dropped
+    first (0 disables). An instance belongs to one model and SAE (it empties itself if handed others)
+    and is only used under the model's lock. Models with sliding-window attention share prefixes
+    within a batch only.
+    """
+
+    def __init__(self, size: int = 4):
+        if size < 0:
+            raise ValueError(f"prefix cache size must be >= 0 entries, got {size}")
+        self.size = size
+        self.hits = 0  # lookups served (fully or partly) from an entry
+        self.misses = 0  # lookups that prefilled from scratch
+        self._entries: OrderedDict[tuple[Any, tuple[int, ...]], Any] = OrderedDict()
+        self._owner: tuple[nn.Module, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def bind(self, model: nn.Module, sae: Any) -> None:
+        """Entries are only valid for the model and SAE that computed them."""
+        if self._owner is not None and (self._owner[0] is not model or self._owner[1] is not sae):
+            self.clear()
+        self._owner = (model, sae)
+
+    def get(self, key: Any, prefix: Sequence[int]) -> tuple[int, Any]:
+        """`(n, cache)`: a private copy of the best entry's KV cropped to its `n` tokens shared with
+        `prefix`, or `(0, None)` on a miss."""
+        best, n = None, 0
+        for entry_key in self._entries:
+            if entry_key[0] == key:
+                m = _common_len(entry_key[1], prefix)
+                if m > n:
+                    best, n = entry_key, m
+        if best is None or n < MIN_SHARED_PREFIX:
+            self.misses += 1
+            return 0, None
+        self.hits += 1
+        self._entries.move_to_end(best)
+        cache = copy.deepcopy(self._entries[best])
+        cache.crop(n - len(best[1]))
+        return n, cache
+
+    def put(self, key: Any, prefix: Sequence[int], cache: Any) -> None:
+        """Keep a copy of `cache` (the KV of `prefix`, one row) as the most recent entry."""
+        if self.size == 0 or any(cache.is_sliding):
+            return
+        entry_key = (key, tuple(prefix))
+        self._entries[entry_key] = copy.deepcopy(cache)
+        self._entries.move_to_end(entry_key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+def _prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: Any, spec: Any,
+               store: PrefixCache | None) -> Any:
+    """KV cache of the shared `prefix` for every row, `[B, heads, len(prefix), head_dim]` per layer:
+    one prefill per distinct steering, starting from what `store` already holds."""
     from transformers import DynamicCache
 
     groups: dict[Any, int] = {}
-    first_row: list[int] = []
-    index = []
-    for b, r in enumerate(rows):
-        key = _steering_key(r.steering)
-        if key not in groups:
-            groups[key] = len(groups)
-            first_row.append(b)
-        index.append(groups[key])
-    cache = DynamicCache(config=model.config)
-    with Steerer(model, [rows[b].steering for b in first_row], sae=sae, spec=spec):
-        model(input_ids=prefix[first_row], attention_mask=torch.ones_like(prefix[first_row]),
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache.reorder_cache(torch.tensor(index, dtype=torch.long, device=prefix.device))
-    return cache
+    index = [groups.setdefault(_steering_key(r.steering), len(groups)) for r in rows]
+    first_row = {g: index.index(g) for g in groups.values()}
+    device = next(model.parameters()).device
+    if store is not None:
+        store.bind(model, sae)
+    caches = []
+    for key, g in groups.items():
+        start, cache = store.get(key, prefix) if store is not None else (0, None)
+        if start < len(prefix):
+            cache = cache if cache is not None else DynamicCache(config=model.config)
+            new = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
+            with Steerer(model, [rows[first_row[g]].steering], sae=sae, spec=spec):
+                model(input_ids=new, attention_mask=torch.ones((1, len(prefix)), dtype=torch.long, device=device),
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if store is not None:
+                store.put(key, prefix, cache)
+        caches.append(cache)
+    # one batch cache: the groups' rows side by side, then each row picks its group's
+    batch = caches[0]
+    if len(caches) > 1:
+        for i, layer in enumerate(batch.layers):
+            layer.keys = torch.cat([c.layers[i].keys for c in caches])
+            layer.values = torch.cat([c.layers[i].values for c in caches])
+    batch.reorder_cache(torch.tensor(index, dtype=torch.long, device=device))
+    return batch
 
 
 def _tokens_covering(tokenizer: Any, toks: list[int], n_chars: int) -> list[int]:

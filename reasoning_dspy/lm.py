@@ -9,6 +9,7 @@ DSPy 3.4's engine contract: `complete(request: dspy.lm15.Request) -> dspy.lm15.R
 - steers with the engine's default `SteeringSpec` or a per-call `metadata={"steering": {...}}`
   (`{"steering": None}` for an unsteered baseline),
 - micro-batches concurrent calls (`dspy.Evaluate(num_threads=N)`) into one batched generate,
+- keeps the prefilled system prompt (per steering) across calls instead of recomputing it,
 - optionally records the SAE latents of the generated tokens in the same forward and returns the
   response's reasoning activation in `Response.provider_data["reasoning_dspy"]`.
 
@@ -35,7 +36,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from reasoning_dspy.batching import GenResult, GenRow, MicroBatcher, generate_rows, model_lock
+from reasoning_dspy.batching import GenResult, GenRow, MicroBatcher, PrefixCache, generate_rows, model_lock
 from reasoning_dspy.models import LoadedModel, model_spec
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import (
@@ -135,6 +136,7 @@ class SteeredEngine:
         temperature: float = 0.0,
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
+        prefix_cache_size: int = 4,
         truncate_prompt: bool = False,
         name: str | None = None,
         sources: EngineSources | None = None,
@@ -161,6 +163,7 @@ class SteeredEngine:
         self.temperature = temperature
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
+        self.prefix_cache = PrefixCache(prefix_cache_size)  # used only under the model lock
         self.truncate_prompt = truncate_prompt
         self.sources = sources or EngineSources(model=self.spec.name, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                                                 device=str(next(model.parameters()).device))
@@ -209,7 +212,8 @@ class SteeredEngine:
         params = dict(sae=self.sae_raw, max_activation=self.max_activation, steering=self.default_steering,
                       capture=self.capture, reasoning_features=self.reasoning_features, capture_k=self.capture_k,
                       max_tokens=self.max_tokens, temperature=self.temperature, max_batch_size=self.max_batch_size,
-                      max_wait_ms=self.max_wait_ms, truncate_prompt=self.truncate_prompt, name=self.name,
+                      max_wait_ms=self.max_wait_ms, prefix_cache_size=self.prefix_cache.size,
+                      truncate_prompt=self.truncate_prompt, name=self.name,
                       sources=self.sources)
         if "sae" in changes and "max_activation" not in changes:
             params["max_activation"] = None
@@ -283,7 +287,8 @@ class SteeredEngine:
                                   temperature, 1.0, (), bool(capture)).row for p in prompts]
             with model_lock(self.model):
                 return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae, spec=self.spec,
-                                     min_new_tokens=min_tokens, capture=self._capture_config(rows))
+                                     min_new_tokens=min_tokens, capture=self._capture_config(rows),
+                                     prefix_cache=self.prefix_cache)
         futures = [self._batcher.submit(self._pending(
             self._render([{"role": "user", "content": p}], system), spec, max_tokens or self.max_tokens,
             self.temperature if temperature is None else temperature, 1.0, (),
@@ -398,7 +403,7 @@ class SteeredEngine:
         rows = [it.row for it in items]
         with model_lock(self.model):
             return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae,
-                                 capture=self._capture_config(rows), spec=self.spec)
+                                 capture=self._capture_config(rows), spec=self.spec, prefix_cache=self.prefix_cache)
 
     def _capture_config(self, rows: list[GenRow]) -> CaptureConfig | None:
         if self.sae is None or not any(r.capture for r in rows):
@@ -435,6 +440,7 @@ class SteeredEngine:
             "capture": self.capture, "reasoning_features": list(self.reasoning_features),
             "capture_k": self.capture_k, "max_tokens": self.max_tokens, "temperature": self.temperature,
             "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
+            "prefix_cache_size": self.prefix_cache.size,
             "truncate_prompt": self.truncate_prompt,
         }
         if self.max_activation is not None and self.sources.max_activation is None:
@@ -462,6 +468,7 @@ class SteeredEngine:
             reasoning_features=state.get("reasoning_features", ()), capture_k=state.get("capture_k", 10),
             max_tokens=state.get("max_tokens", 256), temperature=state.get("temperature", 0.0),
             max_batch_size=state.get("max_batch_size", 16), max_wait_ms=state.get("max_wait_ms", 5.0),
+            prefix_cache_size=state.get("prefix_cache_size", 4),
             truncate_prompt=state.get("truncate_prompt", False), name=state.get("name"),
         )
         if state.get("fingerprint") and engine.fingerprint != state["fingerprint"]:
@@ -531,6 +538,7 @@ def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
     cache: bool = True,
     max_batch_size: int = 16,
     max_wait_ms: float = 5.0,
+    prefix_cache_size: int = 4,
     truncate_prompt: bool = False,
     name: str | None = None,
     **lm_kwargs: Any,
@@ -543,12 +551,14 @@ def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
     per call, pass `config={"metadata": {"steering": {...}}}` to a DSPy module (or `None` to switch
     it off). Greedy (`temperature=0`) by default, so answers are reproducible. `truncate_prompt=True`
     keeps the end of prompts longer than the model's context (optimizers' long meta-prompts on small
-    models) instead of raising `ContextLengthError`.
+    models) instead of raising `ContextLengthError`. `prefix_cache_size` prefilled prompt prefixes
+    (the system prompt, per steering) are kept and reused by later calls; 0 turns that off.
     """
     import dspy
 
     common = dict(steering=steering, capture=capture, reasoning_features=reasoning_features, max_tokens=max_tokens,
                   temperature=temperature, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                  prefix_cache_size=prefix_cache_size,
                   truncate_prompt=truncate_prompt, name=name)
     if isinstance(model, SteeredEngine):
         engine = model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -41,6 +42,20 @@ def tiny_cache(tiny, bundled_prompts, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _dspy_memory_cache():
+    """DSPy's cache in memory only and empty for each test: tests never read or write the user's
+    disk cache, and no test sees another's cached answers. (Only where a test module uses dspy.)"""
+    dspy = sys.modules.get("dspy")
+    if dspy is None:
+        yield
+        return
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    dspy.cache.reset_memory_cache()
+    yield
+    dspy.cache.reset_memory_cache()
 
 
 @pytest.fixture(autouse=True)

@@ -15,14 +15,6 @@ QUESTIONS = [("What is 2 + 2?", "4"), ("Is 91 prime?", "no"), ("Capital of Franc
              ("What is 3 * 3?", "9"), ("Is water wet?", "yes"), ("What colour is the sky?", "blue")]
 
 
-@pytest.fixture(autouse=True)
-def _memory_cache():
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
-    dspy.cache.reset_memory_cache()
-    yield
-    dspy.cache.reset_memory_cache()
-
-
 @pytest.fixture(scope="module")
 def lm(tiny, steer_sae, steer_fmax):
     lm = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, capture=True, max_tokens=8,

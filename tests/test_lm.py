@@ -19,15 +19,6 @@ from reasoning_dspy.steering import SteeringSpec
 STEER = SteeringSpec(features={5: 6.0, 40: 4.0}).model_dump(mode="json")
 
 
-@pytest.fixture(autouse=True)
-def _memory_cache():
-    """DSPy's cache in memory only, empty for each test (never the user's disk cache)."""
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
-    dspy.cache.reset_memory_cache()
-    yield
-    dspy.cache.reset_memory_cache()
-
-
 @pytest.fixture(scope="module")
 def engine(tiny, steer_sae, steer_fmax):
     eng = SteeredEngine(tiny.model, tiny.tokenizer, sae=steer_sae, max_activation=steer_fmax, max_tokens=12,
@@ -275,3 +266,27 @@ def test_generate_rows_mixed_sampling_keeps_greedy_rows_exact(tiny):
     mixed = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 8), GenRow(ids, 8, temperature=1.5, top_p=0.9)])
     assert mixed[0].token_ids == greedy.token_ids
     assert len(mixed[1].token_ids) > 0
+
+
+def test_engine_prefix_cache_serves_later_calls(tiny, steer_sae, steer_fmax, bundled_prompts):
+    """DSPy calls of one program share its system prompt: after the first call per steering the
+    engine reuses the prefilled prefix (one request at a time too), answering exactly as an engine
+    without the cache."""
+    kwargs = dict(sae=steer_sae, max_activation=steer_fmax, max_tokens=8, cache=False, max_batch_size=1)
+    cached, plain = SteeredLM(tiny, **kwargs), SteeredLM(tiny, **kwargs, prefix_cache_size=0)
+    program = _Steerable()
+    calls = [(p[:100], spec) for p, spec in zip(bundled_prompts[:4], [None, STEER, None, STEER], strict=True)]
+    answers = []
+    for lm in (cached, plain):
+        with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+            answers.append([program(question=q, steering=spec).answer for q, spec in calls])
+    engine, off = engine_of(cached), engine_of(plain)
+    assert answers[0] == answers[1] and len(set(answers[0])) > 1
+    assert (engine.prefix_cache.misses, engine.prefix_cache.hits) == (2, 2)  # one prefill per steering
+    assert len(off.prefix_cache) == 0 and off.prefix_cache.hits == 0
+    sibling = engine.derive(name="sibling")
+    assert sibling.prefix_cache.size == 4 and off.dump_state()["prefix_cache_size"] == 0
+    with pytest.raises(ValueError, match="prefix cache size"):
+        SteeredLM(tiny, prefix_cache_size=-1)
+    for e in (engine, off, sibling):
+        e.close()

@@ -212,3 +212,57 @@ def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bu
     alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=folded)[0] for r in rows]
     assert [r.token_ids for r in shared] == [r.token_ids for r in alone] == [r.token_ids for r in unshared]
     assert shared[0].token_ids != shared[1].token_ids  # steering and prompts really differ
+
+
+def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, steer_fmax, bundled_prompts):
+    """A prefix kept from one batch serves the next batch and single requests (hits counted), per
+    steering: another steering misses; tokens and logits equal those computed without the cache."""
+    from reasoning_dspy.batching import PrefixCache, _steering_key
+
+    folded = steer_sae.fold_decoder_norms()
+    system = " ".join(bundled_prompts[:3])
+    add = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
+    clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
+
+    def rows(questions, steering):
+        return [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s) for q, s in zip(questions, steering, strict=True)]
+
+    def run(batch, cache):
+        out = generate_rows(tiny.model, tiny.tokenizer, batch, sae=folded, prefix_cache=cache, output_scores=True)
+        return [r.token_ids for r in out], [torch.stack(r.extras["scores"]) for r in out]
+
+    def check(batch, cache):
+        """Same tokens and logits with `cache` as without one; returns the tokens."""
+        (tokens, scores), (ref_tokens, ref_scores) = run(batch, cache), run(batch, None)
+        assert tokens == ref_tokens
+        for got, ref in zip(scores, ref_scores, strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        return tokens
+
+    cache = PrefixCache(size=4)
+    first = rows([" Why?", " Is it so?"], [add, None])
+    check(first, cache)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 2, 2)  # one prefill per steering, both kept
+    second = rows([" How come?", " What now?", " Really?"], [None, add, None])
+    assert check(second, cache) == [run([r], None)[0][0] for r in second]
+    assert (cache.hits, cache.misses) == (2, 2)
+    check(rows([" And then?"], [add]), cache)  # a single request reuses the batch's prefix too
+    assert cache.hits == 3
+    check(rows([" Why?"], [clamp]), cache)  # same prompt, other steering: its KV differs, so no reuse
+    assert (cache.hits, cache.misses) == (3, 3)
+    check(rows([" How come?"], [clamp]), cache)  # reuses only the system-prompt part of the " Why" entry
+    assert cache.hits == 4
+    assert run(first, None)[0] != run(rows([" Why?", " Is it so?"], [clamp, None]), None)[0]  # steering matters
+    # bounded: the least recently used entries go; a prompt sharing only its first token is prefilled afresh
+    for q in (" A?", " B?", " C?", " D?"):
+        check(rows([q], [None]), cache)
+    assert len(cache) == 4 and all(key != _steering_key(clamp) for key, _ in cache._entries)
+    misses = cache.misses
+    check([GenRow(_ids(tiny, "Completely different " * 8)[0].tolist(), 4)], cache)
+    assert cache.misses == misses + 1
+    other_sae = steer_sae.fold_decoder_norms()  # entries belong to one SAE (clamp encodes with it)
+    generate_rows(tiny.model, tiny.tokenizer, first[:1], sae=other_sae, prefix_cache=cache)
+    assert len(cache) == 1 and cache.misses == misses + 2
+    off = PrefixCache(size=0)  # keeps nothing
+    check(first, off)
+    assert len(off) == 0 and off.hits == 0
