@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from reasoning_dspy.models import ModelSpec, model_spec, resolve_dtype
+from reasoning_dspy.models import ModelSpec, layer_output, model_spec, resolve_dtype
 
 MANIFEST = "manifest.json"
 PROMPTS = "prompts.jsonl"
@@ -71,11 +71,6 @@ class _StopForward(Exception):
     """Raised from the hook to skip every layer after the one we need."""
 
 
-def _hidden(output) -> Tensor:
-    # transformers >= 5 decoder layers return a tensor; older ones a tuple whose first item it is.
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextmanager
 def stop_after(layer_module: nn.Module) -> Iterator[dict]:
     """Within the block, a forward records `layer_module`'s output in `box["acts"]` and stops there.
@@ -85,7 +80,7 @@ def stop_after(layer_module: nn.Module) -> Iterator[dict]:
     box: dict = {}
 
     def hook(_module, _inputs, output):
-        box["acts"] = _hidden(output)
+        box["acts"] = layer_output(output)
         raise _StopForward
 
     handle = layer_module.register_forward_hook(hook)

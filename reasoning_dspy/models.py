@@ -68,6 +68,17 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     )
 
 
+def layer_output(output: Any) -> torch.Tensor:
+    """The hidden state a decoder layer returned, `[batch, seq, d_model]`: transformers >= 5 layers
+    return the tensor itself, older ones a tuple whose first item it is. Every hook goes through here."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replace_layer_output(output: Any, hidden: torch.Tensor) -> Any:
+    """`output` with its hidden state swapped for `hidden`, in the same form (tensor or tuple)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
 @dataclass
 class ModelSpec:
     """What the rest of the library needs to know about a loaded model."""

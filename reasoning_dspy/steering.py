@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from reasoning_dspy.models import ModelSpec, model_spec
+from reasoning_dspy.models import ModelSpec, layer_output, model_spec, replace_layer_output
 from reasoning_dspy.sae import SAE
 
 
@@ -290,15 +290,6 @@ def summarize_latents(
 
 # -- hooks ----------------------------------------------------------------------------------
 
-def _hidden(output: Any) -> Tensor:
-    # transformers >= 5 decoder layers return a tensor; older ones a tuple whose first item it is.
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace(output: Any, hidden: Tensor) -> Any:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
 @dataclass
 class _LayerPlan:
     add: Tensor | None = None  # [B, d] or None when no row adds anything
@@ -417,7 +408,7 @@ class Steerer:
         sae = self.sae
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            x = _hidden(output)  # [B, T, d]
+            x = layer_output(output)  # [B, T, d]
             if x.shape[0] != len(self.rows):
                 raise SteeringError(
                     f"Steerer was built for a batch of {len(self.rows)} rows but layer {layer} saw {x.shape[0]}; "
@@ -433,7 +424,7 @@ class Steerer:
                 coef = plan.clamp_mask[:, None, :] * (plan.clamp_targets[:, None, :] - f.float())
                 w = sae.W_dec[plan.clamp_idx].float()  # [m, d]
                 new = new + (coef @ w).to(x.dtype)
-            return output if new is x else _replace(output, new)
+            return output if new is x else replace_layer_output(output, new)
 
         return hook
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from reasoning_dspy.models import layer_output, model_spec, replace_layer_output
 from reasoning_dspy.sae.base import SAE
 
 
@@ -150,9 +151,7 @@ def _replace_output(layer: nn.Module, fn):
     """Forward hook replacing the layer's hidden-state output with `fn(hidden)` (tensor or tuple outputs)."""
 
     def hook(_module, _inputs, output):
-        if isinstance(output, tuple):
-            return (fn(output[0]), *output[1:])
-        return fn(output)
+        return replace_layer_output(output, fn(layer_output(output)))
 
     return layer.register_forward_hook(hook)
 
@@ -174,8 +173,6 @@ def ce_loss_recovered(
     Positions spliced are `splice_mask [B, T]` (default: real tokens except `special_ids`, e.g. BOS,
     whose activations the SAE never saw in training). `layer` defaults to `sae.cfg.hook_layer`.
     """
-    from reasoning_dspy.models import model_spec
-
     spec = model_spec(model)
     layer = sae.cfg.hook_layer if layer is None else layer
     if layer is None:
