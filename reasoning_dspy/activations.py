@@ -126,6 +126,44 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def iter_residuals(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    layer: int,
+    *,
+    start: int = 0,
+    batch_size: int = 16,
+    max_length: int = 256,
+    keep_special_tokens: bool = False,
+    spec: ModelSpec | None = None,
+) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
+    """Per batch of prompts from index `start` on: `(batch_start, batch_end, tokens)`, where `tokens`
+    holds the kept tokens' `acts [n, d_model]` (model dtype and device), `token_ids`, `seq_ids`
+    (prompt index) and `positions`. The one place that decides which tokens count: right padding
+    (each row keeps its own positions), pads never kept, BOS/EOS/pad dropped unless
+    `keep_special_tokens`. The cache writer and f_max estimation both read activations through it."""
+    spec = spec or model_spec(model)
+    special = torch.tensor(
+        sorted({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}), dtype=torch.long
+    )
+    device = next(model.parameters()).device
+    for s in range(start, len(prompts), batch_size):
+        rows = tokenizer(list(prompts[s : s + batch_size]), truncation=True, max_length=max_length)["input_ids"]
+        ids, mask = pad_right(rows, tokenizer.pad_token_id)
+        acts = residual_at(model, layer, ids.to(device), mask.to(device), spec=spec)  # [B, T, d]
+        keep = mask.bool()
+        if not keep_special_tokens:
+            keep &= ~torch.isin(ids, special)
+        b_idx, pos = keep.nonzero(as_tuple=True)
+        yield s, min(s + batch_size, len(prompts)), {
+            "acts": acts[keep.to(acts.device)],
+            "token_ids": ids[keep].to(torch.int32),
+            "seq_ids": (b_idx + s).to(torch.int64),
+            "positions": pos.to(torch.int32),
+        }
+
+
 def extract_activations(
     model: nn.Module,
     tokenizer,
@@ -176,30 +214,17 @@ def extract_activations(
     if not (out / PROMPTS).exists() or manifest.prompts_done == 0:
         atomic_write_text(out / PROMPTS, "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
 
-    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    device = next(model.parameters()).device
     buffer: list[dict[str, Tensor]] = []
     buffered = 0
     shard_start = manifest.prompts_done
     bar = tqdm(total=len(prompts), initial=shard_start, desc=f"extract L{layer}", unit="prompt",
                disable=not progress)
-    for start in range(shard_start, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        rows = tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
-        ids, mask = pad_right(rows, tokenizer.pad_token_id)
-        acts = residual_at(model, layer, ids.to(device), mask.to(device), spec=spec)  # [B, T, d]
-        keep = mask.bool()
-        if not keep_special_tokens:
-            keep &= ~torch.isin(ids, torch.tensor(sorted(special), dtype=torch.long))
-        b_idx, pos = keep.nonzero(as_tuple=True)
-        buffer.append({
-            "acts": acts[keep.to(acts.device)].to("cpu", storage_dtype),
-            "token_ids": ids[keep].to(torch.int32),
-            "seq_ids": (b_idx + start).to(torch.int64),
-            "positions": pos.to(torch.int32),
-        })
-        buffered += int(keep.sum())
-        end = min(start + batch_size, len(prompts))
+    for start, end, tokens in iter_residuals(model, tokenizer, prompts, layer, start=shard_start,
+                                             batch_size=batch_size, max_length=max_length,
+                                             keep_special_tokens=keep_special_tokens, spec=spec):
+        tokens["acts"] = tokens["acts"].to("cpu", storage_dtype)
+        buffer.append(tokens)
+        buffered += len(tokens["token_ids"])
         bar.update(end - start)
         if buffered >= shard_tokens or end == len(prompts):
             _flush(out, manifest, buffer, shard_start, end)

@@ -153,25 +153,16 @@ def estimate_max_activation(
     layer: int | None = None, batch_size: int = 16, max_length: int = 256,
 ) -> Tensor:
     """f_max `[d_sae]` measured on `prompts` (default: the bundled prompts) when no ReasonScore result
-    is at hand. Special and pad tokens are skipped, as in the activation cache."""
-    from reasoning_dspy.activations import residual_at
+    is at hand. Tokens are chosen exactly as in the activation cache (`iter_residuals`)."""
+    from reasoning_dspy.activations import iter_residuals
     from reasoning_dspy.prompts import load_prompts
 
     layer = layer if layer is not None else sae.cfg.hook_layer
     if layer is None:
         raise SteeringError("the SAE records no hook_layer: pass layer= to estimate_max_activation")
     prompts = list(prompts) if prompts is not None else load_prompts("bundled", limit=64)
-    spec = model_spec(model)
-    device = next(model.parameters()).device
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                        truncation=True, max_length=max_length)
-        acts = residual_at(model, layer, enc["input_ids"].to(device), enc["attention_mask"].to(device), spec=spec)
-        keep = enc["attention_mask"].bool() & ~torch.isin(enc["input_ids"], special)
-        chunks.append(acts[keep.to(acts.device)].float().cpu())
-    return compute_max_activation(sae, torch.cat(chunks))
+    batches = iter_residuals(model, tokenizer, prompts, layer, batch_size=batch_size, max_length=max_length)
+    return compute_max_activation(sae, (tokens["acts"].float().cpu() for _, _, tokens in batches))
 
 
 # -- resolution: spec -> per-row tensors ----------------------------------------------------

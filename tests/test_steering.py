@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasoning_dspy.activations import residual_at
+from reasoning_dspy.activations import extract_activations, residual_at
 from reasoning_dspy.batching import GenRow, generate_rows
 from reasoning_dspy.steering import (
     CaptureConfig,
@@ -14,6 +14,7 @@ from reasoning_dspy.steering import (
     SteeringSpec,
     as_spec,
     compute_max_activation,
+    estimate_max_activation,
     load_max_activation,
     resolve,
     steer,
@@ -266,3 +267,13 @@ def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, s
     off = PrefixCache(size=0)  # keeps nothing
     check(first, off)
     assert len(off) == 0 and off.hits == 0
+
+
+def test_estimated_fmax_reads_the_same_tokens_as_the_cache(tiny, steer_sae, bundled_prompts, tmp_path):
+    prompts = bundled_prompts[:12]
+    cache = extract_activations(tiny.model, tiny.tokenizer, prompts, 2, tmp_path, dtype="float32",
+                                batch_size=5, progress=False)
+    expected = compute_max_activation(steer_sae, cache.load(("acts",))["acts"])
+    got = estimate_max_activation(tiny.model, tiny.tokenizer, steer_sae, prompts, batch_size=5)
+    torch.testing.assert_close(got, expected)
+    assert (got > 0).any()
