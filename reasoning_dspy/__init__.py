@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "load_model": "reasoning_dspy.models",
+    "load_tokenizer": "reasoning_dspy.models",
     "LoadedModel": "reasoning_dspy.models",
     "ModelSpec": "reasoning_dspy.models",
     "ModelLoadError": "reasoning_dspy.models",
@@ -56,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.analysis import analyze_features  # noqa: F401
     from reasoning_dspy.lm import SteeredEngine, SteeredLM  # noqa: F401
     from reasoning_dspy.metrics import ReasonScoreMetric  # noqa: F401
-    from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model  # noqa: F401
+    from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
     from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
     from reasoning_dspy.reasonscore import FeatureScores, score_features  # noqa: F401

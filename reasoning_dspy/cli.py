@@ -104,9 +104,10 @@ def score(
     """Rank SAE features by ReasonScore over a cache and write the scores and feature analysis."""
     from reasoning_dspy.activations import ActivationCache, CacheError
     from reasoning_dspy.analysis import analyze_features, write_analysis
+    from reasoning_dspy.models import ModelLoadError, load_tokenizer
     from reasoning_dspy.reasonscore import score_features
     from reasoning_dspy.sae import load_sae
-    from reasoning_dspy.vocab import Vocabulary, load_tokenizer
+    from reasoning_dspy.vocab import Vocabulary
 
     try:
         acts = ActivationCache(cache)
@@ -121,7 +122,7 @@ def score(
         reports = analyze_features(acts, model, scores, tokenizer=tokenizer, n_features=n_features,
                                    n_contexts=n_contexts, batch_size=batch_size, device=device)
         write_analysis(out, scores, reports)
-    except (CacheError, FileNotFoundError, ValueError) as err:
+    except (CacheError, FileNotFoundError, ModelLoadError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"{len(scores.selected)} of {scores.d_sae} features selected (ReasonScore >= {scores.threshold:.4g})")
     for r in reports:

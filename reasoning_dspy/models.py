@@ -147,18 +147,34 @@ def load_model(
     if name_or_path in tiny.OFFLINE_MODELS:
         model, tokenizer = tiny.build(name_or_path, seed=seed, dtype=torch_dtype)
     else:
-        model, tokenizer = _from_pretrained(name_or_path, torch_dtype)
-    if tokenizer.pad_token is None:
-        # Llama tokenizers ship without a pad token; any id works since pads are masked out.
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = load_tokenizer(name_or_path)
+        model = _from_hub(name_or_path, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype or "auto")
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, model_spec(model, name_or_path))
 
 
-def _from_pretrained(name_or_path: str, dtype: torch.dtype | None) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> Any:
+    """Just the tokenizer of a model (offline names included), e.g. to read a cache's token ids
+    without loading weights; always with a pad token."""
+    from reasoning_dspy import tiny
 
+    if name_or_path in tiny.OFFLINE_MODELS:
+        tokenizer = tiny.build_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = _from_hub(name_or_path, AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token is None:
+        # Llama tokenizers ship without a pad token; any id works since pads are masked out.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def _from_hub(name_or_path: str, from_pretrained, **kwargs) -> Any:
+    """`from_pretrained(name_or_path, **kwargs)` with hub/folder failures turned into a `ModelLoadError`."""
     is_local = os.path.isdir(name_or_path)
     if is_local and not os.path.isfile(os.path.join(name_or_path, "config.json")):
         raise ModelLoadError(
@@ -166,8 +182,7 @@ def _from_pretrained(name_or_path: str, dtype: torch.dtype | None) -> tuple[nn.M
             "pass a folder written by `save_pretrained`, a hub id, or an offline model such as 'tiny-random'"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
+        return from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:  # hub unreachable / not found / not a model
         from reasoning_dspy.tiny import OFFLINE_MODELS
 
@@ -180,4 +195,3 @@ def _from_pretrained(name_or_path: str, dtype: torch.dtype | None) -> tuple[nn.M
             f"Without network access use an offline model: {', '.join(OFFLINE_MODELS)} "
             "(e.g. `load_model('tiny-random')`)."
         ) from err
-    return model, tokenizer

@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from reasoning_dspy.vocab import VocabMatcher, Vocabulary, load_tokenizer
+from reasoning_dspy.models import load_tokenizer
+from reasoning_dspy.vocab import VocabMatcher, Vocabulary
 
 SCORES_FILE = "scores.safetensors"
 FEATURES_JSON = "features.json"

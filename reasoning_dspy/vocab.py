@@ -142,24 +142,6 @@ class Vocabulary(BaseModel):
         return VocabMatcher(self, tokenizer)
 
 
-def load_tokenizer(name_or_path: str):
-    """The tokenizer of a model name as stored in a cache manifest (offline models included),
-    without loading the model's weights."""
-    from reasoning_dspy import tiny
-
-    if name_or_path in tiny.OFFLINE_MODELS:
-        return tiny.build_tokenizer()
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"cannot load the tokenizer of {name_or_path!r} (the model recorded in the cache): {err}. "
-            "Pass the tokenizer explicitly, or a local model folder."
-        ) from None
-
-
 def token_pieces(tokenizer) -> list[str]:
     """`pieces[id]` is the text token `id` adds when it follows other text, leading space included.
 
