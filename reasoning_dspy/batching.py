@@ -64,26 +64,32 @@ class GenResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class _RowSampling:
-    """Per-row temperature and top-p as a logits processor; greedy rows keep only their argmax,
-    so multinomial sampling returns exactly the greedy token for them."""
+class _RowSampler:
+    """Chooses every row's next token itself and hands `generate` a one-hot score row.
+
+    Greedy rows (temperature 0) take their argmax; sampled rows draw from their own temperature and
+    top-p distribution over the whole vocabulary. `generate` runs in greedy mode, so it picks exactly
+    the chosen token and none of Hugging Face's sampling warpers (a default top-k of 50 among them)
+    ever runs after this one.
+    """
 
     def __init__(self, temperature: Tensor, top_p: Tensor):
         self.temperature, self.top_p = temperature, top_p  # [B], [B]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scores = scores.float()
-        greedy = self.temperature <= 0
-        out = scores / self.temperature.clamp_min(1e-5)[:, None]
-        if (self.top_p < 1).any():
-            sorted_logits, order = out.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            remove = cum - sorted_logits.softmax(-1) > self.top_p[:, None]  # keep the token crossing top_p
-            out = out.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
-        if greedy.any():
-            onehot = torch.full_like(scores, float("-inf")).scatter(-1, scores.argmax(-1, keepdim=True), 0.0)
-            out = torch.where(greedy[:, None], onehot, out)
-        return out
+        choice = scores.argmax(-1)
+        sampled = self.temperature > 0
+        if sampled.any():
+            logits = scores[sampled] / self.temperature[sampled, None]
+            top_p = self.top_p[sampled]
+            if (top_p < 1).any():
+                sorted_logits, order = logits.sort(dim=-1, descending=True)
+                probs = sorted_logits.softmax(-1)
+                remove = probs.cumsum(-1) - probs > top_p[:, None]  # keep the token that crosses top_p
+                logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
+            choice[sampled] = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+        return torch.full_like(scores, float("-inf")).scatter(-1, choice[:, None], 0.0)
 
 
 class _RowStopping:
@@ -112,6 +118,37 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 
+def _generation_config(max_new_tokens: int, min_new_tokens: int, pad_id: int, eos: set[int],
+                       output_logits: bool) -> Any:
+    """The decoding configuration, with every logits-changing field stated.
+
+    `generate` fills each field left `None` from the model's `generation_config`, then from library
+    defaults, and with `do_sample=True` it would run its own warpers (a default `top_k=50` among
+    them) after ours. So decoding is always greedy over the one-hot scores `_RowSampler` hands over
+    (temperature, top-k, top-p and the other warper fields then do nothing), and every processor
+    that would change the logits is set to its neutral value: a checkpoint's own
+    `repetition_penalty` or `no_repeat_ngram_size` never alters our rows.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or 0,
+        do_sample=False,
+        num_beams=1,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        renormalize_logits=False,
+        remove_invalid_values=False,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos) or None,
+        output_logits=output_logits,
+        return_dict_in_generate=True,
+    )
+
+
 @torch.inference_mode()
 def generate_rows(
     model: nn.Module,
@@ -121,7 +158,7 @@ def generate_rows(
     sae: Any = None,
     capture: CaptureConfig | None = None,
     spec: Any = None,
-    output_scores: bool = False,
+    output_logits: bool = False,
     min_new_tokens: int = 0,
     share_prefix: bool = True,
     prefix_cache: PrefixCache | None = None,
@@ -129,6 +166,7 @@ def generate_rows(
     """Generate for all `rows` in one left-padded batch, each with its own settings.
 
     `min_new_tokens` suppresses EOS that long (benchmarks compare equal amounts of decoding).
+    `output_logits` keeps each step's raw logits in `extras["logits"]` (`[vocab]` per generated token).
     `prefix_cache` keeps prefilled prompt prefixes across calls (pass the same one with the same
     model and SAE every time)."""
     if not rows:
@@ -155,25 +193,13 @@ def generate_rows(
     ids, mask = ids.to(device), mask.to(device)
     cache = _prefix_kv(model, rows, rows[0].prompt_ids[:shared], sae, spec, prefix_cache) if shared else None
 
-    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     eos = _eos_ids(model, tokenizer)
-    sampled = any(r.temperature > 0 for r in rows)
-    gen_cfg = GenerationConfig(
-        max_new_tokens=max(r.max_new_tokens for r in rows),
-        min_new_tokens=min_new_tokens or None,
-        do_sample=sampled,
-        temperature=1.0,
-        top_k=None,
-        top_p=1.0,
-        pad_token_id=pad_id,
-        eos_token_id=sorted(eos) or None,
-        output_scores=output_scores,
-        return_dict_in_generate=True,
-    )
+    gen_cfg = _generation_config(max(r.max_new_tokens for r in rows), min_new_tokens, pad_id, eos, output_logits)
     processors = LogitsProcessorList()
-    if sampled:
-        processors.append(_RowSampling(
+    if any(r.temperature > 0 for r in rows):
+        processors.append(_RowSampler(
             torch.tensor([r.temperature for r in rows], device=device, dtype=torch.float32),
             torch.tensor([r.top_p for r in rows], device=device, dtype=torch.float32),
         ))
@@ -202,8 +228,8 @@ def generate_rows(
                 text, finish = text[:cut], "stop"
                 toks = _tokens_covering(tokenizer, toks, cut)
         results.append(GenResult(toks, text, finish, len(r.prompt_ids)))
-        if output_scores:
-            results[-1].extras["scores"] = [s[b].float().cpu() for s in out.scores]
+        if output_logits:
+            results[-1].extras["logits"] = [step[b].float().cpu() for step in out.logits]
     if want_capture is not None:
         reports = steerer.reports([len(res.token_ids) for res in results])
         for r, res, rep in zip(rows, results, reports, strict=True):

@@ -249,11 +249,11 @@ def _assert_tie(engine, ex, got, expected):
     ids = engine._render([m for m in messages if m["role"] != "system"], system)
     spec = SteeringSpec.model_validate(ex.steering) if ex.steering else None
     pending = engine._pending(ids, spec, 10, 0.0, 1.0, (), False)
-    res = generate_rows(engine.model, engine._worker_tokenizer, [pending.row], sae=engine.sae, output_scores=True)[0]
+    res = generate_rows(engine.model, engine._worker_tokenizer, [pending.row], sae=engine.sae, output_logits=True)[0]
     for j in range(len(res.token_ids)):
         prefix = engine.tokenizer.decode(res.token_ids[: j + 1], skip_special_tokens=True)
         if prefix not in got:
-            top2 = res.extras["scores"][j].topk(2).values
+            top2 = res.extras["logits"][j].topk(2).values
             assert float(top2[0] - top2[1]) < 1e-4, f"batched answer {got!r} differs from {expected!r}: not a tie"
             return
     raise AssertionError(f"answers differ ({got!r} vs {expected!r}) but no differing token was found")
@@ -266,6 +266,38 @@ def test_generate_rows_mixed_sampling_keeps_greedy_rows_exact(tiny):
     mixed = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 8), GenRow(ids, 8, temperature=1.5, top_p=0.9)])
     assert mixed[0].token_ids == greedy.token_ids
     assert len(mixed[1].token_ids) > 0
+
+
+def test_sampled_rows_draw_from_the_whole_vocabulary(tiny):
+    """At a very high temperature the distribution is nearly flat over all 2,048 tokens, so sampled
+    tokens must land outside the raw logits' top 50 most of the time (a hidden top-k filter would
+    keep every one of them inside it); greedy rows in the same batch stay exact argmax."""
+    ids = tiny.tokenizer("Wait, maybe", return_tensors="pt")["input_ids"][0].tolist()
+    torch.manual_seed(0)
+    out = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 16, temperature=1e4)] * 4 + [GenRow(ids, 16)],
+                        output_logits=True)
+
+    def ranks(res):  # rank of each emitted token among that step's raw logits (0 = argmax)
+        return [int((logits > logits[tok]).sum()) for logits, tok in zip(res.extras["logits"], res.token_ids, strict=True)]
+
+    sampled = [r for res in out[:4] for r in ranks(res)]
+    assert len(sampled) == 64 and sum(r >= 50 for r in sampled) > 48
+    assert ranks(out[4]) == [0] * 16
+
+
+def test_generation_ignores_the_checkpoints_own_sampling_defaults(tiny):
+    """A checkpoint's `generation_config` (repetition penalty, top-k) must not change our rows."""
+    ids = tiny.tokenizer("Wait, maybe", return_tensors="pt")["input_ids"][0].tolist()
+    plain = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 12)], output_logits=True)[0]
+    config = tiny.model.generation_config
+    saved = (config.repetition_penalty, config.top_k, config.no_repeat_ngram_size)
+    config.repetition_penalty, config.top_k, config.no_repeat_ngram_size = 5.0, 1, 1
+    try:
+        opinionated = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 12)], output_logits=True)[0]
+    finally:
+        config.repetition_penalty, config.top_k, config.no_repeat_ngram_size = saved
+    assert opinionated.token_ids == plain.token_ids
+    assert len(set(plain.token_ids)) < len(plain.token_ids)  # the greedy text repeats a token, so a penalty would bite
 
 
 def test_engine_prefix_cache_serves_later_calls(tiny, steer_sae, steer_fmax, bundled_prompts):

@@ -229,8 +229,8 @@ def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, s
         return [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s) for q, s in zip(questions, steering, strict=True)]
 
     def run(batch, cache):
-        out = generate_rows(tiny.model, tiny.tokenizer, batch, sae=folded, prefix_cache=cache, output_scores=True)
-        return [r.token_ids for r in out], [torch.stack(r.extras["scores"]) for r in out]
+        out = generate_rows(tiny.model, tiny.tokenizer, batch, sae=folded, prefix_cache=cache, output_logits=True)
+        return [r.token_ids for r in out], [torch.stack(r.extras["logits"]) for r in out]
 
     def check(batch, cache):
         """Same tokens and logits with `cache` as without one; returns the tokens."""
