@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "SteeringSpec": "reasoning_dspy.steering",
     "Steerer": "reasoning_dspy.steering",
     "steer": "reasoning_dspy.steering",
-    "SteeredEngine": "reasoning_dspy.lm",
+    "SteeredEngine": "reasoning_dspy.engine",
     "SteeredLM": "reasoning_dspy.lm",
     "LenientChatAdapter": "reasoning_dspy.adapter",
     "SAESteeringModule": "reasoning_dspy.modules",
@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations, residual_at  # noqa: F401
     from reasoning_dspy.adapter import LenientChatAdapter  # noqa: F401
     from reasoning_dspy.analysis import analyze_features  # noqa: F401
-    from reasoning_dspy.lm import SteeredEngine, SteeredLM  # noqa: F401
+    from reasoning_dspy.engine import SteeredEngine  # noqa: F401
+    from reasoning_dspy.lm import SteeredLM  # noqa: F401
     from reasoning_dspy.metrics import ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
     from reasoning_dspy.modules import SAESteeringModule  # noqa: F401

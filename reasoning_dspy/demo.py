@@ -136,7 +136,7 @@ def stage_steer(state: DemoState) -> None:
 
     from rich.table import Table
 
-    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.engine import SteeredEngine
     from reasoning_dspy.sae import SAE, SAEConfig
     from reasoning_dspy.steering import SteeringSpec, estimate_max_activation
 

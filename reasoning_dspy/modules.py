@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 import dspy
 
-from reasoning_dspy.lm import SteeredEngine, SteeredLM, collect_reports, engine_of, tensors_fingerprint
+from reasoning_dspy.engine import SteeredEngine
+from reasoning_dspy.engine.fingerprint import tensors_fingerprint
+from reasoning_dspy.lm import SteeredLM, collect_reports, engine_of
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import SteeringSpec
 

@@ -11,8 +11,9 @@ import torch
 from dspy.lm15 import Config, Message, Request
 
 from reasoning_dspy.adapter import LenientChatAdapter
-from reasoning_dspy.batching import GenRow, MicroBatcher, generate_rows
-from reasoning_dspy.lm import _LIVE, SteeredEngine, SteeredLM, collect_reports, engine_of
+from reasoning_dspy.engine import GenRow, MicroBatcher, generate_rows
+from reasoning_dspy.engine.steered_engine import _LIVE
+from reasoning_dspy.lm import SteeredEngine, SteeredLM, collect_reports, engine_of
 from reasoning_dspy.sae import save_sae
 from reasoning_dspy.steering import SteeringSpec
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reasoning_dspy.activations import extract_activations, residual_at
-from reasoning_dspy.batching import GenRow, generate_rows
+from reasoning_dspy.engine import GenRow, generate_rows
 from reasoning_dspy.steering import (
     CaptureConfig,
     Steerer,
@@ -199,7 +199,7 @@ def test_capture_matches_a_second_pass(tiny, steer_sae):
 def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bundled_prompts):
     """Rows sharing a long prompt prefix (DSPy's system prompt) reuse one prefix forward per distinct
     steering; every row still gets exactly the tokens it gets alone."""
-    from reasoning_dspy.batching import _shared_prefix_len
+    from reasoning_dspy.engine.generate import _shared_prefix_len
 
     folded = steer_sae.fold_decoder_norms()
     system = " ".join(bundled_prompts[:3])
@@ -218,7 +218,7 @@ def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bu
 def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, steer_fmax, bundled_prompts):
     """A prefix kept from one batch serves the next batch and single requests (hits counted), per
     steering: another steering misses; tokens and logits equal those computed without the cache."""
-    from reasoning_dspy.batching import PrefixCache, _steering_key
+    from reasoning_dspy.engine.prefix_cache import PrefixCache, _steering_key
 
     folded = steer_sae.fold_decoder_norms()
     system = " ".join(bundled_prompts[:3])
