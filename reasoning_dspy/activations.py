@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -98,11 +98,15 @@ def residual_at(
     attention_mask: Tensor | None = None,
     *,
     spec: ModelSpec | None = None,
+    hooks: AbstractContextManager | None = None,
 ) -> Tensor:
     """Residual stream after decoder layer `layer`: `[batch, seq, d_model]`, equal to
-    `hidden_states[layer + 1]` of a full forward (for the last layer: before the final norm)."""
+    `hidden_states[layer + 1]` of a full forward (for the last layer: before the final norm).
+
+    `hooks` (e.g. a `Steerer`) is entered once the recording hook is in place, so hooks on earlier
+    layers act on the forward while the residual is read before any hook of its own at `layer`."""
     spec = spec or model_spec(model)
-    with stop_after(spec.layer(layer)) as box:
+    with stop_after(spec.layer(layer)) as box, hooks or nullcontext():
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:

@@ -1,10 +1,11 @@
 """A chat adapter that turns unparseable model output into an answer instead of an exception.
 
 DSPy's `ChatAdapter` raises `AdapterParseError` when a response lacks the `[[ ## field ## ]]`
-markers, retries through `JSONAdapter`, and `Evaluate` gives up after `max_errors`. Small or random
-models (and steered ones pushed off-distribution) rarely produce the markers. `LenientChatAdapter`
-keeps whatever fields parse and fills the rest from the leftover text, so the answer is *scored*
-(usually as wrong) and evaluation and optimizers keep running.
+markers or is empty, retries through `JSONAdapter`, and `Evaluate` gives up after `max_errors`.
+Small or random models (and steered ones pushed off-distribution) rarely produce the markers, and
+sometimes stop at once. `LenientChatAdapter` keeps whatever fields parse and fills the rest from
+the leftover text, so the answer is *scored* (usually as wrong) and evaluation and optimizers keep
+running. It overrides only `ChatAdapter`'s public methods (`parse`, `__call__`, `acall`).
 """
 
 from __future__ import annotations
@@ -39,11 +40,28 @@ class LenientChatAdapter(ChatAdapter):
         self.n_salvaged = 0
         self._count_lock = threading.Lock()
 
-    def _call_postprocess(self, processed_signature: Any, original_signature: Any, outputs: list, lm: Any,
-                          lm_kwargs: dict) -> list[dict[str, Any]]:
-        # An empty response (e.g. EOS first) is an empty answer, not "The LM returned an empty response".
-        outputs = [_non_empty(o) for o in outputs]
-        return super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
+    def __call__(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, demos: list[dict[str, Any]],
+                 inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        _check_steering(lm_kwargs)
+        try:
+            return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+        except AdapterParseError:  # `parse` never raises: the LM answered nothing at all
+            return self._empty_answers(signature, lm_kwargs)
+
+    async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, demos: list[dict[str, Any]],
+                    inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        _check_steering(lm_kwargs)
+        try:
+            return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        except AdapterParseError:
+            return self._empty_answers(signature, lm_kwargs)
+
+    def _empty_answers(self, signature: Any, lm_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """An empty response (EOS first) is an empty answer. DSPy refuses the whole call when any of its
+        `n` completions is empty, so all `n` answers of such a call come back empty."""
+        with self._count_lock:
+            self.n_salvaged += 1
+        return [self._salvage(signature, "") for _ in range(int(lm_kwargs.get("n") or 1))]
 
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         try:
@@ -84,12 +102,13 @@ class LenientChatAdapter(ChatAdapter):
         return parsed
 
 
-def _non_empty(output: Any) -> Any:
-    if isinstance(output, dict):
-        if not output.get("text") and not output.get("tool_calls"):
-            return {**output, "text": " "}
-        return output
-    return output or " "
+def _check_steering(lm_kwargs: dict[str, Any]) -> None:
+    """Refuse bad steering in `metadata` with our message, before DSPy rejects it as non-JSON (NaN)."""
+    meta = lm_kwargs.get("metadata")
+    if isinstance(meta, dict) and "steering" in meta:
+        from reasoning_dspy.steering import as_spec
+
+        as_spec(meta["steering"])
 
 
 def _coerce(text: str, annotation: Any) -> Any:

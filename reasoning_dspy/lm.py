@@ -1,24 +1,28 @@
-"""The `dspy.LM` face of a `SteeredEngine`: `SteeredLM(...)`, `engine_of(lm)`, and reading engine
-reports back inside DSPy programs."""
+"""The `dspy.LM` face of a `SteeredEngine`: `SteeredLM(...)`, `engine_of(lm)`, and the engine's
+reports read back inside DSPy programs.
+
+Everything here goes through DSPy's public extension points: the engine contract
+(`dspy.LM(..., engine=...)`) and the callback API (`dspy.utils.callback.BaseCallback`). A callback on
+every `SteeredLM` re-fingerprints the weights before each call, so the model name DSPy caches under
+follows a model fine-tuned in place; `collect_reports()` records the calls made inside a block
+with a callback too, so reports work with DSPy's history switched off and for cached answers.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from dspy.utils.callback import BaseCallback
 from torch import nn
 
-from reasoning_dspy.engine.steered_engine import (
-    PROVIDER_KEY,
-    AsyncSteeredEngine,
-    EngineSources,
-    SteeredEngine,
-)
+from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, EngineSources, SteeredEngine
 from reasoning_dspy.models import LoadedModel, model_spec
 from reasoning_dspy.sae import SAE
-from reasoning_dspy.steering import ActivationReport, SteeringSpec
+from reasoning_dspy.steering import ActivationReport, SteeringSpec, as_spec
 
 
 def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
@@ -54,7 +58,6 @@ def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
     models) instead of raising `ContextLengthError`. `prefix_cache_size` prefilled prompt prefixes
     (the system prompt, per steering) are kept and reused by later calls; 0 turns that off.
     """
-    import dspy
 
     common = dict(steering=steering, capture=capture, reasoning_features=reasoning_features, max_tokens=max_tokens,
                   temperature=temperature, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
@@ -83,17 +86,46 @@ def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
                                 device=str(next(model.parameters()).device), seed=seed, sae=sae_path,
                                 max_activation=str(max_activation) if isinstance(max_activation, str) else None)
         engine = SteeredEngine(model, tokenizer, sae=sae, max_activation=max_activation, sources=sources, **common)
-    return dspy.LM(f"local/{engine.model_id}", engine=engine, async_engine=AsyncSteeredEngine(engine),
-                   max_tokens=engine.max_tokens, temperature=engine.temperature, cache=cache,
-                   num_retries=0, **lm_kwargs)
+    lm_kwargs.setdefault("max_tokens", engine.max_tokens)
+    lm_kwargs.setdefault("temperature", engine.temperature)
+    return lm_for_engine(engine, cache=cache, **lm_kwargs)
+
+
+def lm_for_engine(engine: SteeredEngine, *, cache: bool = True, callbacks: Sequence[BaseCallback] = (),
+                  **lm_kwargs: Any) -> Any:
+    """A `dspy.LM` named after `engine`'s fingerprint and driven by it (sync and async calls alike).
+
+    The LM carries a callback that re-fingerprints the weights before every call, so DSPy's
+    cache never answers for weights that have changed since."""
+    import dspy
+
+    return dspy.LM(f"local/{engine.model_id}", engine=engine, async_engine=AsyncSteeredEngine(engine), cache=cache,
+                   num_retries=0, callbacks=[*callbacks, FollowWeights()], **lm_kwargs)
+
+
+def derived_lm(lm: Any, engine: SteeredEngine) -> Any:
+    """A copy of the `SteeredLM` `lm` (its call settings, cache flag and callbacks) driven by `engine`."""
+    callbacks = [c for c in lm.callbacks if not isinstance(c, FollowWeights)]
+    return lm_for_engine(engine, cache=lm.cache, callbacks=callbacks, **lm.kwargs)
+
+
+class FollowWeights(BaseCallback):
+    """Renames a `SteeredLM` to its engine's current model id before each call.
+
+    The weights fingerprint is part of the name, and the name is part of DSPy's cache key: after
+    fine-tuning the model in place, calls miss the cache instead of returning the old model's answers.
+    """
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        engine = _engine_or_none(instance)
+        if engine is not None:
+            instance.model = f"local/{engine.refresh_fingerprint()}"
 
 
 def engine_of(lm: Any) -> SteeredEngine:
     """The `SteeredEngine` behind a `dspy.LM`, with a clear error for any other LM."""
-    engine = getattr(lm, "engine", None)
-    if isinstance(engine, AsyncSteeredEngine):
-        engine = engine.engine
-    if not isinstance(engine, SteeredEngine):
+    engine = _engine_or_none(lm)
+    if engine is None:
         raise TypeError(
             f"expected a SteeredLM (a dspy.LM with a SteeredEngine), got {type(lm).__name__} "
             f"{getattr(lm, 'model', '')!r}; build one with reasoning_dspy.SteeredLM(...)"
@@ -103,54 +135,85 @@ def engine_of(lm: Any) -> SteeredEngine:
 
 # -- reading the reports back inside DSPy programs ------------------------------------------
 
-class _Collector:
-    """Stands in DSPy's `caller_modules` so every LM call made inside records its history entry here."""
-
-    def __init__(self) -> None:
-        self.history: list[dict] = []
+def _engine_or_none(lm: Any) -> SteeredEngine | None:
+    engine = getattr(lm, "engine", None)
+    if isinstance(engine, AsyncSteeredEngine):
+        engine = engine.engine
+    return engine if isinstance(engine, SteeredEngine) else None
 
 
 @dataclass
 class CallReport:
-    """What the engine reported for one LM call: the steering applied and the reasoning activation."""
+    """What the engine reports for one LM call: the steering applied, the reasoning activation of
+    the answer (None without an SAE), and the answer's text."""
 
     steering: SteeringSpec | None
     activation: ActivationReport | None
     text: str | None
 
 
+@dataclass
+class _Call:
+    lm: Any
+    messages: list[dict]
+    kwargs: dict[str, Any]
+    outputs: list[Any] | None = None
+
+
+class _CallRecorder(BaseCallback):
+    """Records each LM call made while it is active: the LM, its messages and kwargs, its outputs."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, _Call] = {}
+        self._lock = threading.Lock()
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        messages = inputs.get("messages") or [{"role": "user", "content": inputs.get("prompt") or ""}]
+        kwargs = {**(getattr(instance, "kwargs", None) or {}), **(inputs.get("kwargs") or {})}
+        with self._lock:
+            self.calls[call_id] = _Call(instance, list(messages), kwargs)
+
+    def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
+        with self._lock:
+            call = self.calls.get(call_id)
+            if call is not None and exception is None:
+                call.outputs = list(outputs or [])
+
+
 class ReportCollector:
-    def __init__(self, collector: _Collector):
-        self._collector = collector
+    """Reads the engine reports of the calls recorded by `collect_reports`."""
+
+    def __init__(self, recorder: _CallRecorder):
+        self._recorder = recorder
 
     def reports(self) -> list[CallReport]:
-        """Reports of the calls made so far (cache hits included), in call order."""
-        from dspy.lm15 import Response
-
+        """One report per answer of every finished `SteeredLM` call so far (cache hits included), in call order."""
+        with self._recorder._lock:
+            calls = [c for c in self._recorder.calls.values() if c.outputs is not None]
         out: list[CallReport] = []
-        for entry in self._collector.history:
-            responses = entry.get("response")
-            responses = responses if isinstance(responses, (list, tuple)) else [responses]
-            for r in responses:
-                if not isinstance(r, Response):
-                    continue
-                data = (r.provider_data or {}).get(PROVIDER_KEY) or {}
-                spec = data.get("steering")
-                act = data.get("activation")
-                out.append(CallReport(SteeringSpec.model_validate(spec) if spec else None,
-                                      ActivationReport.from_dict(act) if act else None, r.text))
+        for call in calls:
+            engine = _engine_or_none(call.lm)
+            if engine is None:
+                continue
+            meta = dict(call.kwargs.get("metadata") or {})
+            steering = engine.default_steering if "steering" not in meta else as_spec(meta["steering"])
+            for output in call.outputs:
+                text = output.get("text") if isinstance(output, dict) else output
+                activation = engine.report_for_call(call.messages, call.kwargs, text or "")
+                out.append(CallReport(steering, activation, text))
         return out
 
 
 @contextmanager
 def collect_reports() -> Iterator[ReportCollector]:
-    """Collect the engine reports of every LM call made inside the block, on this thread only.
+    """Collect the engine reports of every `SteeredLM` call made inside the block (on this thread).
 
-    Uses DSPy's own history plumbing (`settings.caller_modules`), so cached answers report too.
+    Uses DSPy's callback API, so it works with history disabled and for answers DSPy serves from
+    its cache: the engine keeps the reports of recent generations and measures a missing one again
+    exactly (one teacher-forced forward).
     """
     import dspy
 
-    collector = _Collector()
-    callers = [*(dspy.settings.caller_modules or []), collector]
-    with dspy.settings.context(caller_modules=callers):
-        yield ReportCollector(collector)
+    recorder = _CallRecorder()
+    with dspy.context(callbacks=[*(dspy.settings.get("callbacks") or []), recorder]):
+        yield ReportCollector(recorder)

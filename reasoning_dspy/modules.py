@@ -8,6 +8,8 @@ instructions and demos, `program.save`/`load` work, and `Evaluate` batches its c
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -15,7 +17,7 @@ import dspy
 
 from reasoning_dspy.engine import SteeredEngine
 from reasoning_dspy.engine.fingerprint import tensors_fingerprint
-from reasoning_dspy.lm import SteeredLM, collect_reports, engine_of
+from reasoning_dspy.lm import SteeredLM, collect_reports, derived_lm, engine_of
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import SteeringSpec
 
@@ -69,7 +71,7 @@ class SAESteeringModule(dspy.Module):
     ):
         super().__init__()
         if features is not None and top_features is not None:
-            raise TypeError("give features= or top_features= (the seed's name), not both")
+            raise TypeError("give features= or top_features= (its other name), not both")
         chosen = features if features is not None else top_features
         if max_activation is None and hasattr(chosen, "max_activation"):
             max_activation = chosen.max_activation
@@ -78,12 +80,16 @@ class SAESteeringModule(dspy.Module):
             raise ValueError("SAESteeringModule needs features to steer: features=[...] (SAE latent indices) "
                              "or a ReasonScore result")
         self.strength = float(strength)
+        if not math.isfinite(self.strength):
+            raise ValueError(f"strength must be a finite number (a multiple of each feature's f_max), got {strength}")
         self.mode = mode
         self.layer = layer
         self.baseline = baseline
         self._sae = sae
         self._max_activation = max_activation
-        self._derived: dict[int, Any] = {}
+        # LMs derived for this module's SAE, per user LM: weak keys, so a collected LM's entry goes with
+        # it and a new LM can never be mistaken for it.
+        self._derived: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         signature = signature or ("instruction -> response" if model is not None else "question -> answer")
         self.predict = dspy.ChainOfThought(signature) if chain_of_thought else dspy.Predict(signature)
         if model is not None:
@@ -97,14 +103,23 @@ class SAESteeringModule(dspy.Module):
         self._lm = lm
 
     @property
-    def spec(self) -> SteeringSpec:
+    def steering(self) -> SteeringSpec:
+        """The steering this module applies: its features at `strength`, in `mode`."""
         return SteeringSpec.from_features(self.features, self.strength, mode=self.mode, layer=self.layer)
+
+    @property
+    def spec(self) -> SteeringSpec:
+        """Deprecated name of `steering`."""
+        import warnings
+
+        warnings.warn("SAESteeringModule.spec is deprecated; use .steering", DeprecationWarning, stacklevel=2)
+        return self.steering
 
     # -- calling -----------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> dspy.Prediction:
         inputs = self._inputs(args, kwargs)
         lm = self._resolve_lm()
-        steered = self._run(lm, inputs, self.spec)
+        steered = self._run(lm, inputs, self.steering)
         if self.baseline:
             steered.baseline = self._run(lm, inputs, None)
         return steered
@@ -166,13 +181,9 @@ class SAESteeringModule(dspy.Module):
         return self._derive(lm, engine, sae=sae if sae is not None else engine.sae_raw, max_activation=fmax)
 
     def _derive(self, lm: Any, engine: SteeredEngine, **changes: Any) -> Any:
-        key = id(lm)
-        if key not in self._derived:
-            derived = engine.derive(**changes)
-            self._derived[key] = lm.copy(model=f"local/{derived.model_id}", engine=derived,
-                                         async_engine=type(lm._async_engine_spec)(derived)
-                                         if lm._async_engine_spec is not None else None)
-        return self._derived[key]
+        if lm not in self._derived:
+            self._derived[lm] = derived_lm(lm, engine.derive(**changes))
+        return self._derived[lm]
 
     def _sae_object(self) -> SAE | None:
         if isinstance(self._sae, str):

@@ -1,14 +1,22 @@
-"""DSPy's modules, Evaluate and optimizers run end to end on SteeredLM with tiny-random."""
+"""DSPy's modules, Evaluate and optimizers run end to end on SteeredLM with tiny-random.
+
+Each test checks what the DSPy feature does with our LM: the instruction reaches the model, the
+prediction is what the adapter parses from the model's own words, the metric scores the activation
+the engine measured, optimizers keep what their metric prefers.
+"""
 
 from __future__ import annotations
 
 import dspy
 import pytest
+from dspy.adapters.chat_adapter import ChatAdapter
+from dspy.utils.exceptions import AdapterParseError
 
 from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.lm import SteeredLM, engine_of
 from reasoning_dspy.metrics import ReasonScoreMetric, exact_match
 from reasoning_dspy.modules import SAESteeringModule
+from reasoning_dspy.steering import SteeringError
 from signatures import ExplainDecision, ReasonedQA, StepByStepPlan
 
 QUESTIONS = [("What is 2 + 2?", "4"), ("Is 91 prime?", "no"), ("Capital of France?", "Paris"),
@@ -36,17 +44,34 @@ def _steered_program(sae):
     return SAESteeringModule(sae=sae, features=[5, 40], strength=3.0)
 
 
-def test_predict_cot_and_signatures(lm):
-    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
-        assert isinstance(dspy.Predict("question -> answer")(question="Hi?").answer, str)
-        cot = dspy.ChainOfThought(ReasonedQA)(question="Is 91 prime?")
-        assert isinstance(cot.answer, str) and isinstance(cot.reasoning, str)
-        explained = dspy.Predict(ExplainDecision)(situation="Rain forecast.", decision="Took an umbrella.")
-        assert {"explanation", "verdict"} <= set(explained.keys())
-        plan = dspy.Predict(StepByStepPlan)(goal="Bake bread", constraints="one hour")
-        assert isinstance(plan.steps, list)
-    for sig in (ReasonedQA, ExplainDecision, StepByStepPlan):
-        assert len(sig.instructions) > 80  # the docstring is the instruction the LM sees
+def _last_call(lm) -> tuple[list[dict], str]:
+    entry = lm.history[-1]
+    return entry["messages"], entry["outputs"][0]
+
+
+@pytest.mark.parametrize("module, signature, inputs", [
+    (dspy.Predict, "question -> answer", {"question": "Hi?"}),
+    (dspy.ChainOfThought, ReasonedQA, {"question": "Is 91 prime?"}),
+    (dspy.Predict, ExplainDecision, {"situation": "Rain forecast.", "decision": "Took an umbrella."}),
+    (dspy.Predict, StepByStepPlan, {"goal": "Bake bread", "constraints": "one hour"}),
+])
+def test_predictions_are_what_the_model_wrote(lm, module, signature, inputs):
+    """The signature's instruction and inputs reach the model, and every output field of the prediction
+    is the adapter's parse of the model's raw completion."""
+    adapter = LenientChatAdapter()
+    program = module(signature)
+    with dspy.context(lm=lm, adapter=adapter):
+        pred = program(**inputs)
+    messages, raw = _last_call(lm)
+    predictor = program.predict if isinstance(program, dspy.ChainOfThought) else program
+    words = " ".join  # DSPy re-indents multi-line instructions
+    assert words(predictor.signature.instructions.split()) in words(messages[0]["content"].split())
+    assert all(str(value) in messages[-1]["content"] for value in inputs.values())
+    expected = adapter.parse(predictor.signature, raw)
+    assert set(expected) == set(predictor.signature.output_fields)
+    assert {name: getattr(pred, name) for name in expected} == expected
+    if signature is StepByStepPlan:
+        assert isinstance(pred.steps, list)
 
 
 def test_lenient_adapter_salvages_instead_of_raising():
@@ -59,56 +84,116 @@ def test_lenient_adapter_salvages_instead_of_raising():
     typed = dspy.Signature("question -> steps: list[str], confidence: float")
     assert adapter.parse(typed, "[[ ## steps ## ]]\nnot a list\nso what") == {
         "steps": ["not a list\nso what"], "confidence": None}
-    empty = adapter._call_postprocess(sig, sig, ["", {"text": None}], None, {})
-    assert empty == [{"reasoning": "", "answer": ""}] * 2
-    assert adapter.n_salvaged == 5
+    assert adapter.n_salvaged == 3
 
 
-def test_evaluate_with_steering_module_and_reasonscore_metric(lm, trainset, steer_sae):
+def test_an_empty_answer_is_scored_not_raised(lm):
+    """A completion cut to nothing (here by a stop string equal to its first character) is an empty
+    answer for LenientChatAdapter; DSPy's ChatAdapter refuses the call."""
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        predict(question="Hi?")
+    _, raw = _last_call(lm)
+    cut = {"stop": [raw[:1]]}
+    adapter = LenientChatAdapter()
+    with dspy.context(lm=lm, adapter=adapter):
+        assert predict(question="Hi?", config=cut).answer == ""
+    assert _last_call(lm)[1] == "" and adapter.n_salvaged == 1
+    with dspy.context(lm=lm, adapter=ChatAdapter(use_json_adapter_fallback=False)), pytest.raises(AdapterParseError):
+        predict(question="Hi?", config=cut)
+
+
+def test_evaluate_scores_the_measured_reasoning_activation(lm, trainset, steer_sae):
+    """Evaluate's score per example is the prediction's reasoning activation, which equals an
+    independent teacher-forced measurement of the answer in its prompt."""
     program = SAESteeringModule(sae=steer_sae, features=[5, 40], strength=4.0)
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
         result = dspy.Evaluate(devset=trainset, metric=ReasonScoreMetric(), num_threads=4,
                                display_progress=False)(program)
-    scores = [s for _, _, s in result.results]
-    assert len(scores) == len(trainset) and all(s >= 0 for s in scores) and result.score > 0
+    engine = engine_of(lm)
+    engine.reports.clear()  # force the measurement again, from the text alone
+    for example, pred, score in result.results:
+        assert score == pred.reasoning_activation
+        with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+            again = program(**example.inputs())  # a DSPy cache hit: the engine does not generate
+        assert again.answer == pred.answer
+        assert again.reasoning_activation == pytest.approx(pred.reasoning_activation, rel=1e-4, abs=1e-6)
+    scores = [s for *_, s in result.results]
+    assert len(set(scores)) > 1 and result.score == pytest.approx(100 * sum(scores) / len(scores), abs=0.01)
 
 
-def test_bootstrap_fewshot_and_save_load(lm, trainset, tmp_path):
+@pytest.mark.parametrize("history", [{"disable_history": True}, {"max_history_size": 0}])
+def test_reasoning_activation_with_history_disabled(lm, steer_sae, history):
+    program = _steered_program(steer_sae)
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
-        optimizer = dspy.BootstrapFewShot(metric=lambda ex, pred, trace=None: True, max_bootstrapped_demos=1,
-                                          max_labeled_demos=1, max_rounds=1)
-        compiled = optimizer.compile(dspy.Predict("question -> answer"), trainset=trainset[:3])
-        assert len(compiled.demos) >= 1
+        reference = program(question="Is 91 prime?")
+    with dspy.context(lm=lm, adapter=LenientChatAdapter(), **history):
+        cached = program(question="Is 91 prime?")
+        fresh = program(question="Is 97 prime?")
+        score = ReasonScoreMetric()(dspy.Example(question="Is 97 prime?"), fresh)
+    assert reference.reasoning_activation is not None
+    assert cached.reasoning_activation == pytest.approx(reference.reasoning_activation)
+    assert fresh.reasoning_activation is not None and score == fresh.reasoning_activation
+
+
+def test_bad_steering_in_metadata_is_refused_with_our_message(lm, steer_sae):
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()), pytest.raises(SteeringError, match="finite"):
+        dspy.Predict("question -> answer")(question="Hi?",
+                                           config={"metadata": {"steering": {"features": {"5": float("nan")}}}})
+    with pytest.raises(ValueError, match="finite"):
+        SAESteeringModule(sae=steer_sae, features=[5], strength=float("inf"))
+
+
+def test_bootstrap_keeps_demos_the_metric_accepts_and_save_load(lm, trainset, steer_sae, tmp_path):
+    """BootstrapFewShot keeps, in trainset order, the first example whose score reaches the threshold."""
+    program = _steered_program(steer_sae)
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        activations = [program(**ex.inputs()).reasoning_activation for ex in trainset]
+        threshold = sorted(activations)[len(activations) // 2]  # about half the examples pass
+        metric = ReasonScoreMetric(threshold=threshold)
+        optimizer = dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=1, max_labeled_demos=0, max_rounds=1)
+        compiled = optimizer.compile(program, trainset=trainset)
+        (demo,) = compiled.predict.demos
+        first_passing = next(ex for ex, act in zip(trainset, activations, strict=True) if act >= threshold)
+        assert demo.question == first_passing.question
         compiled.save(tmp_path / "program.json")
-        loaded = dspy.Predict("question -> answer")
+        loaded = _steered_program(steer_sae)
         loaded.load(tmp_path / "program.json")
-        assert [d.toDict() if hasattr(d, "toDict") else d for d in loaded.demos] == \
-               [d.toDict() if hasattr(d, "toDict") else d for d in compiled.demos]
+        as_dict = (lambda d: d.toDict() if hasattr(d, "toDict") else dict(d))  # noqa: E731
+        assert [as_dict(d) for d in loaded.predict.demos] == [as_dict(d) for d in compiled.predict.demos]
         assert loaded(question="Is 91 prime?").answer == compiled(question="Is 91 prime?").answer
 
 
 @pytest.mark.slow
-def test_miprov2(lm, trainset, steer_sae):
+def test_miprov2_returns_its_best_scoring_candidate(lm, trainset, steer_sae):
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
         optimizer = dspy.MIPROv2(metric=METRIC, prompt_model=lm, task_model=lm, auto=None, num_candidates=2,
                                  num_threads=4, max_bootstrapped_demos=1, max_labeled_demos=1, verbose=False,
-                                 track_stats=False)
+                                 track_stats=True)
         compiled = optimizer.compile(_steered_program(steer_sae), trainset=trainset, valset=trainset[:4],
                                      num_trials=2, minibatch=False)
+        rescored = dspy.Evaluate(devset=trainset[:4], metric=METRIC, num_threads=4, display_progress=False)(compiled)
         pred = compiled(question="Is 91 prime?")
-    assert isinstance(pred.answer, str) and pred.reasoning_activation is not None
-    assert compiled.predict.signature.instructions  # an instruction candidate was installed
+    full = [log["full_eval_score"] for log in compiled.trial_logs.values() if "full_eval_score" in log]
+    assert len(full) >= 2 and compiled.score == max(full)
+    assert rescored.score == pytest.approx(compiled.score)  # the returned program is the one that scored best
+    assert compiled.candidate_programs[0]["score"] == compiled.score
+    assert pred.reasoning_activation is not None
 
 
 @pytest.mark.slow
-def test_gepa(tiny, lm, trainset, steer_sae, steer_fmax):
+def test_gepa_returns_its_best_candidate(tiny, lm, trainset, steer_sae, steer_fmax):
     reflection = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=16, temperature=1.0,
                            truncate_prompt=True)
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
         optimizer = dspy.GEPA(metric=METRIC, reflection_lm=reflection, max_metric_calls=16,
-                              reflection_minibatch_size=2, num_threads=4, use_merge=False, track_stats=False)
+                              reflection_minibatch_size=2, num_threads=4, use_merge=False, track_stats=True)
         compiled = optimizer.compile(_steered_program(steer_sae), trainset=trainset[:4], valset=trainset[4:])
         pred = compiled(question="Is 91 prime?")
-    assert isinstance(pred.answer, str) and pred.reasoning_activation is not None
+    results = compiled.detailed_results
+    best = results.candidates[results.best_idx]
+    assert results.val_aggregate_scores[results.best_idx] == max(results.val_aggregate_scores)
+    assert compiled.predict.signature.instructions == best.predict.signature.instructions
+    assert pred.reasoning_activation is not None
     assert engine_of(reflection)._batcher.batch_sizes  # GEPA reflected with the steered reflection LM
     engine_of(reflection).close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 
 import dspy
@@ -191,6 +192,90 @@ def test_microbatcher_routes_results_and_isolates_failures():
     assert max(batcher.batch_sizes) > 1 and seen_threads == {batcher.name}
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(1)
+
+
+def test_an_interrupt_is_never_retried_and_reaches_every_caller():
+    calls = []
+
+    def run(batch):
+        calls.append(list(batch))
+        raise KeyboardInterrupt
+
+    batcher = MicroBatcher(run, max_batch_size=8, max_wait_ms=200)
+    futures = [batcher.submit(x) for x in range(3)]
+    for f in futures:
+        with pytest.raises(KeyboardInterrupt):
+            f.result(timeout=10)
+    assert calls == [[0, 1, 2]]  # one attempt, no one-by-one retries
+    batcher.run_batch = lambda batch: [x + 1 for x in batch]
+    assert batcher(41) == 42  # a new worker serves later requests
+    batcher.close()
+
+
+def test_only_the_worker_runs_the_model(tiny, steer_sae, steer_fmax):
+    engine = SteeredEngine(tiny.model, tiny.tokenizer, sae=steer_sae, max_activation=steer_fmax, capture=True,
+                           reasoning_features=[5, 40], max_tokens=4)
+    threads: set[str] = set()
+    handle = tiny.model.register_forward_pre_hook(lambda *a: threads.add(threading.current_thread().name))
+    try:
+        engine.generate(["Hello there"], min_tokens=3)
+        engine.generate(["Hello there"])
+        engine.reasoning_activation(["Wait, maybe four."])
+        engine.complete(_request(engine))
+    finally:
+        handle.remove()
+        engine.close()
+    assert threads == {engine._batcher.name}
+
+
+def test_fine_tuning_in_place_renames_the_model_and_misses_the_cache(tiny):
+    model = copy.deepcopy(tiny.model)
+    lm = SteeredLM(model, tiny.tokenizer, max_tokens=6)
+    before_name, before = lm.model, lm("What is two plus two?")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # an in-place update, as an optimiser step makes
+    after = lm("What is two plus two?")
+    assert lm.model != before_name and after != before  # a new name, so DSPy's cache missed
+    fresh = SteeredLM(model, tiny.tokenizer, max_tokens=6)
+    assert fresh.model == lm.model and fresh("What is two plus two?") == after
+    for each in (lm, fresh):
+        engine_of(each).close()
+
+
+def test_load_state_keeps_the_saved_settings_when_an_engine_is_live(tiny):
+    saved = SteeredEngine(tiny.model, tiny.tokenizer, max_tokens=5, temperature=0.7, max_batch_size=3,
+                          max_wait_ms=1.0)
+    state = saved.dump_state()
+    live = SteeredEngine(tiny.model, tiny.tokenizer, max_tokens=9)  # same weights: same fingerprint
+    assert live.fingerprint == saved.fingerprint and _LIVE[live.fingerprint] is live
+    loaded = SteeredEngine.load_state(state)
+    assert (loaded.max_tokens, loaded.temperature, loaded.max_batch_size, loaded.max_wait_ms) == (5, 0.7, 3, 1.0)
+    assert loaded.model is live.model  # the live engine lent its model: nothing was reloaded
+    for e in (saved, live, loaded):
+        e.close()
+
+
+@pytest.mark.parametrize("steering", [
+    SteeringSpec(features={11: 6.0}),
+    SteeringSpec(features={3: 5.0}, mode="clamp"),
+    SteeringSpec(vector=[0.5] * 64, layer=1),  # before the SAE's layer: it changes what the SAE reads
+])
+def test_reports_of_cached_answers_are_measured_exactly(tiny, steer_sae, steer_fmax, steering):
+    """A report missing from the engine's store (DSPy served the answer from its cache) is measured
+    again by teacher forcing, and equals the one captured while generating."""
+    lm = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, capture=True, reasoning_features=[5, 11, 40],
+                   max_tokens=10)
+    meta = {"steering": steering.model_dump(mode="json")}
+    with collect_reports() as first:
+        lm("Is 91 prime?", metadata=meta)
+    engine_of(lm).reports.clear()
+    with collect_reports() as second:
+        lm("Is 91 prime?", metadata=meta)  # a DSPy cache hit
+    (captured,), (measured,) = first.reports(), second.reports()
+    assert captured.text == measured.text and measured.activation.n_tokens == captured.activation.n_tokens > 0
+    assert measured.activation.features_mean == pytest.approx(captured.activation.features_mean, rel=1e-4, abs=1e-6)
+    assert measured.activation.topk_mean == pytest.approx(captured.activation.topk_mean, rel=1e-4, abs=1e-6)
+    engine_of(lm).close()
 
 
 class _Steerable(dspy.Module):

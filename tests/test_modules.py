@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import dspy
 import pytest
 
@@ -29,7 +31,7 @@ def test_module_steers_and_reports(lm, steer_sae):
     assert pred.top_features and all(0 <= i < 128 for i, _ in pred.top_features)
     assert pred.baseline.steering is None and pred.baseline.answer != pred.answer
     # the same LM answered: no sibling engine was needed for the same SAE
-    assert module._derived == {}
+    assert len(module._derived) == 0
     # activation is read before the steering vector is added (what the model computes on the text it
     # wrote, comparable with the baseline), so a different text gives a different activation
     assert pred.reasoning_activation != pred.baseline.reasoning_activation
@@ -48,7 +50,7 @@ def test_module_with_another_sae_derives_an_engine(lm, steer_fmax):
         missing(question="Why?")
 
 
-def test_seed_call_style(tiny, steer_sae):
+def test_model_tokenizer_sae_call_style(tiny, steer_sae):
     """`SAESteeringModule(model, tokenizer, sae, top_features=[...])` called with a dict."""
     module = SAESteeringModule(tiny.model, tiny.tokenizer, steer_sae, top_features=[7, 9], max_tokens=6, cache=False)
     with dspy.context(adapter=LenientChatAdapter()):
@@ -65,3 +67,24 @@ def test_module_errors(lm, steer_sae):
         SAESteeringModule(features=[1], top_features=[2])
     with dspy.context(lm=dspy.LM("openai/gpt-4o-mini")), pytest.raises(TypeError, match="expected a SteeredLM"):
         SAESteeringModule(features=[1])(question="x")
+
+
+def test_derived_lms_belong_to_their_lm(tiny, steer_sae, steer_fmax):
+    """A module with its own SAE derives one LM per user LM, with that LM's settings; the entry goes
+    away with the LM, so a later LM (which may reuse its memory address) gets its own."""
+    other = SAE.from_config(SAEConfig(architecture="relu", d_in=64, d_sae=96, hook_layer=2))
+    module = SAESteeringModule(sae=other, features=[3], strength=2.0, max_activation=steer_fmax[:96])
+
+    def run(max_tokens):
+        user_lm = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=max_tokens, cache=False)
+        with dspy.context(lm=user_lm, adapter=LenientChatAdapter()):
+            module(question="Why?")
+        (derived,) = module._derived.values()
+        assert derived.kwargs["max_tokens"] == max_tokens and engine_of(derived).sae_raw is other
+        for each in (user_lm, derived):
+            engine_of(each).close()
+
+    run(3)
+    gc.collect()
+    assert len(module._derived) == 0
+    run(5)

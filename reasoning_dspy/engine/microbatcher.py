@@ -52,8 +52,10 @@ class MicroBatcher(Generic[T, R]):
     The worker takes the first waiting item, then collects more until none arrives for
     `max_wait_ms`, `max_gather_ms` have passed, or `max_batch_size` items are in, and calls
     `run_batch(payloads) -> results` (same order). Each caller's future gets its own result; if a
-    batch fails, its items are retried one by one so a single bad request cannot fail its
-    neighbours. `max_batch_size=1` gives the one-request-at-a-time baseline.
+    batch raises an `Exception`, its items are retried one by one so a single bad request cannot
+    fail its neighbours. An interrupt (`KeyboardInterrupt`, `SystemExit`) is never retried: every
+    caller of the batch receives it at once and the worker stops (the next `submit` starts a new
+    one). `max_batch_size=1` gives the one-request-at-a-time baseline.
     """
 
     def __init__(
@@ -128,7 +130,10 @@ class MicroBatcher(Generic[T, R]):
                     break
                 batch.append(item)
                 deadline = time.monotonic() + self.max_wait_ms / 1000
-            self._run(batch)
+            try:
+                self._run(batch)
+            except BaseException:  # an interrupt: its callers have it; the next submit starts a new worker
+                return
             if stop:
                 return
 
@@ -141,7 +146,7 @@ class MicroBatcher(Generic[T, R]):
             results = self.run_batch([it.payload for it in live])
             if len(results) != len(live):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
-        except BaseException as err:  # noqa: BLE001 - every error is handed to its caller
+        except Exception as err:  # noqa: BLE001 - every error is handed to its caller
             if len(live) == 1:
                 live[0].future.set_exception(err)
                 return
@@ -149,8 +154,12 @@ class MicroBatcher(Generic[T, R]):
             for it in live:
                 try:
                     it.future.set_result(self.run_batch([it.payload])[0])
-                except BaseException as single_err:  # noqa: BLE001
+                except Exception as single_err:  # noqa: BLE001
                     it.future.set_exception(single_err)
             return
+        except BaseException as stop:  # KeyboardInterrupt, SystemExit: no retries, every caller hears at once
+            for it in live:
+                it.future.set_exception(stop)
+            raise
         for it, res in zip(live, results, strict=True):
             it.future.set_result(res)

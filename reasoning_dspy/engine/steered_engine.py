@@ -28,15 +28,15 @@ import threading
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
 from typing import Any
 
-import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from reasoning_dspy.engine.fingerprint import model_fingerprint, slug, tensors_fingerprint
+from reasoning_dspy.engine.fingerprint import WeightsWatch, model_fingerprint, slug, tensors_fingerprint
 from reasoning_dspy.engine.generate import GenResult, GenRow, generate_rows
+from reasoning_dspy.engine.jobs import BatchJob, GenerateJob, MeasureJob, ReportStore, measure_response
 from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
 from reasoning_dspy.engine.prefix_cache import PrefixCache
 from reasoning_dspy.models import model_spec
@@ -67,12 +67,7 @@ class EngineSources(BaseModel):
     max_activation: str | None = Field(None, description="file or ReasonScore folder holding max_activation")
 
 
-@dataclass
-class _Pending:
-    """A parsed request waiting for the worker."""
-
-    row: GenRow
-    spec: SteeringSpec | None
+Job = GenerateJob | BatchJob | MeasureJob
 
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # fingerprint -> engine (load_state)
@@ -83,7 +78,13 @@ class SteeredEngine:
 
     Build it with `SteeredEngine.from_pretrained("tiny-random", sae="runs/sae")` or from objects
     (`SteeredEngine(model, tokenizer, sae=sae, max_activation=fmax)`), or use `SteeredLM(...)`, which
-    returns a ready `dspy.LM`. Only the engine's worker thread ever runs the model.
+    returns a ready `dspy.LM`.
+
+    Every forward runs on the engine's worker thread (`engine/jobs.py`): DSPy calls, `generate`,
+    and the teacher-forced measurements of `reasoning_activation` and `report_for_call`. Sibling
+    engines on one model (`derive`) each have a worker and share one lock per model, so the model
+    never runs on two threads at once. The model id carries a fingerprint of the weights that is
+    refreshed whenever they change, so a model fine-tuned in place gets a new id.
     """
 
     def __init__(
@@ -108,12 +109,12 @@ class SteeredEngine:
     ):
         self.model = model
         self.tokenizer = tokenizer
-        self.spec = model_spec(model)
+        self.model_spec = model_spec(model)
         self.sae_raw = sae
         self.sae = sae.fold_decoder_norms().to(next(model.parameters()).device).eval() if sae is not None else None
-        if self.sae is not None and self.sae.d_in != self.spec.d_model:
+        if self.sae is not None and self.sae.d_in != self.model_spec.d_model:
             raise SteeringError(
-                f"the SAE expects d_in={self.sae.d_in} but {self.spec.name} has d_model={self.spec.d_model}; "
+                f"the SAE expects d_in={self.sae.d_in} but {self.model_spec.name} has d_model={self.model_spec.d_model}; "
                 "use an SAE trained on this model"
             )
         self.max_activation = load_max_activation(max_activation, sae.d_sae) if (
@@ -130,15 +131,20 @@ class SteeredEngine:
         self.max_wait_ms = max_wait_ms
         self.prefix_cache = PrefixCache(prefix_cache_size)  # used only under the model lock
         self.truncate_prompt = truncate_prompt
-        self.sources = sources or EngineSources(model=self.spec.name, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        self.sources = sources or EngineSources(model=self.model_spec.name, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                                                 device=str(next(model.parameters()).device))
-        self.name = slug(name or self.spec.name)
+        self.name = slug(name or self.model_spec.name)
         if self.default_steering is not None:
             self._resolve(self.default_steering)  # fail at construction, not on the first call
+        self._watch = WeightsWatch(model)
+        self._fingerprint_lock = threading.Lock()
+        self._weights_fingerprint = model_fingerprint(model, tokenizer)
+        self._prefix_cache_weights = self._weights_fingerprint
         self.fingerprint = self._fingerprint()
+        self.reports = ReportStore()
         self._tok_lock = threading.Lock()
         self._worker_tokenizer = _clone_tokenizer(tokenizer)
-        self._batcher: MicroBatcher[_Pending, GenResult] = MicroBatcher(
+        self._batcher: MicroBatcher[Job, Any] = MicroBatcher(
             self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name=f"engine-{self.name}"
         )
         _LIVE[self.fingerprint] = self
@@ -174,12 +180,7 @@ class SteeredEngine:
 
         Engines on one model share a lock, so the model still runs on one thread at a time.
         """
-        params = dict(sae=self.sae_raw, max_activation=self.max_activation, steering=self.default_steering,
-                      capture=self.capture, reasoning_features=self.reasoning_features, capture_k=self.capture_k,
-                      max_tokens=self.max_tokens, temperature=self.temperature, max_batch_size=self.max_batch_size,
-                      max_wait_ms=self.max_wait_ms, prefix_cache_size=self.prefix_cache.size,
-                      truncate_prompt=self.truncate_prompt, name=self.name,
-                      sources=self.sources)
+        params = dict(sae=self.sae_raw, max_activation=self.max_activation, sources=self.sources, **self._settings())
         if "sae" in changes and "max_activation" not in changes:
             params["max_activation"] = None
         if "sae" in changes or "max_activation" in changes:
@@ -188,7 +189,7 @@ class SteeredEngine:
         return SteeredEngine(self.model, self.tokenizer, **params)
 
     def _fingerprint(self) -> str:
-        h = hashlib.sha256(model_fingerprint(self.model, self.tokenizer).encode())
+        h = hashlib.sha256(self._weights_fingerprint.encode())
         if self.sae is not None:
             h.update(tensors_fingerprint(self.sae_raw.state_dict().items()).encode())
             h.update(json.dumps(self.sae.cfg.model_dump(mode="json"), sort_keys=True).encode())
@@ -204,25 +205,37 @@ class SteeredEngine:
         """`<model>-<fingerprint>`: the name DSPy sees (as `local/<model_id>`) and caches under."""
         return f"{self.name}-{self.fingerprint}"
 
+    def refresh_fingerprint(self) -> str:
+        """Re-fingerprint the weights if they may have changed (fine-tuned in place); returns `model_id`.
+
+        `SteeredLM` calls this before every DSPy call, so the cache key follows the weights.
+        """
+        with self._fingerprint_lock:
+            if self._watch.changed():
+                weights = model_fingerprint(self.model, self.tokenizer)
+                if weights != self._weights_fingerprint:
+                    self._weights_fingerprint = weights
+                    self.fingerprint = self._fingerprint()
+                    self.reports.clear()
+                    _LIVE[self.fingerprint] = self
+            return self.model_id
+
     # -- the DSPy engine API ---------------------------------------------------------------
     def complete(self, request: Any) -> Any:
         """Generate one response for a `dspy.lm15.Request` (blocks until the batch it joined is done)."""
-        pending = self._parse(request)
-        result = self._batcher.submit(pending).result()
-        return self._response(result, pending)
+        job = self._parse(request)
+        return self._response(_wait(self._batcher.submit(job)), job)
 
-    def submit(self, request: Any):
+    def submit(self, request: Any) -> Future:
         """Queue a request; returns a `concurrent.futures.Future` of its `Response` (used by the async engine)."""
-        from concurrent.futures import Future
-
-        pending = self._parse(request)
-        inner = self._batcher.submit(pending)
+        job = self._parse(request)
+        inner = self._batcher.submit(job)
         outer: Future = Future()
 
         def done(f: Future) -> None:
             try:
-                outer.set_result(self._response(f.result(), pending))
-            except BaseException as err:  # noqa: BLE001
+                outer.set_result(self._response(f.result(), job))
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting caller
                 outer.set_exception(err)
 
         inner.add_done_callback(done)
@@ -243,51 +256,63 @@ class SteeredEngine:
                  system: str | None = None, min_tokens: int = 0) -> list[GenResult]:
         """Generate for plain user prompts without DSPy (demo, benchmarks); batched like DSPy calls.
 
-        `min_tokens > 0` runs the prompts as one batch directly (not via the batcher) with EOS
-        suppressed for that many tokens, so benchmarks compare equal amounts of decoding."""
+        `min_tokens > 0` runs the prompts as exactly one batch with EOS suppressed for that many
+        tokens, so benchmarks compare equal amounts of decoding."""
         spec = self.default_steering if steering == "default" else as_spec(steering)
+        jobs = [self._job(self._render([{"role": "user", "content": p}], system), spec, max_tokens or self.max_tokens,
+                          self.temperature if temperature is None else temperature, 1.0, (),
+                          self.capture if capture is None else bool(capture)) for p in prompts]
         if min_tokens:
-            rows = [self._pending(self._render([{"role": "user", "content": p}], system), spec,
-                                  max_tokens or self.max_tokens, self.temperature if temperature is None else
-                                  temperature, 1.0, (), bool(capture)).row for p in prompts]
-            with model_lock(self.model):
-                return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae, spec=self.spec,
-                                     min_new_tokens=min_tokens, capture=self._capture_config(rows),
-                                     prefix_cache=self.prefix_cache)
-        futures = [self._batcher.submit(self._pending(
-            self._render([{"role": "user", "content": p}], system), spec, max_tokens or self.max_tokens,
-            self.temperature if temperature is None else temperature, 1.0, (),
-            self.capture if capture is None else capture)) for p in prompts]
-        return [f.result() for f in futures]
+            return _wait(self._batcher.submit(BatchJob([j.row for j in jobs], min_tokens)))
+        return [_wait(f) for f in [self._batcher.submit(j) for j in jobs]]
 
-    @torch.inference_mode()
     def reasoning_activation(self, texts: Sequence[str], features: Sequence[int] | None = None
                              ) -> list[ActivationReport]:
-        """Reasoning activation of finished texts (a second pass; generation reports it for free).
+        """Reasoning activation of finished texts, each read on its own (no prompt before it).
 
         For metrics scoring predictions that carry no report (e.g. from a plain `dspy.Predict`).
+        A response generated by this engine is better measured with `report_for_call`, in its prompt.
         """
-        from reasoning_dspy.activations import residual_at
-        from reasoning_dspy.steering import summarize_latents
-
-        if self.sae is None or self.sae.cfg.hook_layer is None:
-            raise SteeringError("reasoning activation needs an SAE with a hook_layer: build the engine with sae=")
-        features = self.reasoning_features if features is None else tuple(features)
-        cfg = CaptureConfig(self.sae, self.sae.cfg.hook_layer, k=self.capture_k)
-        device = next(self.model.parameters()).device
-        out = []
+        self._measure_config()  # fails clearly without an SAE
+        features = self.reasoning_features if features is None else tuple(int(f) for f in features)
+        special = set(self.tokenizer.all_special_ids)
+        jobs = []
         for text in texts:
             with self._tok_lock:
-                ids = self.tokenizer(text or " ", return_tensors="pt")["input_ids"].to(device)
-            with model_lock(self.model):
-                acts = residual_at(self.model, self.sae.cfg.hook_layer, ids, spec=self.spec)[0]
-            special = torch.isin(ids[0], torch.tensor(sorted(set(self.tokenizer.all_special_ids)), device=device))
-            latents = self.sae.encode(acts[~special].to(self.sae.W_enc.dtype))
-            out.append(summarize_latents(latents, cfg, features))
-        return out
+                ids = self.tokenizer(text or " ")["input_ids"]
+            start = next((i for i, t in enumerate(ids) if t not in special), len(ids))  # BOS: context, not measured
+            jobs.append(MeasureJob(ids, start, None, features))
+        return [_wait(f) for f in [self._batcher.submit(j) for j in jobs]]
+
+    def report_for_call(self, messages: list[dict], kwargs: dict, text: str) -> ActivationReport | None:
+        """The activation report of `text`, answered by this engine to a DSPy call (`messages`, `kwargs`).
+
+        Taken from the reports of recent generations when it is there (DSPy cache hits included),
+        else measured exactly by one teacher-forced forward. None when the engine has no SAE.
+        """
+        if self.sae is None:
+            return None
+        meta = dict(kwargs.get("metadata") or {})
+        try:
+            spec = self.default_steering if "steering" not in meta else as_spec(meta["steering"])
+        except SteeringError as err:
+            raise ValueError(str(err)) from None
+        features = meta.get("reasoning_features")
+        job = self._job(self._render(_text_messages(messages, self.model_id), None), spec,
+                        kwargs.get("max_tokens") or self.max_tokens, 0.0, 1.0, (), True,
+                        tuple(int(f) for f in features) if features is not None else None)
+        key = ReportStore.key(job.row.prompt_ids, spec, job.row.capture_features, text)
+        report = self.reports.get(key)
+        if report is None:
+            with self._tok_lock:
+                output_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            report = _wait(self._batcher.submit(
+                MeasureJob.for_response(job.row.prompt_ids, output_ids, job.row.steering, job.row.capture_features)))
+            self.reports.put(key, report)
+        return report
 
     # -- request parsing (caller thread) ---------------------------------------------------
-    def _parse(self, request: Any) -> _Pending:
+    def _parse(self, request: Any) -> GenerateJob:
         from dspy.clients.engines.base import validate_request
         from dspy.lm15 import InvalidRequestError, UnsupportedFeatureError
 
@@ -299,7 +324,8 @@ class SteeredEngine:
             if m.text is None:
                 raise UnsupportedFeatureError(f"{self.model_id} takes text messages only, got parts "
                                               f"{[p.type for p in m.parts]} in a {m.role} message")
-            messages.append({"role": "system" if m.role == "developer" else m.role, "content": m.text})
+            messages.append({"role": m.role, "content": m.text})
+        messages = _text_messages(messages, self.model_id)
         system = request.system
         if system is not None and not isinstance(system, str):
             system = "".join(getattr(p, "text", "") or "" for p in system)
@@ -311,7 +337,7 @@ class SteeredEngine:
             raise InvalidRequestError(str(err)) from None
         capture = bool(meta.get("capture", self.capture))
         features = meta.get("reasoning_features")
-        return self._pending(
+        return self._job(
             self._render(messages, system), spec,
             cfg.max_tokens or self.max_tokens,
             self.temperature if cfg.temperature is None else cfg.temperature,
@@ -320,9 +346,9 @@ class SteeredEngine:
             tuple(int(f) for f in features) if features is not None else None,
         )
 
-    def _pending(self, prompt_ids: list[int], spec: SteeringSpec | None, max_tokens: int, temperature: float,
-                 top_p: float, stop: tuple[str, ...], capture: bool, features: tuple[int, ...] | None = None
-                 ) -> _Pending:
+    def _job(self, prompt_ids: list[int], spec: SteeringSpec | None, max_tokens: int, temperature: float,
+             top_p: float, stop: tuple[str, ...], capture: bool, features: tuple[int, ...] | None = None
+             ) -> GenerateJob:
         from dspy.lm15 import ContextLengthError, InvalidRequestError
 
         if capture and self.sae is None:
@@ -334,7 +360,7 @@ class SteeredEngine:
             prompt_ids = bos + prompt_ids[len(prompt_ids) - (limit - max_tokens - len(bos)):]
         if limit is not None and len(prompt_ids) >= limit:
             raise ContextLengthError(
-                f"the prompt is {len(prompt_ids)} tokens but {self.spec.name} holds {limit} positions "
+                f"the prompt is {len(prompt_ids)} tokens but {self.model_spec.name} holds {limit} positions "
                 "(SteeredLM(..., truncate_prompt=True) keeps the prompt's end instead)")
         if limit is not None:
             max_tokens = min(max_tokens, limit - len(prompt_ids))
@@ -346,10 +372,10 @@ class SteeredEngine:
             features = self.reasoning_features or (tuple(spec.features) if spec is not None else ())
         row = GenRow(prompt_ids, max_tokens, float(temperature), float(top_p), stop, steering, capture,
                      features if capture else ())
-        return _Pending(row, spec)
+        return GenerateJob(row, spec)
 
     def _resolve(self, spec: SteeringSpec):
-        return resolve(spec, d_model=self.spec.d_model, n_layers=self.spec.n_layers, sae=self.sae,
+        return resolve(spec, d_model=self.model_spec.d_model, n_layers=self.model_spec.n_layers, sae=self.sae,
                        max_activation=self.max_activation)
 
     def _render(self, messages: list[dict], system: str | None) -> list[int]:
@@ -364,17 +390,45 @@ class SteeredEngine:
             return tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
 
     # -- the worker ------------------------------------------------------------------------
-    def _run_batch(self, items: list[_Pending]) -> list[GenResult]:
-        rows = [it.row for it in items]
+    def _run_batch(self, jobs: list[Job]) -> list[Any]:
+        """Run one gathered batch of jobs on the worker thread: requests together, the rest in turn."""
+        results: list[Any] = [None] * len(jobs)
         with model_lock(self.model):
-            return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae,
-                                 capture=self._capture_config(rows), spec=self.spec, prefix_cache=self.prefix_cache)
+            self._sync_prefix_cache()
+            requests = [i for i, job in enumerate(jobs) if isinstance(job, GenerateJob)]
+            if requests:
+                outs = self._generate([jobs[i].row for i in requests])
+                for i, out in zip(requests, outs, strict=True):
+                    results[i] = out
+            for i, job in enumerate(jobs):
+                if isinstance(job, BatchJob):
+                    results[i] = self._generate(job.rows, job.min_new_tokens)
+                elif isinstance(job, MeasureJob):
+                    results[i] = measure_response(self.model, self.model_spec, self._measure_config(), job)
+        return results
+
+    def _generate(self, rows: list[GenRow], min_new_tokens: int = 0) -> list[GenResult]:
+        return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae, spec=self.model_spec,
+                             capture=self._capture_config(rows), min_new_tokens=min_new_tokens,
+                             prefix_cache=self.prefix_cache)
+
+    def _sync_prefix_cache(self) -> None:
+        """Prefilled prefixes were computed with the weights of their time: drop them when those changed."""
+        self.refresh_fingerprint()
+        if self._prefix_cache_weights != self._weights_fingerprint:
+            self.prefix_cache.clear()
+            self._prefix_cache_weights = self._weights_fingerprint
+
+    def _measure_config(self) -> CaptureConfig:
+        if self.sae is None:
+            raise SteeringError("reasoning activation needs an SAE: build the engine with sae=")
+        layer = self.sae.cfg.hook_layer if self.sae.cfg.hook_layer is not None else self._capture_layer()
+        return CaptureConfig(self.sae, layer, k=self.capture_k)
 
     def _capture_config(self, rows: list[GenRow]) -> CaptureConfig | None:
         if self.sae is None or not any(r.capture for r in rows):
             return None
-        layer = self.sae.cfg.hook_layer if self.sae.cfg.hook_layer is not None else self._capture_layer()
-        return CaptureConfig(self.sae, layer, k=self.capture_k)
+        return self._measure_config()
 
     def _capture_layer(self) -> int:
         spec = self.default_steering
@@ -382,11 +436,14 @@ class SteeredEngine:
             return spec.layer
         raise SteeringError("the SAE records no hook_layer: set SAEConfig.hook_layer so activations are read at its layer")
 
-    def _response(self, result: GenResult, pending: _Pending) -> Any:
+    def _response(self, result: GenResult, job: GenerateJob) -> Any:
         from dspy.lm15 import Message, Response, TextPart, Usage
 
+        if result.report is not None:
+            self.reports.put(ReportStore.key(job.row.prompt_ids, job.steering, job.row.capture_features, result.text),
+                             result.report)
         data = {
-            "steering": pending.spec.model_dump(mode="json") if pending.spec is not None else None,
+            "steering": job.steering.model_dump(mode="json") if job.steering is not None else None,
             "activation": result.report.to_dict() if result.report is not None else None,
         }
         return Response(
@@ -412,11 +469,26 @@ class SteeredEngine:
             state["max_activation_values"] = self.max_activation.tolist()
         return state
 
+    def _settings(self) -> dict[str, Any]:
+        """The constructor arguments that are not the model, SAE or f_max (saved, derived, restored)."""
+        return dict(steering=self.default_steering, capture=self.capture, reasoning_features=self.reasoning_features,
+                    capture_k=self.capture_k, max_tokens=self.max_tokens, temperature=self.temperature,
+                    max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,
+                    prefix_cache_size=self.prefix_cache.size, truncate_prompt=self.truncate_prompt, name=self.name)
+
     @classmethod
     def load_state(cls, state: dict) -> SteeredEngine:
+        """Rebuild the saved engine. A live engine with the same fingerprint lends its model and SAE (no
+        reload), but the saved settings (max_tokens, temperature, batching, ...) always apply."""
+        saved = dict(steering=state.get("steering"), capture=state.get("capture", False),
+                     reasoning_features=state.get("reasoning_features", ()), capture_k=state.get("capture_k", 10),
+                     max_tokens=state.get("max_tokens", 256), temperature=state.get("temperature", 0.0),
+                     max_batch_size=state.get("max_batch_size", 16), max_wait_ms=state.get("max_wait_ms", 5.0),
+                     prefix_cache_size=state.get("prefix_cache_size", 4),
+                     truncate_prompt=state.get("truncate_prompt", False), name=state.get("name"))
         live = _LIVE.get(state.get("fingerprint", ""))
         if live is not None:
-            return live
+            return live.derive(**saved)
         sources = EngineSources.model_validate(state.get("sources") or {})
         if sources.model is None:
             raise ValueError("this saved engine records no model source; pass the LM again after loading")
@@ -428,14 +500,7 @@ class SteeredEngine:
             )
         engine = cls.from_pretrained(
             sources.model, dtype=sources.dtype, device=sources.device, seed=sources.seed, sae=sources.sae,
-            max_activation=sources.max_activation or state.get("max_activation_values"),
-            steering=state.get("steering"), capture=state.get("capture", False),
-            reasoning_features=state.get("reasoning_features", ()), capture_k=state.get("capture_k", 10),
-            max_tokens=state.get("max_tokens", 256), temperature=state.get("temperature", 0.0),
-            max_batch_size=state.get("max_batch_size", 16), max_wait_ms=state.get("max_wait_ms", 5.0),
-            prefix_cache_size=state.get("prefix_cache_size", 4),
-            truncate_prompt=state.get("truncate_prompt", False), name=state.get("name"),
-        )
+            max_activation=sources.max_activation or state.get("max_activation_values"), **saved)
         if state.get("fingerprint") and engine.fingerprint != state["fingerprint"]:
             raise ValueError(
                 f"the saved program was built with engine {state.get('name')}-{state['fingerprint']}, but "
@@ -482,3 +547,26 @@ def _clone_tokenizer(tokenizer: Any) -> Any:
         return copy.deepcopy(tokenizer)
     except Exception:  # noqa: BLE001 - fall back to sharing (slow tokenizers are pure Python)
         return tokenizer
+
+
+def _wait(future: Future) -> Any:
+    """The future's result; a caller interrupted while waiting (Ctrl-C) withdraws its queued job."""
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
+
+
+def _text_messages(messages: Sequence[dict], model_id: str) -> list[dict]:
+    """Chat messages as `{"role", "content": str}` (DSPy's "developer" role is a system message)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if not isinstance(content, str):
+            from dspy.lm15 import UnsupportedFeatureError
+
+            raise UnsupportedFeatureError(f"{model_id} takes text messages only, got {type(content).__name__} "
+                                          f"content in a {m.get('role')} message")
+        out.append({"role": "system" if m.get("role") == "developer" else m.get("role"), "content": content})
+    return out

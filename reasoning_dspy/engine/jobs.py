@@ -1,0 +1,122 @@
+"""What the engine's worker runs, and the reports it keeps.
+
+Every model forward of a `SteeredEngine` happens on its worker thread, as one of three jobs:
+
+- `GenerateJob`: one request (a DSPy call, one prompt of `generate`); concurrent ones share a batch;
+- `BatchJob`: rows that must run as exactly one batch with EOS held off (benchmarks compare equal
+  amounts of decoding);
+- `MeasureJob`: the SAE latents of a finished response, recomputed by teacher forcing.
+
+A response's reasoning activation is measured in the forward that generates it. DSPy may answer a
+later identical call from its cache without reaching the engine, so the engine keeps recent
+reports in a `ReportStore`, keyed by what determines them (prompt tokens, steering, reasoning
+features, the text); a report missing there (another process wrote the cache entry) is recomputed
+exactly by `measure_response`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from reasoning_dspy.activations import residual_at
+from reasoning_dspy.engine.generate import GenRow
+from reasoning_dspy.models import ModelSpec
+from reasoning_dspy.steering import (
+    ActivationReport,
+    CaptureConfig,
+    RowSteering,
+    Steerer,
+    SteeringSpec,
+    summarize_latents,
+)
+
+
+@dataclass
+class GenerateJob:
+    """One generation request; the worker batches concurrent ones into one `generate_rows` call."""
+
+    row: GenRow
+    steering: SteeringSpec | None
+
+
+@dataclass
+class BatchJob:
+    """Rows that run as exactly one batch, EOS suppressed for `min_new_tokens` (benchmarks)."""
+
+    rows: list[GenRow]
+    min_new_tokens: int = 0
+
+
+@dataclass
+class MeasureJob:
+    """The report of the SAE latents at positions `start:` of `token_ids`, read in context, with
+    `steering` applied as it was during generation."""
+
+    token_ids: list[int]
+    start: int
+    steering: RowSteering | None
+    features: tuple[int, ...]
+
+    @classmethod
+    def for_response(cls, prompt_ids: list[int], output_ids: list[int], steering: RowSteering | None,
+                     features: tuple[int, ...]) -> MeasureJob:
+        """Generation records the residual at the positions that predict each generated token: the
+        prompt's last position and every generated token but the last. A forward over
+        `prompt + output[:-1]` has the same residuals at the same positions."""
+        if not output_ids:
+            return cls(list(prompt_ids), len(prompt_ids), steering, features)
+        return cls(list(prompt_ids) + list(output_ids[:-1]), len(prompt_ids) - 1, steering, features)
+
+
+@torch.inference_mode()
+def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob) -> ActivationReport:
+    """What generation's capture reports, recomputed by one teacher-forced forward.
+
+    The residual is read at the capture layer before steering adds to it there, as during
+    generation; steering at earlier layers acts on the forward as it did then.
+    """
+    if job.start >= len(job.token_ids):
+        return ActivationReport(0, 0.0, 0.0 if job.features else None, [])
+    device = next(model.parameters()).device
+    ids = torch.tensor([job.token_ids], dtype=torch.long, device=device)
+    steerer = Steerer(model, [job.steering], sae=capture.sae, spec=model_spec) if job.steering is not None else None
+    acts = residual_at(model, capture.layer, ids, spec=model_spec, hooks=steerer)[0, job.start:]
+    latents: Tensor = capture.sae.encode(acts.to(capture.sae.W_enc.dtype))
+    return summarize_latents(latents, capture, job.features)
+
+
+class ReportStore:
+    """The most recent `size` activation reports, by key; safe to use from any thread."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._reports: OrderedDict[Hashable, ActivationReport] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(prompt_ids: Sequence[int], steering: SteeringSpec | None, features: Sequence[int], text: str) -> Hashable:
+        return (tuple(prompt_ids), steering.fingerprint() if steering is not None else None, tuple(features), text)
+
+    def put(self, key: Hashable, report: ActivationReport) -> None:
+        with self._lock:
+            self._reports[key] = report
+            self._reports.move_to_end(key)
+            while len(self._reports) > self.size:
+                self._reports.popitem(last=False)
+
+    def get(self, key: Hashable) -> ActivationReport | None:
+        with self._lock:
+            return self._reports.get(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._reports.clear()
+
+    def __len__(self) -> int:
+        return len(self._reports)
