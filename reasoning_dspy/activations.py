@@ -197,6 +197,8 @@ def extract_activations(
     layer = spec.check_layer(layer)
     storage_dtype = resolve_dtype(dtype)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{str(out)!r} is an existing file; the cache (out_dir, --out) must be a folder")
     wanted = CacheManifest(
         model=spec.name,
         layer=layer,
