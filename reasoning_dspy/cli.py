@@ -19,9 +19,13 @@ def _fail(message: str) -> None:
 
 
 def _validation_message(err) -> str:
-    """A pydantic `ValidationError` as one line: `field: message; ...`."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}".replace("Value error, ", "")
-                     for e in err.errors())
+    """A pydantic `ValidationError` as one line: `field: message (got value); ...`."""
+    parts = []
+    for e in err.errors():
+        where = ".".join(map(str, e["loc"])) + ": " if e["loc"] else ""
+        got = f" (got {e['input']!r})" if e["loc"] and e["type"] != "value_error" else ""
+        parts.append(f"{where}{e['msg']}{got}".replace("Value error, ", ""))
+    return "; ".join(parts)
 
 
 def _check_folder(path: Path, flag: str) -> None:
@@ -108,6 +112,8 @@ def score(
     device: str = typer.Option("cpu", help="torch device"),
 ) -> None:
     """Rank SAE features by ReasonScore over a cache and write the scores and feature analysis."""
+    from pydantic import ValidationError
+
     from reasoning_dspy.activations import ActivationCache, CacheError
     from reasoning_dspy.analysis import analyze_features, write_analysis
     from reasoning_dspy.models import ModelLoadError, load_tokenizer
@@ -140,6 +146,8 @@ def score(
         reports = analyze_features(acts, model, scores, tokenizer=tokenizer, n_features=n_features,
                                    n_contexts=n_contexts, batch_size=batch_size, device=device)
         write_analysis(out, scores, reports)
+    except ValidationError as err:
+        _fail(_validation_message(err))
     except (CacheError, FileNotFoundError, ModelLoadError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"{len(scores.selected)} of {scores.d_sae} features selected (ReasonScore >= {scores.threshold:.4g})")
@@ -259,7 +267,7 @@ def steer(
         _fail(str(err))
     except KeyError as err:
         _fail(str(err.args[0]))
-    _print_steering(rows, spec)
+    _print_steering(rows, spec, features)
     if out is not None:
         import json
 
@@ -294,13 +302,13 @@ def _steer_rows(model: str, sae, fmax, features: list[int], spec, texts: list[st
             for text, b, s in zip(texts, baseline, steered, strict=True)]
 
 
-def _print_steering(rows: list[dict], spec) -> None:
+def _print_steering(rows: list[dict], spec, features: list[int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     strengths = sorted(set(spec.features.values()))
     gamma = strengths[0] if len(strengths) == 1 else strengths
-    table = Table(title=f"steering features {list(spec.features)} at γ={gamma} ({spec.mode}, layer {spec.layer}); "
+    table = Table(title=f"steering features {features} at γ={gamma} ({spec.mode}, layer {spec.layer}); "
                         "act = mean activation of those features over the answer")
     for col in ("prompt", "baseline", "act", "steered", "act"):
         table.add_column(col, overflow="fold", no_wrap=col == "act")

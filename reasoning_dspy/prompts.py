@@ -48,7 +48,7 @@ def load_prompts(
     `column` picks the text field; by default the first of prompt/text/instruction/question/input.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise PromptError(f"limit must be a positive number of prompts (or None for all), got {limit!r}")
+        raise PromptError(f"limit must be a positive number of prompts, got {limit!r}")
     source = bundled_prompts_path() if str(source) == BUNDLED else source
     path = Path(source)
     if str(source) == BUNDLED_TRACES:
