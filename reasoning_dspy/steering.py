@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ class SteeringSpec(BaseModel):
     @classmethod
     def _check_vector(cls, value: list[float] | None) -> list[float] | None:
         if value is not None:
-            bad = [i for i, v in enumerate(value) if not torch.isfinite(torch.tensor(float(v)))]
+            bad = [i for i, v in enumerate(value) if not math.isfinite(v)]
             if bad:
                 raise ValueError(f"the steering vector must be finite, but entries {bad[:5]} are NaN or inf")
         return value
