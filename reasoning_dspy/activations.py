@@ -196,11 +196,14 @@ def extract_activations(
     if not prompts:
         raise ValueError("no prompts to extract activations from")
     if batch_size < 1 or max_length < 1 or shard_tokens < 1:
-        raise ValueError("batch_size, max_length and shard_tokens must be positive")
+        raise ValueError(f"batch_size, max_length and shard_tokens must be positive, got batch_size={batch_size}, "
+                         f"max_length={max_length}, shard_tokens={shard_tokens}")
     spec = model_spec(model, model_name)
     layer = spec.check_layer(layer)
     storage_dtype = resolve_dtype(dtype)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{str(out)!r} is an existing file; the cache (out_dir, --out) must be a folder")
     wanted = CacheManifest(
         model=spec.name,
         layer=layer,

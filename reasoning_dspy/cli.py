@@ -18,6 +18,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _validation_message(err) -> str:
+    """A pydantic `ValidationError` as one line: `field: message (got value); ...`."""
+    parts = []
+    for e in err.errors():
+        where = ".".join(map(str, e["loc"])) + ": " if e["loc"] else ""
+        got = f" (got {e['input']!r})" if e["loc"] and e["type"] != "value_error" else ""
+        parts.append(f"{where}{e['msg']}{got}".replace("Value error, ", ""))
+    return "; ".join(parts)
+
+
+def _check_folder(path: Path, flag: str) -> None:
+    """Fail when an output that must be a folder is an existing file."""
+    if path.exists() and not path.is_dir():
+        _fail(f"{flag} {str(path)!r} is an existing file; {flag} must be a folder")
+
+
 @app.command()
 def extract(
     model: str = typer.Option("TinyLlama/TinyLlama-1.1B-Chat-v1.0", help="HF id, local folder, or tiny-random"),
@@ -51,24 +67,19 @@ def extract(
     typer.echo(repr(cache))
 
 
-# <cli-commands: later commands are added below this line>
-
-
-# <train-sae: SAE training command (issue 3); its flags are generated from SAETrainConfig's fields>
 def _train_sae(options: dict) -> None:
     """Train a sparse autoencoder on an activation cache; writes the SAE (SAELens layout), a
     resumable checkpoint, train_log.jsonl and loss_curve.png to OUT."""
     from pydantic import ValidationError
 
     from reasoning_dspy.activations import CacheError
-    from reasoning_dspy.sae import SAETrainConfig, train_sae
+    from reasoning_dspy.sae import SAETrainConfig, TrainingDivergedError, train_sae
 
     try:
         result = train_sae(SAETrainConfig(**options))
     except ValidationError as err:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}".replace("Value error, ", "")
-                        for e in err.errors()))
-    except (CacheError, ValueError) as err:
+        _fail(_validation_message(err))
+    except (CacheError, TrainingDivergedError, ValueError) as err:
         _fail(str(err))
     ev = result.eval
     typer.echo(f"FVU {ev.fvu:.4f}  L0 {ev.l0:.1f}  dead {100 * ev.dead_fraction:.1f}%  "
@@ -84,7 +95,6 @@ def _register_train_sae() -> None:
 _register_train_sae()
 
 
-# <score: ReasonScore command (issue 4)>
 @app.command()
 def score(
     cache: Path = typer.Option(..., help="activation cache folder (from `extract`)"),
@@ -102,6 +112,8 @@ def score(
     device: str = typer.Option("cpu", help="torch device"),
 ) -> None:
     """Rank SAE features by ReasonScore over a cache and write the scores and feature analysis."""
+    from pydantic import ValidationError
+
     from reasoning_dspy.activations import ActivationCache, CacheError
     from reasoning_dspy.analysis import analyze_features, write_analysis
     from reasoning_dspy.models import ModelLoadError, load_tokenizer
@@ -109,19 +121,33 @@ def score(
     from reasoning_dspy.sae import load_sae
     from reasoning_dspy.vocab import Vocabulary
 
+    _check_folder(out, "--out")
+    if top_n is not None and top_n < 1:
+        _fail(f"--top-n must be at least 1, got {top_n}")
+    if n_features < 0:
+        _fail(f"--n-features must be >= 0 (features to analyze), got {n_features}")
+    if n_contexts < 1:
+        _fail(f"--n-contexts must be at least 1, got {n_contexts}")
     try:
         acts = ActivationCache(cache)
-        if not (sae / "cfg.json").is_file():
-            raise FileNotFoundError(f"no SAE at {str(sae)!r}: cfg.json is missing (train one, or pass its folder)")
         model = load_sae(sae, device=device)
+        if top_n is not None and top_n > model.d_sae:
+            _fail(f"--top-n {top_n} exceeds the SAE's {model.d_sae} features; pass at most {model.d_sae}")
         words = Vocabulary.from_file(vocab) if vocab else Vocabulary.default()
         tokenizer = load_tokenizer(acts.model_name)
         scores = score_features(acts, model, words, tokenizer=tokenizer, alpha=alpha, left=left, right=right,
                                 quantile=quantile, top_n=top_n, batch_size=batch_size, device=device)
+        if int(scores.group_token_counts.sum()) == 0:
+            _fail(f"no word of the vocabulary ({', '.join(scores.groups[:10])}) occurs in the {acts.n_tokens} "
+                  f"tokens of the cache at {str(cache)!r}, so every ReasonScore would be meaningless; use a "
+                  "vocabulary whose words occur in these texts, or extract texts that contain them "
+                  "(e.g. --prompts bundled-traces)")
         scores.save(out)
         reports = analyze_features(acts, model, scores, tokenizer=tokenizer, n_features=n_features,
                                    n_contexts=n_contexts, batch_size=batch_size, device=device)
         write_analysis(out, scores, reports)
+    except ValidationError as err:
+        _fail(_validation_message(err))
     except (CacheError, FileNotFoundError, ModelLoadError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"{len(scores.selected)} of {scores.d_sae} features selected (ReasonScore >= {scores.threshold:.4g})")
@@ -140,7 +166,156 @@ def demo(
     """Run the offline end-to-end demo on tiny-random (no network needed)."""
     from reasoning_dspy.demo import run_demo
 
-    run_demo(out, limit=limit)
+    try:
+        run_demo(out, limit=limit)
+    except ValueError as err:
+        _fail(str(err))
+
+
+@app.command()
+def steer(
+    sae: Path = typer.Option(..., help="SAE folder (cfg.json + sae_weights.safetensors)"),
+    prompt: list[str] | None = typer.Option(None, "--prompt", help="a prompt to answer (repeatable)"),
+    prompts: str | None = typer.Option(None, help="prompts file (.jsonl/.json/.csv/.parquet/.txt) or 'bundled'"),
+    model: str = typer.Option("TinyLlama/TinyLlama-1.1B-Chat-v1.0", help="HF id, local folder, or tiny-random"),
+    scores: Path | None = typer.Option(None, help="ReasonScore folder (from `score`): f_max and the feature ranking"),
+    max_activation: Path | None = typer.Option(None, help="f_max: a ReasonScore folder or scores.safetensors "
+                                               "(default: the one in --scores)"),
+    feature: list[int] | None = typer.Option(None, "--feature", help="SAE feature index to steer (repeatable)"),
+    top: int | None = typer.Option(None, help="steer the N best features by ReasonScore (needs --scores)"),
+    strength: float = typer.Option(4.0, help="γ, in multiples of each feature's max activation f_max"),
+    mode: str = typer.Option("add", help="add: x + γ·f_max·W_dec,i; clamp: set f_i = γ·f_max"),
+    layer: int | None = typer.Option(None, help="decoder layer to steer, for an SAE that records none"),
+    max_tokens: int = typer.Option(48, help="tokens to generate per answer"),
+    temperature: float = typer.Option(0.0, help="sampling temperature (0 = greedy)"),
+    seed: int = typer.Option(0, help="sampling seed (both runs start from it)"),
+    device: str = typer.Option("cpu", help="torch device"),
+    dtype: str | None = typer.Option(None, help="dtype to run the model in (default: checkpoint's)"),
+    out: Path | None = typer.Option(None, help="also write one JSON line per prompt to this .jsonl file"),
+) -> None:
+    """Answer prompts with and without steering SAE features, side by side."""
+    import math
+
+    from pydantic import ValidationError
+    from safetensors import SafetensorError
+
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.prompts import PromptError, load_prompts
+    from reasoning_dspy.sae import load_sae
+    from reasoning_dspy.steering import SteeringSpec, load_max_activation
+
+    texts = list(prompt or [])
+    if any(not t.strip() for t in texts):
+        _fail("--prompt is blank; give the text to answer")
+    if mode not in ("add", "clamp"):
+        _fail(f"--mode must be add or clamp, got {mode!r}")
+    if max_tokens < 1:
+        _fail(f"--max-tokens must be at least 1, got {max_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        _fail(f"--temperature must be a finite number >= 0, got {temperature}")
+    if feature and top is not None:
+        _fail("give either --feature (repeatable) or --top N, not both")
+    if not feature and top is None:
+        _fail("choose the features to steer: --feature INDEX (repeatable), or --top N with --scores")
+    if top is not None and top < 1:
+        _fail(f"--top must be at least 1, got {top}")
+    if top is not None and scores is None:
+        _fail("--top ranks features by ReasonScore: pass the ReasonScore folder with --scores")
+    if scores is None and max_activation is None:
+        _fail("steering scales each feature by its max activation f_max: pass --scores (a ReasonScore folder "
+              "from `reasoning-dspy score`) or --max-activation")
+    if out is not None and out.is_dir():
+        _fail(f"--out {str(out)!r} is a folder; --out takes a .jsonl file path")
+    try:
+        if prompts is not None:
+            texts += load_prompts(prompts)
+        if not texts:
+            _fail("no prompts: give --prompt TEXT (repeatable) and/or --prompts FILE")
+        sae_model = load_sae(sae, device=device)
+        hook_layer = sae_model.cfg.hook_layer
+        if hook_layer is None and layer is None:
+            _fail(f"the SAE at {str(sae)!r} records no hook_layer: pass --layer, the layer it was trained on")
+        if hook_layer is not None and layer is not None and layer != hook_layer:
+            _fail(f"the SAE at {str(sae)!r} was trained on layer {hook_layer}, but --layer is {layer}; "
+                  "its feature directions only mean something at that layer (drop --layer)")
+        if hook_layer is None:
+            sae_model.cfg = sae_model.cfg.model_copy(update={"hook_layer": layer})
+        d_sae = sae_model.d_sae
+        ranking = None
+        if scores is not None:
+            from reasoning_dspy.reasonscore import FeatureScores
+
+            ranking = FeatureScores.load(scores)
+            if ranking.d_sae != d_sae:
+                _fail(f"the scores in {str(scores)!r} cover {ranking.d_sae} features but the SAE at {str(sae)!r} "
+                      f"has d_sae={d_sae}; pass the scores computed for this SAE")
+        fmax = load_max_activation(max_activation if max_activation is not None else ranking, d_sae)
+        if top is not None and top > d_sae:
+            _fail(f"--top {top} exceeds the SAE's {d_sae} features")
+        features = ranking.top(top) if top is not None else list(dict.fromkeys(feature))
+        bad = [f for f in features if not 0 <= f < d_sae]
+        if bad:
+            _fail(f"feature index {bad[0]} is out of range: the SAE at {str(sae)!r} has {d_sae} features "
+                  f"(0..{d_sae - 1})")
+        try:
+            spec = SteeringSpec.from_features(features, strength, mode=mode, layer=sae_model.cfg.hook_layer)
+        except ValidationError as err:
+            _fail(f"invalid steering: {_validation_message(err)}")
+        rows = _steer_rows(model, sae_model, fmax, features, spec, texts, dtype=dtype, device=device,
+                           max_tokens=max_tokens, temperature=temperature, seed=seed)
+    except (PromptError, ModelLoadError, FileNotFoundError, SafetensorError, ValueError) as err:
+        _fail(str(err))
+    except KeyError as err:
+        _fail(str(err.args[0]))
+    _print_steering(rows, spec, features)
+    if out is not None:
+        import json
+
+        from reasoning_dspy._io import atomic_write_text
+
+        meta = {"model": model, "sae": str(sae), "steering": spec.model_dump(mode="json")}
+        atomic_write_text(out, "".join(json.dumps({**row, **meta}) + "\n" for row in rows))
+        typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+def _steer_rows(model: str, sae, fmax, features: list[int], spec, texts: list[str], *, dtype: str | None,
+                device: str, max_tokens: int, temperature: float, seed: int) -> list[dict]:
+    """Baseline and steered answers of each prompt, each with its reasoning activation."""
+    import torch
+
+    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.models import load_model
+
+    loaded = load_model(model, dtype=dtype, device=device)
+    engine = SteeredEngine(loaded.model, loaded.tokenizer, sae=sae, max_activation=fmax, steering=spec,
+                           capture=True, reasoning_features=features, max_tokens=max_tokens,
+                           temperature=temperature)
+    try:
+        torch.manual_seed(seed)
+        baseline = engine.generate(texts, steering=None)
+        torch.manual_seed(seed)
+        steered = engine.generate(texts, steering=spec)
+    finally:
+        engine.close()
+    return [{"prompt": text, "baseline": b.text, "steered": s.text,
+             "baseline_activation": b.report.to_dict(), "steered_activation": s.report.to_dict()}
+            for text, b, s in zip(texts, baseline, steered, strict=True)]
+
+
+def _print_steering(rows: list[dict], spec, features: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    strengths = sorted(set(spec.features.values()))
+    gamma = strengths[0] if len(strengths) == 1 else strengths
+    table = Table(title=f"steering features {features} at γ={gamma} ({spec.mode}, layer {spec.layer}); "
+                        "act = mean activation of those features over the answer")
+    for col in ("prompt", "baseline", "act", "steered", "act"):
+        table.add_column(col, overflow="fold", no_wrap=col == "act")
+    for row in rows:
+        table.add_row(row["prompt"], row["baseline"].strip(), f"{row['baseline_activation']['features_mean']:.3f}",
+                      row["steered"].strip(), f"{row['steered_activation']['features_mean']:.3f}")
+    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,10 @@ STAGES = [stage_extract, stage_train_sae, stage_score, stage_steer]
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, limit: int = 128) -> DemoState:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+        raise ValueError(f"limit must be at least 2 (half bundled prompts, half reasoning traces), got {limit!r}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"the demo output {str(out)!r} is an existing file; pass a folder")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     state = DemoState(out=Path(out), limit=limit)
     for stage in STAGES:

@@ -52,6 +52,30 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(set(_DTYPES))}") from None
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse a device string ("cpu", "cuda", "cuda:1", "mps") and check this machine has that device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} is not available: this torch build "
+                             f"({torch.__version__}) sees no CUDA GPU; use 'cpu' instead")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r} is not available: there are {count} CUDA GPU(s) "
+                             f"(cuda:0..cuda:{count - 1})")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r} is not available on this machine; use 'cpu' instead")
+        return dev
+    raise ValueError(f"device type {dev.type!r} is not supported; expected cpu, cuda, cuda:N or mps")
+
+
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Return `(path, layers)` for the decoder-layer list of any supported architecture."""
     for path in LAYER_PATHS:
@@ -144,6 +168,7 @@ def load_model(
     from reasoning_dspy import tiny
 
     torch_dtype = resolve_dtype(dtype)
+    device = check_device(device)
     if name_or_path in tiny.OFFLINE_MODELS:
         model, tokenizer = tiny.build(name_or_path, seed=seed, dtype=torch_dtype)
     else:

@@ -47,14 +47,26 @@ def load_prompts(
     `.parquet`/`.txt` file (text files: one prompt per line), or a `datasets` hub id (needs network).
     `column` picks the text field; by default the first of prompt/text/instruction/question/input.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise PromptError(f"limit must be a positive number of prompts, got {limit!r}")
     source = bundled_prompts_path() if str(source) == BUNDLED else source
     path = Path(source)
     if str(source) == BUNDLED_TRACES:
         prompts = bundled_traces()
     elif path.suffix.lower() in _TABLE_SUFFIXES | {".txt"} or path.exists():
+        if path.is_dir():
+            raise PromptError(f"{str(path)!r} is a folder; pass a prompts file (.jsonl/.json/.csv/.parquet/.txt)")
         if not path.is_file():
             raise PromptError(f"prompts file not found: {str(path)!r}")
-        prompts = _load_local(path, column)
+        try:
+            prompts = _load_local(path, column)
+        except UnicodeDecodeError as err:
+            raise PromptError(
+                f"prompts file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                "pass a UTF-8 encoded .jsonl/.json/.csv/.txt file"
+            ) from None
+        except csv.Error as err:
+            raise PromptError(f"prompts file {str(path)!r} is not a readable CSV file: {err}") from None
     else:
         prompts = _load_hub(str(source), column, split)
     prompts = [p for p in prompts if p.strip()]
@@ -81,13 +93,20 @@ def _load_local(path: Path, column: str | None) -> list[str]:
                 except json.JSONDecodeError as err:
                     raise PromptError(f"{path}:{lineno} is not valid JSON: {err.msg}") from None
     elif suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise PromptError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(rows, list):
             raise PromptError(f"{path} must hold a JSON list of strings or objects")
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise PromptError(f"{path} is not a readable Parquet file: {err}") from None
     else:
         raise PromptError(f"unsupported prompts file {path.name!r}: use .jsonl, .json, .csv, .parquet or .txt")
     return _texts(rows, column, str(path))

@@ -366,15 +366,17 @@ class FeatureScores:
 
 # -- the cache pass -------------------------------------------------------------------------------
 def check_compatible(cache, sae) -> None:
-    """Raise a clear error when the SAE cannot read the cache's activations; warn on a provenance mismatch."""
+    """Raise a clear error when the SAE cannot read the cache's activations (width or layer differ)."""
     if sae.cfg.d_in != cache.d_model:
         raise ValueError(
             f"the SAE expects d_in={sae.cfg.d_in} but the cache at {cache.path} holds {cache.d_model}-dim "
             f"activations ({cache.model_name}, layer {cache.layer}); use an SAE trained on this model and layer"
         )
     if sae.cfg.hook_layer is not None and sae.cfg.hook_layer != cache.layer:
-        warnings.warn(f"the SAE was trained on layer {sae.cfg.hook_layer} but the cache holds layer {cache.layer}",
-                      UserWarning, stacklevel=3)
+        raise ValueError(
+            f"the SAE was trained on layer {sae.cfg.hook_layer} but the cache at {cache.path} holds layer "
+            f"{cache.layer}; use an SAE trained on layer {cache.layer}, or extract layer {sae.cfg.hook_layer}"
+        )
 
 
 def iter_encoded_shards(cache, sae, *, batch_size: int = 4096, device: str | torch.device = "cpu",
@@ -429,8 +431,8 @@ def score_features(
     `tokenizer` defaults to the tokenizer of the model named in the cache. `fold=False` scores
     with the SAE as given (only for SAEs whose decoder rows already have unit norm).
     """
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
     if left < 0 or right < 0:
         raise ValueError(f"window sides must be >= 0, got left={left}, right={right}")
     if top_n is None and (quantile is None or not 0.0 < quantile <= 1.0):

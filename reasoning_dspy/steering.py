@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ from reasoning_dspy.sae import SAE
 
 class SteeringError(ValueError):
     """A steering spec does not fit the model or SAE it is applied to."""
+
+
+#: Largest |γ| a spec accepts. γ is in multiples of a feature's largest activation, so beyond this the
+#: added direction dwarfs anything the feature produces (and can overflow a half-precision model).
+MAX_STRENGTH = 1000.0
 
 
 class SteeringSpec(BaseModel):
@@ -63,7 +69,21 @@ class SteeringSpec(BaseModel):
                 raise ValueError(f"feature indices must be >= 0, got {index}")
             if not torch.isfinite(torch.tensor(float(strength))):
                 raise ValueError(f"strength of feature {index} must be finite, got {strength}")
+            if abs(strength) > MAX_STRENGTH:
+                raise ValueError(
+                    f"strength {strength:g} of feature {index} is out of range: |γ| must be at most "
+                    f"{MAX_STRENGTH:g} (γ is in multiples of the feature's largest activation f_max)"
+                )
         return dict(sorted(value.items()))
+
+    @field_validator("vector")
+    @classmethod
+    def _check_vector(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None:
+            bad = [i for i, v in enumerate(value) if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"the steering vector must be finite, but entries {bad[:5]} are NaN or inf")
+        return value
 
     @model_validator(mode="after")
     def _check_mode(self) -> SteeringSpec:
@@ -115,21 +135,38 @@ def load_max_activation(source: Any, d_sae: int | None = None) -> Tensor:
     `.max_activation` (a ReasonScore result), or a folder/file holding `scores.safetensors`."""
     if hasattr(source, "max_activation"):
         source = source.max_activation
+    where = "max_activation"
     if isinstance(source, (str, os.PathLike)):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(source)
         file = path / "scores.safetensors" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no max activations at {file}: expected a ReasonScore folder with scores.safetensors")
-        tensors = load_file(str(file))
+        try:
+            tensors = load_file(str(file))
+        except (SafetensorError, OSError) as err:
+            raise SteeringError(f"cannot read max activations from {file}: {err}; expected a safetensors file "
+                                "(a ReasonScore folder's scores.safetensors)") from None
         if "max_activation" not in tensors:
             raise KeyError(f"{file} holds {sorted(tensors)} but no 'max_activation' tensor")
-        source = tensors["max_activation"]
+        source, where = tensors["max_activation"], f"max_activation in {file}"
     fmax = torch.as_tensor(source, dtype=torch.float32).detach().cpu().flatten()
     if d_sae is not None and fmax.numel() != d_sae:
         raise SteeringError(f"max_activation has {fmax.numel()} entries but the SAE has d_sae={d_sae}")
+    _check_finite_fmax(fmax, torch.arange(fmax.numel()), where)
     return fmax
+
+
+def _check_finite_fmax(fmax: Tensor, features: Tensor, where: str = "max_activation") -> None:
+    """Raise `SteeringError` if f_max of any of `features` is NaN or inf."""
+    bad = features[~torch.isfinite(fmax[features])].tolist()
+    if bad:
+        raise SteeringError(
+            f"{where} is NaN or inf for {len(bad)} feature(s) (e.g. {bad[:5]}); f_max must be finite: "
+            "recompute it with `reasoning-dspy score` or reasoning_dspy.steering.compute_max_activation"
+        )
 
 
 @torch.no_grad()
@@ -208,6 +245,7 @@ def resolve(
                 "reasoning_dspy.steering.compute_max_activation(sae, acts)"
             )
         idx = torch.tensor(list(spec.features), dtype=torch.long)
+        _check_finite_fmax(max_activation, idx)
         gamma = torch.tensor(list(spec.features.values()), dtype=torch.float32)
         targets = gamma * max_activation[idx]
         if spec.mode == "add":
@@ -220,6 +258,12 @@ def resolve(
         if vec.numel() != d_model:
             raise SteeringError(f"steering vector has {vec.numel()} entries but the model's d_model is {d_model}")
         row.add = vec if row.add is None else row.add + vec
+    for name, delta in (("added direction", row.add), ("clamp targets", row.clamp_targets)):
+        if delta is not None and not bool(torch.isfinite(delta).all()):
+            raise SteeringError(
+                f"the steering {name} overflows float32 (γ · f_max · W_dec is NaN or inf); lower the "
+                "strengths or check the SAE's weights and f_max"
+            )
     return row
 
 

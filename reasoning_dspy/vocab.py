@@ -112,7 +112,11 @@ class Vocabulary(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"vocabulary file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                             "pass a .txt file with one word per line, or a .json file") from None
         if path.suffix.lower() != ".json":
             lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
             return cls.from_words([line for line in lines if line])

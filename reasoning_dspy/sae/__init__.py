@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "SAETrainConfig": "reasoning_dspy.sae.train_config",
     "train_sae": "reasoning_dspy.sae.train",
     "TrainResult": "reasoning_dspy.sae.train",
+    "TrainingDivergedError": "reasoning_dspy.sae.train",
     "evaluate_sae": "reasoning_dspy.sae.metrics",
     "ce_loss_recovered": "reasoning_dspy.sae.metrics",
     "fvu": "reasoning_dspy.sae.metrics",
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reasoning_dspy.sae.metrics import ce_loss_recovered, evaluate_sae, fvu, l0  # noqa: F401
     from reasoning_dspy.sae.relu import ReLUSAE  # noqa: F401
     from reasoning_dspy.sae.topk import TopKSAE  # noqa: F401
-    from reasoning_dspy.sae.train import TrainResult, train_sae  # noqa: F401
+    from reasoning_dspy.sae.train import TrainingDivergedError, TrainResult, train_sae  # noqa: F401
     from reasoning_dspy.sae.train_config import SAETrainConfig  # noqa: F401
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json
+from reasoning_dspy.models import check_device
 from reasoning_dspy.sae.base import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
@@ -139,9 +140,10 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
     from safetensors.torch import load_file
 
     path = _resolve_folder(Path(path))
+    device = check_device(device)
     try:
         raw = json.loads((path / CFG_FILE).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SAEFileError(f"{path / CFG_FILE} is not valid JSON ({err}); the file may be truncated") from None
     try:
         cfg, flags = parse_sae_config(raw)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reasoning_dspy.models import check_device
 from reasoning_dspy.sae.base import SAE, LossContext, SAEConfig
 from reasoning_dspy.sae.io import save_sae
 from reasoning_dspy.sae.metrics import SAEEval, evaluate_sae, fvu
@@ -31,6 +32,10 @@ CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
 CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "training_config.json"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the SAE weights stopped being finite during training; nothing diverged is saved."""
 
 
 @dataclass
@@ -247,6 +252,20 @@ def plot_loss_curve(log: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _check_finite(cfg: SAETrainConfig, step: int, sae: SAE, loss: float | None = None) -> None:
+    """Raise `TrainingDivergedError` if the loss (when given) or any SAE weight is NaN/inf."""
+    if loss is not None and math.isfinite(loss):
+        return
+    bad = [name for name, p in sae.named_parameters() if not bool(torch.isfinite(p).all())]
+    if loss is None and not bad:
+        return
+    what = f"the loss is {loss}" if loss is not None else f"the SAE weights {bad} hold NaN/inf"
+    raise TrainingDivergedError(
+        f"training diverged at step {step}: {what} (lr={cfg.lr}, grad_clip={cfg.grad_clip}), so the SAE "
+        "was not saved. Lower --lr, keep --grad-clip above 0, and check that the activations are finite"
+    )
+
+
 def _write_log(path: Path, log: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in log))
 
@@ -282,7 +301,9 @@ def train_sae(
     elif activations.dim() != 2:
         raise ValueError(f"activations must be [n_tokens, d_in], got shape {list(activations.shape)}")
     out = Path(cfg.out) if cfg.out else None
-    device = torch.device(cfg.device)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"the output {str(out)!r} is an existing file; out (--out) must be a folder")
+    device = check_device(cfg.device)
     compute_dtype = getattr(torch, cfg.compute_dtype)
 
     data = _Batches(activations, cfg.batch_size, cfg.seed)
@@ -327,6 +348,7 @@ def train_sae(
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         if ckpt is None:
             return
+        _check_finite(cfg, step, sae)
         _save_checkpoint(ckpt, sae, opt, since_fired, {
             "step": step, "epoch": next_epoch, "next_batch": next_batch, "scale": scale,
             "config": cfg.run_identity(),
@@ -377,6 +399,7 @@ def train_sae(
             if cfg.eval_every and step % cfg.eval_every == 0:
                 ev = evaluate_sae(sae, eval_x.split(cfg.batch_size), compute_dtype=compute_dtype)
                 row.update(eval_fvu=ev.fvu, eval_l0=ev.l0)
+            _check_finite(cfg, step, sae, row["loss"])
             log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", L0=f"{row['l0']:.1f}", FVU=f"{row['fvu']:.3f}",
                             dead=f"{row['dead_pct']:.1f}%")
@@ -398,6 +421,7 @@ def train_sae(
 def _finish(cfg: SAETrainConfig, sae: SAE, scale: float, eval_x: Tensor, log: list[dict[str, Any]], step: int,
             steps_run: int, seconds: float, *, out: Path | None, compute_dtype: torch.dtype) -> TrainResult:
     """Evaluate, fold the input scale into a copy of the SAE, write the output folder."""
+    _check_finite(cfg, step, sae)
     ev = evaluate_sae(sae, eval_x.split(cfg.batch_size), compute_dtype=compute_dtype)
     final = copy.deepcopy(sae)
     with torch.no_grad():

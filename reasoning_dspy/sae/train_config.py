@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class SAETrainConfig(BaseModel):
     """How to train an SAE. Every field is also a `reasoning-dspy train-sae --<field>` flag."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cache: str | None = Field(None, description="activation cache folder to train on")
     out: str | None = Field(None, description="output folder: SAE, checkpoint, training log, loss curve")
