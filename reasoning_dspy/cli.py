@@ -177,7 +177,8 @@ def steer(
     sae: Path = typer.Option(..., help="SAE folder (cfg.json + sae_weights.safetensors)"),
     prompt: list[str] | None = typer.Option(None, "--prompt", help="a prompt to answer (repeatable)"),
     prompts: str | None = typer.Option(None, help="prompts file (.jsonl/.json/.csv/.parquet/.txt) or 'bundled'"),
-    model: str = typer.Option("TinyLlama/TinyLlama-1.1B-Chat-v1.0", help="HF id, local folder, or tiny-random"),
+    model: str | None = typer.Option(None, help="HF id, local folder, or tiny-random (default: the model the "
+                                     "SAE records in cfg.json, else TinyLlama/TinyLlama-1.1B-Chat-v1.0)"),
     scores: Path | None = typer.Option(None, help="ReasonScore folder (from `score`): f_max and the feature ranking"),
     max_activation: Path | None = typer.Option(None, help="f_max: a ReasonScore folder or scores.safetensors "
                                                "(default: the one in --scores)"),
@@ -261,6 +262,7 @@ def steer(
             spec = SteeringSpec.from_features(features, strength, mode=mode, layer=sae_model.cfg.hook_layer)
         except ValidationError as err:
             _fail(f"invalid steering: {_validation_message(err)}")
+        model = model or sae_model.cfg.model_name or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
         rows = _steer_rows(model, sae_model, fmax, features, spec, texts, dtype=dtype, device=device,
                            max_tokens=max_tokens, temperature=temperature, seed=seed)
     except (PromptError, ModelLoadError, FileNotFoundError, SafetensorError, ValueError) as err:
@@ -283,7 +285,7 @@ def _steer_rows(model: str, sae, fmax, features: list[int], spec, texts: list[st
     """Baseline and steered answers of each prompt, each with its reasoning activation."""
     import torch
 
-    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.engine import SteeredEngine
     from reasoning_dspy.models import load_model
 
     loaded = load_model(model, dtype=dtype, device=device)
