@@ -56,7 +56,6 @@ def stage_extract(state: DemoState) -> None:
                   f"{m.layer}, {len(m.shards)} shards in {state.cache.path}")
 
 
-# <train_sae: small TopK SAE on the demo cache (issue 3)>
 def stage_train_sae(state: DemoState) -> None:
     """Train a small TopK SAE on the cache in a few seconds and print its FVU, L0 and dead %."""
     from reasoning_dspy.sae import SAETrainConfig, train_sae
@@ -81,7 +80,6 @@ def stage_train_sae(state: DemoState) -> None:
     state.extras["sae"] = result.sae
 
 
-# <score: ReasonScore stage (issue 4)>
 def stage_score(state: DemoState) -> None:
     """Rank the trained SAE's features by ReasonScore and print the top 10 with their words."""
     import warnings
@@ -125,7 +123,6 @@ def stage_score(state: DemoState) -> None:
     state.extras["scores"] = scores
 
 
-# <steer: baseline vs steered generation (issue 5)>
 STEER_PROMPTS = ["Is 91 a prime number?", "Should I take an umbrella if the sky is grey?",
                  "How many legs do three spiders have?"]
 
@@ -168,9 +165,9 @@ def stage_steer(state: DemoState) -> None:
                       f"{s.report.features_mean:.3f}")
     console.print(table)
     state.extras["steering"] = steering
+    state.extras["answers"] = list(zip(STEER_PROMPTS, baseline, steered, strict=True))
 
 
-# <demo-stages: later stages are defined above this line and listed in STAGES>
 STAGES = [stage_extract, stage_train_sae, stage_score, stage_steer]
 
 
