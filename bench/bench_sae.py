@@ -38,7 +38,7 @@ def synthetic_acts(n: int, d_in: int, n_atoms: int, active: int, seed: int = 0) 
 
 
 def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
-    from reasoning_dspy.sae.metrics import fvu as _fvu
+    from reasoning_dspy.sae.evals import fvu as _fvu
 
     return _fvu(x, recon)
 

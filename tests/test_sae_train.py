@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from sparse_dictionary import dictionary_recovery, sparse_dictionary_data
 
 from reasoning_dspy.sae import SAETrainConfig, load_sae, train_sae
-from reasoning_dspy.sae.metrics import evaluate_sae
-from reasoning_dspy.sae.synthetic import dictionary_recovery, sparse_dictionary_data
+from reasoning_dspy.sae.evals import evaluate_sae
 from reasoning_dspy.sae.train import geometric_median, lr_at, sparsity_at
 
 

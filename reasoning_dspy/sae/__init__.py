@@ -1,4 +1,5 @@
-"""Sparse autoencoders: architectures (registry), training, metrics and SAELens-compatible files.
+"""Sparse autoencoders: architectures (registry), training, evaluation (FVU, L0, CE recovered) and
+SAELens-compatible files.
 
 Names load lazily (PEP 562) so the CLI can read `SAETrainConfig` without importing torch.
 
@@ -27,18 +28,18 @@ _EXPORTS: dict[str, str] = {
     "train_sae": "reasoning_dspy.sae.train",
     "TrainResult": "reasoning_dspy.sae.train",
     "TrainingDivergedError": "reasoning_dspy.sae.train",
-    "evaluate_sae": "reasoning_dspy.sae.metrics",
-    "ce_loss_recovered": "reasoning_dspy.sae.metrics",
-    "fvu": "reasoning_dspy.sae.metrics",
-    "l0": "reasoning_dspy.sae.metrics",
+    "evaluate_sae": "reasoning_dspy.sae.evals",
+    "ce_loss_recovered": "reasoning_dspy.sae.evals",
+    "fvu": "reasoning_dspy.sae.evals",
+    "l0": "reasoning_dspy.sae.evals",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from reasoning_dspy.sae.base import ARCHITECTURES, SAE, SAEConfig, register  # noqa: F401
+    from reasoning_dspy.sae.evals import ce_loss_recovered, evaluate_sae, fvu, l0  # noqa: F401
     from reasoning_dspy.sae.io import SAEFileError, load_sae, save_sae  # noqa: F401
     from reasoning_dspy.sae.jumprelu import JumpReLUSAE  # noqa: F401
-    from reasoning_dspy.sae.metrics import ce_loss_recovered, evaluate_sae, fvu, l0  # noqa: F401
     from reasoning_dspy.sae.relu import ReLUSAE  # noqa: F401
     from reasoning_dspy.sae.topk import TopKSAE  # noqa: F401
     from reasoning_dspy.sae.train import TrainingDivergedError, TrainResult, train_sae  # noqa: F401

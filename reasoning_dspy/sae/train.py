@@ -24,8 +24,8 @@ from torch import Tensor
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reasoning_dspy.models import check_device
 from reasoning_dspy.sae.base import SAE, LossContext, SAEConfig
+from reasoning_dspy.sae.evals import SAEEval, evaluate_sae, fvu
 from reasoning_dspy.sae.io import save_sae
-from reasoning_dspy.sae.metrics import SAEEval, evaluate_sae, fvu
 from reasoning_dspy.sae.train_config import SAETrainConfig
 
 CHECKPOINT_DIR = "checkpoint"

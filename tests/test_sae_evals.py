@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reasoning_dspy.sae import SAE, SAEConfig
-from reasoning_dspy.sae.metrics import (
+from reasoning_dspy.sae.evals import (
     FVUAccumulator,
     ce_loss_recovered,
     dead_fraction,

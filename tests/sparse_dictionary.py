@@ -1,4 +1,4 @@
-"""Synthetic activations from a known sparse dictionary: ground truth for tests and benchmarks.
+"""Synthetic activations from a known sparse dictionary: the ground truth SAE training tests check against.
 
 Each token is `x = Σ_i c_i d_i + offset + noise` with unit-norm atoms `d_i`, where each atom fires
 independently with probability `active / n_atoms` and a magnitude `1 + |N(0, 1)|`. An SAE that

@@ -1,4 +1,4 @@
-"""SAE quality metrics: L0, FVU, dead fraction, feature density, CE-loss recovered.
+"""SAE evaluation: L0, FVU, dead fraction, feature density, CE-loss recovered.
 
 FVU is the unexplained fraction of the variance *about the mean*: `Σ‖x − x̂‖² / Σ‖x − x̄‖²`.
 Dividing by `Σ‖x‖²` instead (variance about zero) flatters an SAE whenever activations have a large
