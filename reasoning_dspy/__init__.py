@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "SteeredLM": "reasoning_dspy.lm",
     "LenientChatAdapter": "reasoning_dspy.adapter",
     "SAESteeringModule": "reasoning_dspy.modules",
+    "ReasoningActivationMetric": "reasoning_dspy.metrics",
     "ReasonScoreMetric": "reasoning_dspy.metrics",
 }
 
@@ -57,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.analysis import analyze_features  # noqa: F401
     from reasoning_dspy.engine import SteeredEngine  # noqa: F401
     from reasoning_dspy.lm import SteeredLM  # noqa: F401
-    from reasoning_dspy.metrics import ReasonScoreMetric  # noqa: F401
+    from reasoning_dspy.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
     from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401

@@ -1,6 +1,9 @@
-"""ReasonScore as a DSPy metric: reward answers whose generation activated the reasoning features.
+"""Reasoning activation as a DSPy metric: reward answers whose generation activated the reasoning features.
 
-`ReasonScoreMetric` works wherever DSPy takes a metric (`Evaluate`, `BootstrapFewShot`, `MIPROv2`):
+The *reasoning activation* of an answer is the mean activation of the chosen reasoning features
+(typically the top features by ReasonScore) over the answer's generated tokens. ReasonScore ranks
+features; this metric scores answers. `ReasoningActivationMetric` works wherever DSPy takes a
+metric (`Evaluate`, `BootstrapFewShot`, `MIPROv2`):
 `metric(example, pred, trace=None) -> float`. Combined with a task metric it scores, e.g.,
 correctness × reasoning activation, so an optimizer cannot win by reasoning loudly and answering
 wrongly. Called with GEPA's five arguments `(gold, pred, trace, pred_name, pred_trace)` it returns
@@ -9,6 +12,7 @@ wrongly. Called with GEPA's five arguments `(gold, pred, trace, pred_name, pred_
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -35,12 +39,12 @@ def _as_float(value: Any) -> float:
         raise TypeError(f"the task metric must return a number, a bool or a Prediction with .score; got {value!r}") from None
 
 
-class ReasonScoreMetric:
+class ReasoningActivationMetric:
     """Score a prediction by its reasoning activation, optionally combined with a task metric.
 
     The activation is read from `pred.reasoning_activation` (set by `SAESteeringModule`); for
     predictions without it, pass `lm=` (a `SteeredLM`) and the prediction's `field_text` field is
-    scored in a second forward pass.
+    measured in a second forward pass, over `features` (default: the LM's `reasoning_features`).
 
     Args:
         task_metric: `(example, pred, trace) -> float|bool`, e.g. answer correctness; None scores
@@ -86,9 +90,15 @@ class ReasonScoreMetric:
                 )
             from reasoning_dspy.lm import engine_of
 
-            report = engine_of(self.lm).reasoning_activation([str(getattr(pred, self.field_text, "") or "")],
-                                                             self.features)[0]
-            value = report.features_mean if report.features_mean is not None else report.topk_mean
+            engine = engine_of(self.lm)
+            features = self.features if self.features is not None else engine.reasoning_features
+            if not features:
+                raise ValueError(
+                    "measuring reasoning activation needs the reasoning features: pass features=[...] to the "
+                    "metric, or build the LM with SteeredLM(..., reasoning_features=scores.top(n))"
+                )
+            text = str(getattr(pred, self.field_text, "") or "")
+            value = engine.reasoning_activation([text], features)[0].features_mean
         value = float(value)
         if self.target is not None:
             value = min(max(value / self.target, 0.0), 1.0)
@@ -138,3 +148,12 @@ class ReasonScoreMetric:
             parts.append("Reason more explicitly: weigh alternatives ('wait', 'maybe', 'however'), "
                          "check intermediate steps, and state the conclusion ('therefore').")
         return " ".join(parts)
+
+
+class ReasonScoreMetric(ReasoningActivationMetric):
+    """Deprecated name of `ReasoningActivationMetric` (the metric scores activation, not ReasonScore)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        warnings.warn("ReasonScoreMetric is deprecated; use ReasoningActivationMetric", DeprecationWarning,
+                      stacklevel=2)
+        super().__init__(*args, **kwargs)

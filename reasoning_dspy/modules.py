@@ -132,8 +132,7 @@ class SAESteeringModule(dspy.Module):
         reports = [r for r in collector.reports() if r.activation is not None]
         act = reports[-1].activation if reports else None
         out = dict(pred.items())
-        out["reasoning_activation"] = None if act is None else (
-            act.features_mean if act.features_mean is not None else act.topk_mean)
+        out["reasoning_activation"] = None if act is None else act.features_mean
         out["topk_activation"] = None if act is None else act.topk_mean
         out["top_features"] = [] if act is None else act.top_features
         out["steering"] = meta["steering"]

@@ -14,7 +14,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.lm import SteeredLM, engine_of
-from reasoning_dspy.metrics import ReasonScoreMetric, exact_match
+from reasoning_dspy.metrics import ReasoningActivationMetric, exact_match
 from reasoning_dspy.modules import SAESteeringModule
 from reasoning_dspy.steering import SteeringError
 from signatures import ExplainDecision, ReasonedQA, StepByStepPlan
@@ -37,7 +37,7 @@ def trainset():
 
 
 # correctness, plus a little reasoning activation so that random outputs get different scores
-METRIC = ReasonScoreMetric(exact_match, combine="sum", weight=0.9, target=1.0)
+METRIC = ReasoningActivationMetric(exact_match, combine="sum", weight=0.9, target=1.0)
 
 
 def _steered_program(sae):
@@ -108,7 +108,7 @@ def test_evaluate_scores_the_measured_reasoning_activation(lm, trainset, steer_s
     independent teacher-forced measurement of the answer in its prompt."""
     program = SAESteeringModule(sae=steer_sae, features=[5, 40], strength=4.0)
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
-        result = dspy.Evaluate(devset=trainset, metric=ReasonScoreMetric(), num_threads=4,
+        result = dspy.Evaluate(devset=trainset, metric=ReasoningActivationMetric(), num_threads=4,
                                display_progress=False)(program)
     engine = engine_of(lm)
     engine.reports.clear()  # force the measurement again, from the text alone
@@ -130,7 +130,7 @@ def test_reasoning_activation_with_history_disabled(lm, steer_sae, history):
     with dspy.context(lm=lm, adapter=LenientChatAdapter(), **history):
         cached = program(question="Is 91 prime?")
         fresh = program(question="Is 97 prime?")
-        score = ReasonScoreMetric()(dspy.Example(question="Is 97 prime?"), fresh)
+        score = ReasoningActivationMetric()(dspy.Example(question="Is 97 prime?"), fresh)
     assert reference.reasoning_activation is not None
     assert cached.reasoning_activation == pytest.approx(reference.reasoning_activation)
     assert fresh.reasoning_activation is not None and score == fresh.reasoning_activation
@@ -150,7 +150,7 @@ def test_bootstrap_keeps_demos_the_metric_accepts_and_save_load(lm, trainset, st
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
         activations = [program(**ex.inputs()).reasoning_activation for ex in trainset]
         threshold = sorted(activations)[len(activations) // 2]  # about half the examples pass
-        metric = ReasonScoreMetric(threshold=threshold)
+        metric = ReasoningActivationMetric(threshold=threshold)
         optimizer = dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=1, max_labeled_demos=0, max_rounds=1)
         compiled = optimizer.compile(program, trainset=trainset)
         (demo,) = compiled.predict.demos

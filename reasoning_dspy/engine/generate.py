@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from reasoning_dspy.engine.prefix_cache import MIN_SHARED_PREFIX, PrefixCache, common_len, prefix_kv
+from reasoning_dspy.models import ModelSpec
 from reasoning_dspy.steering import ActivationReport, CaptureConfig, RowSteering, Steerer
 
 
@@ -138,7 +139,7 @@ def generate_rows(
     *,
     sae: Any = None,
     capture: CaptureConfig | None = None,
-    spec: Any = None,
+    model_spec: ModelSpec | None = None,
     output_logits: bool = False,
     min_new_tokens: int = 0,
     share_prefix: bool = True,
@@ -172,7 +173,7 @@ def generate_rows(
         ids[b, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
         mask[b, width - len(suffix) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    cache = prefix_kv(model, rows, rows[0].prompt_ids[:shared], sae, spec, prefix_cache) if shared else None
+    cache = prefix_kv(model, rows, rows[0].prompt_ids[:shared], sae, model_spec, prefix_cache) if shared else None
 
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -187,7 +188,7 @@ def generate_rows(
     stopping = _RowStopping(rows, width, tokenizer)
     want_capture = capture if any(r.capture for r in rows) else None
     steerer = Steerer(model, [r.steering for r in rows], sae=sae, capture=want_capture,
-                      capture_features=[r.capture_features for r in rows], spec=spec)
+                      capture_features=[r.capture_features for r in rows], spec=model_spec)
     with steerer:
         out = model.generate(
             input_ids=ids, attention_mask=mask, generation_config=gen_cfg, past_key_values=cache,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from reasoning_dspy.models import ModelSpec
 from reasoning_dspy.steering import RowSteering, Steerer
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class PrefixCache:
             self._entries.popitem(last=False)
 
 
-def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: Any, spec: Any,
+def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: Any, model_spec: ModelSpec | None,
                store: PrefixCache | None) -> Any:
     """KV cache of the shared `prefix` for every row, `[B, heads, len(prefix), head_dim]` per layer:
     one prefill per distinct steering, starting from what `store` already holds."""
@@ -115,7 +116,7 @@ def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: 
         if start < len(prefix):
             cache = cache if cache is not None else DynamicCache(config=model.config)
             new = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
-            with Steerer(model, [rows[first_row[g]].steering], sae=sae, spec=spec):
+            with Steerer(model, [rows[first_row[g]].steering], sae=sae, spec=model_spec):
                 model(input_ids=new, attention_mask=torch.ones((1, len(prefix)), dtype=torch.long, device=device),
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
             if store is not None:

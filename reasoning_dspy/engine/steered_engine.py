@@ -408,7 +408,7 @@ class SteeredEngine:
         return results
 
     def _generate(self, rows: list[GenRow], min_new_tokens: int = 0) -> list[GenResult]:
-        return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae, spec=self.model_spec,
+        return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae, model_spec=self.model_spec,
                              capture=self._capture_config(rows), min_new_tokens=min_new_tokens,
                              prefix_cache=self.prefix_cache)
 
