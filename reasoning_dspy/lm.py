@@ -19,7 +19,8 @@ from typing import Any
 from dspy.utils.callback import BaseCallback
 from torch import nn
 
-from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, EngineSources, SteeredEngine
+from reasoning_dspy.engine.state import EngineSources
+from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, SteeredEngine
 from reasoning_dspy.models import LoadedModel, model_spec
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import ActivationReport, SteeringSpec, as_spec

@@ -13,7 +13,7 @@ from dspy.lm15 import Config, Message, Request
 
 from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.engine import GenRow, MicroBatcher, generate_rows
-from reasoning_dspy.engine.steered_engine import _LIVE
+from reasoning_dspy.engine.state import LIVE_ENGINES
 from reasoning_dspy.lm import SteeredEngine, SteeredLM, collect_reports, engine_of
 from reasoning_dspy.sae import save_sae
 from reasoning_dspy.steering import SteeringSpec
@@ -123,7 +123,7 @@ def test_save_load_round_trip(tiny, steer_sae, steer_fmax, tmp_path):
     answer = program(question="Why?").answer
     # another process: no live engine with that fingerprint, rebuilt from the recorded sources
     fingerprint = engine_of(lm).fingerprint
-    _LIVE.pop(fingerprint)
+    LIVE_ENGINES.pop(fingerprint)
     loaded = dspy.Predict("question -> answer")
     loaded.load(tmp_path / "program.json", allow_unsafe_lm_state=True)
     assert loaded.lm.model == lm.model and engine_of(loaded.lm) is not engine_of(lm)
@@ -131,7 +131,7 @@ def test_save_load_round_trip(tiny, steer_sae, steer_fmax, tmp_path):
     assert loaded(question="Why?").answer == answer
     # a different model under the same name is refused, not silently used
     state = engine_of(lm).dump_state()
-    _LIVE.pop(fingerprint, None)
+    LIVE_ENGINES.pop(fingerprint, None)
     state["sources"]["seed"] = 1
     with pytest.raises(ValueError, match="weights, SAE or f_max changed"):
         SteeredEngine.load_state(state)
@@ -139,7 +139,7 @@ def test_save_load_round_trip(tiny, steer_sae, steer_fmax, tmp_path):
     mem = SteeredEngine(tiny.model, tiny.tokenizer, sae=steer_sae, max_activation=steer_fmax, capture=True)
     mem_state = mem.dump_state()
     mem.close()
-    _LIVE.pop(mem.fingerprint, None)
+    LIVE_ENGINES.pop(mem.fingerprint, None)
     with pytest.raises(ValueError, match="save_sae"):
         SteeredEngine.load_state(mem_state)
     for e in (engine_of(lm), engine_of(loaded.lm)):
@@ -247,7 +247,7 @@ def test_load_state_keeps_the_saved_settings_when_an_engine_is_live(tiny):
                           max_wait_ms=1.0)
     state = saved.dump_state()
     live = SteeredEngine(tiny.model, tiny.tokenizer, max_tokens=9)  # same weights: same fingerprint
-    assert live.fingerprint == saved.fingerprint and _LIVE[live.fingerprint] is live
+    assert live.fingerprint == saved.fingerprint and LIVE_ENGINES[live.fingerprint] is live
     loaded = SteeredEngine.load_state(state)
     assert (loaded.max_tokens, loaded.temperature, loaded.max_batch_size, loaded.max_wait_ms) == (5, 0.7, 3, 1.0)
     assert loaded.model is live.model  # the live engine lent its model: nothing was reloaded

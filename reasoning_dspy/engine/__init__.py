@@ -4,7 +4,8 @@ across threads, and `SteeredEngine`, the DSPy engine built from them."""
 from reasoning_dspy.engine.generate import GenResult, GenRow, generate_rows
 from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
 from reasoning_dspy.engine.prefix_cache import PrefixCache
-from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, EngineSources, SteeredEngine
+from reasoning_dspy.engine.state import EngineSources
+from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, SteeredEngine
 
 __all__ = ["AsyncSteeredEngine", "EngineSources", "GenResult", "GenRow", "MicroBatcher", "PrefixCache",
            "SteeredEngine", "generate_rows", "model_lock"]

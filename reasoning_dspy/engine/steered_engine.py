@@ -12,11 +12,13 @@ DSPy's engine contract is `complete(request: dspy.lm15.Request) -> dspy.lm15.Res
 - micro-batches concurrent calls (`dspy.Evaluate(num_threads=N)`) into one batched generate,
 - keeps the prefilled system prompt (per steering) across calls instead of recomputing it,
 - optionally records the SAE latents of the generated tokens in the same forward and returns the
-  response's reasoning activation in `Response.provider_data["reasoning_dspy"]`.
+  response's reasoning activation in `Response.provider_data["reasoning_dspy"]`, keeping recent
+  reports so answers DSPy later serves from its cache report too (`report_for_call`).
 
 DSPy's cache key is the model string + messages + call kwargs, so the model string carries a
 fingerprint of the weights, the SAE, f_max and the default steering: a different model or SAE can
-never be served another's cached answers, and per-call steering is part of the kwargs.
+never be served another's cached answers, and per-call steering is part of the kwargs. The weights
+part is refreshed whenever the weights change (`refresh_fingerprint`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,10 @@ import hashlib
 import json
 import threading
 import uuid
-import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from pydantic import BaseModel, Field
 from torch import nn
 
 from reasoning_dspy.engine.fingerprint import WeightsWatch, model_fingerprint, slug, tensors_fingerprint
@@ -39,6 +39,8 @@ from reasoning_dspy.engine.generate import GenResult, GenRow, generate_rows
 from reasoning_dspy.engine.jobs import BatchJob, GenerateJob, MeasureJob, ReportStore, measure_response
 from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
 from reasoning_dspy.engine.prefix_cache import PrefixCache
+from reasoning_dspy.engine.requests import render_chat, request_messages, text_messages
+from reasoning_dspy.engine.state import LIVE_ENGINES, EngineSources, dump_engine_state, load_engine_state
 from reasoning_dspy.models import model_spec
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import (
@@ -54,23 +56,9 @@ from reasoning_dspy.steering import (
 PROVIDER_KEY = "reasoning_dspy"  # our key inside Response.provider_data
 
 
-# -- configuration --------------------------------------------------------------------------
-
-class EngineSources(BaseModel):
-    """Where the engine's parts came from, so `load_state` can rebuild it in another process."""
-
-    model: str | None = Field(None, description="model id, local folder or offline name passed to load_model")
-    dtype: str | None = Field(None, description="model dtype")
-    device: str = Field("cpu", description="device the model runs on")
-    seed: int = Field(0, description="seed of offline random models")
-    sae: str | None = Field(None, description="SAE folder (cfg.json + sae_weights.safetensors)")
-    max_activation: str | None = Field(None, description="file or ReasonScore folder holding max_activation")
+Job = GenerateJob | BatchJob | MeasureJob  # what the worker runs (engine/jobs.py)
 
 
-Job = GenerateJob | BatchJob | MeasureJob
-
-
-_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # fingerprint -> engine (load_state)
 
 
 class SteeredEngine:
@@ -147,7 +135,7 @@ class SteeredEngine:
         self._batcher: MicroBatcher[Job, Any] = MicroBatcher(
             self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name=f"engine-{self.name}"
         )
-        _LIVE[self.fingerprint] = self
+        LIVE_ENGINES[self.fingerprint] = self
 
     # -- construction helpers --------------------------------------------------------------
     @classmethod
@@ -217,7 +205,7 @@ class SteeredEngine:
                     self._weights_fingerprint = weights
                     self.fingerprint = self._fingerprint()
                     self.reports.clear()
-                    _LIVE[self.fingerprint] = self
+                    LIVE_ENGINES[self.fingerprint] = self
             return self.model_id
 
     # -- the DSPy engine API ---------------------------------------------------------------
@@ -298,7 +286,7 @@ class SteeredEngine:
         except SteeringError as err:
             raise ValueError(str(err)) from None
         features = meta.get("reasoning_features")
-        job = self._job(self._render(_text_messages(messages, self.model_id), None), spec,
+        job = self._job(self._render(text_messages(messages, self.model_id), None), spec,
                         kwargs.get("max_tokens") or self.max_tokens, 0.0, 1.0, (), True,
                         tuple(int(f) for f in features) if features is not None else None)
         key = ReportStore.key(job.row.prompt_ids, spec, job.row.capture_features, text)
@@ -313,22 +301,9 @@ class SteeredEngine:
 
     # -- request parsing (caller thread) ---------------------------------------------------
     def _parse(self, request: Any) -> GenerateJob:
-        from dspy.clients.engines.base import validate_request
-        from dspy.lm15 import InvalidRequestError, UnsupportedFeatureError
+        from dspy.lm15 import InvalidRequestError
 
-        validate_request(request)
-        if request.tools:
-            raise UnsupportedFeatureError(f"{self.model_id} runs in process and does not call tools")
-        messages = []
-        for m in request.messages:
-            if m.text is None:
-                raise UnsupportedFeatureError(f"{self.model_id} takes text messages only, got parts "
-                                              f"{[p.type for p in m.parts]} in a {m.role} message")
-            messages.append({"role": m.role, "content": m.text})
-        messages = _text_messages(messages, self.model_id)
-        system = request.system
-        if system is not None and not isinstance(system, str):
-            system = "".join(getattr(p, "text", "") or "" for p in system)
+        messages, system = request_messages(request, self.model_id)
         cfg = request.config
         meta = dict((cfg.extensions or {}).get("metadata") or {})
         try:
@@ -379,15 +354,8 @@ class SteeredEngine:
                        max_activation=self.max_activation)
 
     def _render(self, messages: list[dict], system: str | None) -> list[int]:
-        msgs = ([{"role": "system", "content": system}] if system else []) + messages
         with self._tok_lock:
-            tok = self.tokenizer
-            if getattr(tok, "chat_template", None):
-                text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            else:
-                text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in msgs) + "Assistant:"
-            bos = tok.bos_token
-            return tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+            return render_chat(self.tokenizer, messages, system)
 
     # -- the worker ------------------------------------------------------------------------
     def _run_batch(self, jobs: list[Job]) -> list[Any]:
@@ -456,18 +424,7 @@ class SteeredEngine:
     # -- save / load (program.save) --------------------------------------------------------
     def dump_state(self) -> dict:
         """JSON state for `program.save`; `load_state` rebuilds (or reuses) the same engine."""
-        state = {
-            "fingerprint": self.fingerprint, "name": self.name, "sources": self.sources.model_dump(),
-            "steering": self.default_steering.model_dump(mode="json") if self.default_steering else None,
-            "capture": self.capture, "reasoning_features": list(self.reasoning_features),
-            "capture_k": self.capture_k, "max_tokens": self.max_tokens, "temperature": self.temperature,
-            "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
-            "prefix_cache_size": self.prefix_cache.size,
-            "truncate_prompt": self.truncate_prompt,
-        }
-        if self.max_activation is not None and self.sources.max_activation is None:
-            state["max_activation_values"] = self.max_activation.tolist()
-        return state
+        return dump_engine_state(self)
 
     def _settings(self) -> dict[str, Any]:
         """The constructor arguments that are not the model, SAE or f_max (saved, derived, restored)."""
@@ -480,33 +437,7 @@ class SteeredEngine:
     def load_state(cls, state: dict) -> SteeredEngine:
         """Rebuild the saved engine. A live engine with the same fingerprint lends its model and SAE (no
         reload), but the saved settings (max_tokens, temperature, batching, ...) always apply."""
-        saved = dict(steering=state.get("steering"), capture=state.get("capture", False),
-                     reasoning_features=state.get("reasoning_features", ()), capture_k=state.get("capture_k", 10),
-                     max_tokens=state.get("max_tokens", 256), temperature=state.get("temperature", 0.0),
-                     max_batch_size=state.get("max_batch_size", 16), max_wait_ms=state.get("max_wait_ms", 5.0),
-                     prefix_cache_size=state.get("prefix_cache_size", 4),
-                     truncate_prompt=state.get("truncate_prompt", False), name=state.get("name"))
-        live = _LIVE.get(state.get("fingerprint", ""))
-        if live is not None:
-            return live.derive(**saved)
-        sources = EngineSources.model_validate(state.get("sources") or {})
-        if sources.model is None:
-            raise ValueError("this saved engine records no model source; pass the LM again after loading")
-        needs_sae = state.get("capture") or state.get("steering", {}) and state["steering"].get("features")
-        if needs_sae and sources.sae is None:
-            raise ValueError(
-                "the saved engine used an SAE that was passed in memory, so it cannot be reloaded here: "
-                "save it with reasoning_dspy.save_sae(sae, folder) and build the LM with SteeredLM(..., sae=folder)"
-            )
-        engine = cls.from_pretrained(
-            sources.model, dtype=sources.dtype, device=sources.device, seed=sources.seed, sae=sources.sae,
-            max_activation=sources.max_activation or state.get("max_activation_values"), **saved)
-        if state.get("fingerprint") and engine.fingerprint != state["fingerprint"]:
-            raise ValueError(
-                f"the saved program was built with engine {state.get('name')}-{state['fingerprint']}, but "
-                f"reloading {sources.model!r} gives {engine.model_id}: the weights, SAE or f_max changed"
-            )
-        return engine
+        return load_engine_state(cls, state)
 
     def __repr__(self) -> str:
         sae = f", sae={self.sae.d_sae} latents @ layer {self.sae.cfg.hook_layer}" if self.sae is not None else ""
@@ -556,17 +487,3 @@ def _wait(future: Future) -> Any:
     except BaseException:
         future.cancel()
         raise
-
-
-def _text_messages(messages: Sequence[dict], model_id: str) -> list[dict]:
-    """Chat messages as `{"role", "content": str}` (DSPy's "developer" role is a system message)."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if not isinstance(content, str):
-            from dspy.lm15 import UnsupportedFeatureError
-
-            raise UnsupportedFeatureError(f"{model_id} takes text messages only, got {type(content).__name__} "
-                                          f"content in a {m.get('role')} message")
-        out.append({"role": "system" if m.get("role") == "developer" else m.get("role"), "content": content})
-    return out
