@@ -91,7 +91,7 @@ def naive_scores(cache, sae, tokenizer):
 
     data = cache.load()
     with torch.inference_mode():
-        latents = sae.fold_decoder_norms().encode(data["acts"].float())  # [n_tokens, d_sae]
+        latents = sae.unit_norm_view().encode(data["acts"].float())  # [n_tokens, d_sae]
     window = shard_windows(Vocabulary.default().matcher(tokenizer), data, 1, 2).float()  # [n, G]
     pos = window.amax(dim=1).bool()
     mu_group = (window.T @ latents / window.sum(0).clamp_min(1)[:, None]).T

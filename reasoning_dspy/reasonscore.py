@@ -10,17 +10,18 @@ of a word widened to the window of tokens `[p − left, p + right]` of its promp
 - `ReasonScore_i = μ⁺_i / Σ_k μ⁺_k · H_i^α − μ⁻_i / Σ_k μ⁻_k` (α = 0.7);
 - selection: features at or above the 0.997 quantile of the scores, or the top N.
 
-Activations come from the SAE with its decoder norms folded into the encoder
-(`SAE.fold_decoder_norms()`), so magnitudes compare across features. Only per-feature, per-group
-sums and counts are kept: memory is O(d_sae · |R|) whatever the number of tokens. Groups that never
-occur in the data are left out of the entropy (|R| counts only the groups seen) with a warning.
+Activations are the SAE's as trained, read with unit-norm decoder rows (`SAE.unit_norm_view()`:
+each latent times ‖W_dec,i‖), so magnitudes compare across features and TopK keeps the latents it
+was trained to pick. Only per-feature, per-group sums and counts are kept: memory is O(d_sae · |R|)
+whatever the number of tokens. Groups that never occur in the data are left out of the entropy
+(|R| counts only the groups seen) with a warning.
 
 Saved format (`FeatureScores.save(folder)`, read back with `FeatureScores.load(folder)`):
 
 - `scores.safetensors`: float32 vectors over all features — `reason_score [d_sae]`,
   `mu_pos [d_sae]`, `mu_neg [d_sae]`, `mu_pos_by_group [d_sae, |R|]`, `entropy [d_sae]`,
-  `max_activation [d_sae]` (largest activation over the whole cache, in folded units: the
-  steering `f_max`, to be used with the folded decoder's unit-norm rows), `density [d_sae]`
+  `max_activation [d_sae]` (largest activation over the whole cache, in unit-norm-decoder units:
+  the steering `f_max`, to be used with the unit-norm decoder rows), `density [d_sae]`
   (fraction of cached tokens where the feature is > 0); int64 `selected [n_selected]` (feature
   indices, best first), `ranking [d_sae]` (all features, best first), `group_token_counts [|R|]`.
 - `features.json`: `settings` (alpha, left, right, quantile, top_n, threshold, model, layer, sae,
@@ -265,7 +266,7 @@ class FeatureScores:
     mu_pos: Tensor
     mu_neg: Tensor
     entropy: Tensor
-    max_activation: Tensor  # over every cached token, folded SAE: steering's f_max
+    max_activation: Tensor  # over every cached token, unit-norm-decoder units: steering's f_max
     density: Tensor  # fraction of tokens with activation > 0
     selected: Tensor  # [n_selected] int64, best first
     threshold: float
@@ -426,8 +427,9 @@ def score_features(
 ) -> FeatureScores:
     """ReasonScore of every SAE feature over an `ActivationCache`, in one streaming pass.
 
-    `tokenizer` defaults to the tokenizer of the model named in the cache. `fold=False` scores
-    with the SAE as given (only for SAEs whose decoder rows already have unit norm).
+    `tokenizer` defaults to the tokenizer of the model named in the cache. `fold=True` reads
+    latents in unit-norm-decoder units (`SAE.unit_norm_view()`: the trained latents times
+    ‖W_dec,i‖, TopK's choice unchanged); `fold=False` reads the SAE's raw latents.
     """
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -440,7 +442,7 @@ def score_features(
     if tokenizer is None and vocab.mode == "words":
         tokenizer = load_tokenizer(cache.model_name)
     matcher = VocabMatcher(vocab, tokenizer)
-    enc = (sae.fold_decoder_norms() if fold else sae).to(device).eval()
+    enc = (sae.unit_norm_view() if fold else sae).to(device).eval()
     acc = ReasonScoreAccumulator(sae.cfg.d_sae, len(matcher.groups))
     for shard, batches in iter_encoded_shards(cache, enc, batch_size=batch_size, device=device,
                                               progress=progress, desc="ReasonScore"):
@@ -448,7 +450,7 @@ def score_features(
         for s, latents in batches:
             acc.update(latents, window[s : s + len(latents)])
     settings = {
-        "left": left, "right": right, "fold_decoder_norms": fold, "vocabulary": vocab.model_dump(),
+        "left": left, "right": right, "unit_norm_decoder": fold, "vocabulary": vocab.model_dump(),
         "vocabulary_mode": vocab.mode, "model": cache.model_name, "layer": cache.layer,
         "cache": str(cache.path), "sae": sae.cfg.model_dump(),
     }

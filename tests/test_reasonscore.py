@@ -255,6 +255,27 @@ def sae():
                                      hook_layer=2))
 
 
+@pytest.fixture(scope="module")
+def traces_cache(tiny, tmp_path_factory):
+    """Layer-2 fp32 activations of 8 bundled prompts and 24 bundled reasoning traces (≈ 4,500 tokens),
+    in which every group of the official list occurs."""
+    from reasoning_dspy.activations import extract_activations
+    from reasoning_dspy.prompts import load_prompts
+
+    texts = load_prompts("bundled", limit=8) + load_prompts("bundled-traces", limit=24)
+    return extract_activations(tiny.model, tiny.tokenizer, texts, 2, tmp_path_factory.mktemp("traces"),
+                               dtype="float32", batch_size=16, shard_tokens=1024, progress=False)
+
+
+def _uneven_decoder(sae: SAE, low: float = 0.2, high: float = 4.0) -> torch.Tensor:
+    """Scale the decoder rows by different factors in place (as an SAE trained without renormalising
+    ends up); returns the new row norms `[d_sae]`."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.empty(sae.d_sae, 1).uniform_(low, high, generator=g))
+    return sae.W_dec.detach().norm(dim=1)
+
+
 def test_scores_on_tiny_cache(tiny_cache, sae, tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VocabularyWarning)  # the bundled prompts lack some words
@@ -267,9 +288,23 @@ def test_scores_on_tiny_cache(tiny_cache, sae, tiny):
     ranked = scores.reason_score[scores.selected]
     assert (ranked[:-1] >= ranked[1:]).all() and (ranked >= scores.threshold).all()
     torch.testing.assert_close(scores.reason_score, again.reason_score, rtol=1e-5, atol=1e-8)
-    latents = sae.fold_decoder_norms().encode(tiny_cache.load(("acts",))["acts"]).detach()
+    latents = sae.unit_norm_view().encode(tiny_cache.load(("acts",))["acts"]).detach()
     torch.testing.assert_close(scores.max_activation, latents.max(dim=0).values)
     torch.testing.assert_close(scores.density, (latents > 0).float().mean(dim=0))
+
+
+def test_topk_scores_read_the_latents_the_sae_was_trained_to_pick(traces_cache, tiny):
+    """TopK with decoder rows of different norms: ReasonScore sees the trained k latents of each token,
+    times their decoder norms (folding the norms into the encoder would pick other latents)."""
+    torch.manual_seed(0)
+    topk = SAE.from_config(SAEConfig(architecture="topk", k=8, d_in=64, d_sae=96, model_name="tiny-random",
+                                     hook_layer=2))
+    norms = _uneven_decoder(topk)
+    scores = score_features(traces_cache, topk, tokenizer=tiny.tokenizer, progress=False)
+    with torch.no_grad():
+        trained = topk.encode(traces_cache.load(("acts",))["acts"])
+    torch.testing.assert_close(scores.density, (trained > 0).float().mean(dim=0))
+    torch.testing.assert_close(scores.max_activation, (trained * norms).amax(dim=0))
 
 
 def test_decoder_norms_are_folded(tiny_cache, sae, tiny):

@@ -277,3 +277,37 @@ def test_estimated_fmax_reads_the_same_tokens_as_the_cache(tiny, steer_sae, bund
     got = estimate_max_activation(tiny.model, tiny.tokenizer, steer_sae, prompts, batch_size=5)
     torch.testing.assert_close(got, expected)
     assert (got > 0).any()
+
+
+def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
+    """A TopK SAE whose decoder rows have different norms: f_max and clamp steering read the k latents
+    it was trained to pick, times ‖W_dec,i‖, and move the residual along unit-norm decoder rows."""
+    from reasoning_dspy.sae import SAE, SAEConfig
+
+    torch.manual_seed(0)
+    sae = SAE.from_config(SAEConfig(architecture="topk", k=8, d_in=64, d_sae=128, hook_layer=LAYER,
+                                    model_name="tiny-random"))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.empty(128, 1).uniform_(0.1, 5.0))
+    norms = sae.W_dec.detach().norm(dim=1)
+    ids = _ids(tiny)
+    clean = residual_at(tiny.model, LAYER, ids)[0]  # [T, d]
+    with torch.no_grad():
+        trained = sae.encode(clean)
+    fmax = compute_max_activation(sae, clean, batch_size=5)
+    torch.testing.assert_close(fmax, (trained * norms).amax(0))
+    features = {int(i): 2.0 for i in trained.sum(0).topk(2).indices}  # two features that fire here
+    with steer(tiny.model, SteeringSpec(features=features, mode="clamp"), sae=sae, max_activation=fmax):
+        seen, handle = _record_layer_outputs(tiny)
+        try:
+            with torch.no_grad():
+                tiny.model(input_ids=ids)
+        finally:
+            handle.remove()
+    idx = torch.tensor(list(features))
+    unit_rows = sae.W_dec.detach()[idx] / norms[idx, None]
+    expected = (2.0 * fmax[idx] - trained[:, idx] * norms[idx]) @ unit_rows
+    torch.testing.assert_close(seen[0][0] - clean, expected, atol=2e-5, rtol=1e-4)
+    add = resolve(SteeringSpec(features=features), d_model=64, n_layers=tiny.spec.n_layers,
+                  sae=sae.unit_norm_view(), max_activation=fmax)
+    torch.testing.assert_close(add.add, 2.0 * fmax[idx] @ unit_rows)
