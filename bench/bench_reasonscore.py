@@ -91,11 +91,11 @@ def naive_scores(cache, sae, tokenizer):
 
     data = cache.load()
     with torch.inference_mode():
-        latents = sae.fold_decoder_norms().encode(data["acts"].float())  # [n_tokens, d_sae]
+        latents = sae.unit_norm_view().encode(data["acts"].float())  # [n_tokens, d_sae]
     window = shard_windows(Vocabulary.default().matcher(tokenizer), data, 1, 2).float()  # [n, G]
     pos = window.amax(dim=1).bool()
     mu_group = (window.T @ latents / window.sum(0).clamp_min(1)[:, None]).T
-    score, _ = reason_score(mu_group, latents[pos].mean(0), latents[~pos].mean(0), present=window.sum(0) > 0)
+    score, _ = reason_score(mu_group, latents[pos].mean(0), latents[~pos].mean(0))
     max_activation, density = latents.amax(0), (latents > 0).float().mean(0)  # also part of FeatureScores
     return score, max_activation, density
 

@@ -74,7 +74,7 @@ def analyze_features(
 ) -> list[FeatureReport]:
     """Reports for `features` (default: the `n_features` best by ReasonScore) from one cache pass.
 
-    The SAE is folded like in `score_features` (when the scores were computed folded), so the
+    The SAE is read like in `score_features` (its unit-norm view, when the scores used one), so the
     activations shown are on the same scale as `scores.max_activation`.
     """
     check_compatible(cache, sae)
@@ -84,7 +84,9 @@ def analyze_features(
     features = list(features) if features is not None else scores.top(n_features)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cache.model_name)
     pieces = token_pieces(tokenizer)
-    enc = sae.fold_decoder_norms() if scores.settings.get("fold_decoder_norms", True) else sae
+    settings = scores.settings
+    unit_norm = settings.get("unit_norm_decoder", settings.get("fold_decoder_norms", True))
+    enc = sae.unit_norm_view() if unit_norm else sae
     enc = enc.to(device).eval()
     idx = torch.tensor(features, dtype=torch.long)
     n_vocab = len(pieces)

@@ -100,7 +100,16 @@ def score(
     cache: Path = typer.Option(..., help="activation cache folder (from `extract`)"),
     sae: Path = typer.Option(..., help="SAE folder (cfg.json + sae_weights.safetensors)"),
     out: Path = typer.Option(..., help="folder for scores.safetensors, features.json/csv, analysis and plots"),
-    vocab: Path | None = typer.Option(None, help="vocabulary file (.txt one word per line, or .json); default: the paper's 10 words"),
+    vocab: Path | None = typer.Option(
+        None, help="vocabulary file (.txt one word per line, or .json: a list of spellings like the paper's "
+                   "reason_tokens.json); default: the paper's 34 spellings of 10 words"),
+    match: str | None = typer.Option(
+        None, help="how words are found: 'exact' (each listed spelling's token ids, the paper's script) or "
+                   "'words' (whole words in the decoded text, any case or tokenization); default: exact, or "
+                   "what the --vocab file implies (.txt: words)"),
+    entropy_norm: str = typer.Option(
+        "all", help="entropy normaliser log|R|: 'all' (every listed group, the paper's) or 'seen' (only the "
+                    "groups found in the data)"),
     alpha: float = typer.Option(0.7, help="entropy exponent α"),
     quantile: float = typer.Option(0.997, help="select features at or above this score quantile"),
     top_n: int | None = typer.Option(None, help="select the N best features instead of a quantile"),
@@ -133,10 +142,11 @@ def score(
         model = load_sae(sae, device=device)
         if top_n is not None and top_n > model.d_sae:
             _fail(f"--top-n {top_n} exceeds the SAE's {model.d_sae} features; pass at most {model.d_sae}")
-        words = Vocabulary.from_file(vocab) if vocab else Vocabulary.default()
+        words = Vocabulary.from_file(vocab, match=match) if vocab else Vocabulary.default(match or "exact")
         tokenizer = load_tokenizer(acts.model_name)
         scores = score_features(acts, model, words, tokenizer=tokenizer, alpha=alpha, left=left, right=right,
-                                quantile=quantile, top_n=top_n, batch_size=batch_size, device=device)
+                                quantile=quantile, top_n=top_n, batch_size=batch_size, device=device,
+                                entropy_norm=entropy_norm)
         if int(scores.group_token_counts.sum()) == 0:
             _fail(f"no word of the vocabulary ({', '.join(scores.groups[:10])}) occurs in the {acts.n_tokens} "
                   f"tokens of the cache at {str(cache)!r}, so every ReasonScore would be meaningless; use a "
@@ -150,6 +160,8 @@ def score(
         _fail(_validation_message(err))
     except (CacheError, FileNotFoundError, ModelLoadError, ValueError) as err:
         _fail(str(err))
+    typer.echo(f"vocabulary: {len(scores.groups)} groups, {words.mode} matching; entropy over log|R|, "
+               f"|R| = {scores.settings['entropy_groups']} ({entropy_norm})")
     typer.echo(f"{len(scores.selected)} of {scores.d_sae} features selected (ReasonScore >= {scores.threshold:.4g})")
     for r in reports:
         words_ = ", ".join(w for w, _ in r.top_words[:3]) or "-"

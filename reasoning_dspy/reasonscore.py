@@ -1,33 +1,38 @@
 """ReasonScore (Galichin et al. 2025): rank SAE features by how specifically they fire around
 reasoning words, streaming over an activation cache.
 
-For feature i, with R the vocabulary's word groups (`reasoning_dspy.vocab`) and each occurrence
-of a word widened to the window of tokens `[p − left, p + right]` of its prompt:
+For feature i, with R the vocabulary's word groups (`reasoning_dspy.vocab`; by default the paper's
+official spellings, matched as exact token-id sequences) and each occurrence of a word widened to
+the window of tokens `[p − left, p + right]` of its prompt:
 
 - `μ⁺_i(r_j)`: mean activation over the window tokens of group j; `μ⁺_i`: over all window tokens;
   `μ⁻_i`: over every other token (BOS/EOS/pad are not in the cache, so excluded from both);
-- `p_i(r_j) = μ⁺_i(r_j) / Σ_j μ⁺_i(r_j)`, `H_i = −Σ_j p_i(r_j) log p_i(r_j) / log|R|`;
+- `p_i(r_j) = μ⁺_i(r_j) / Σ_j μ⁺_i(r_j)`, `H_i = −Σ_j p_i(r_j) log p_i(r_j) / log|R|`, where |R| is
+  every listed group (`entropy_norm="all"`, the paper's script: a group absent from the data adds
+  p = 0) or only the groups found in the data (`entropy_norm="seen"`);
 - `ReasonScore_i = μ⁺_i / Σ_k μ⁺_k · H_i^α − μ⁻_i / Σ_k μ⁻_k` (α = 0.7);
 - selection: features at or above the 0.997 quantile of the scores, or the top N.
 
-Activations come from the SAE with its decoder norms folded into the encoder
-(`SAE.fold_decoder_norms()`), so magnitudes compare across features. Only per-feature, per-group
-sums and counts are kept: memory is O(d_sae · |R|) whatever the number of tokens. Groups that never
-occur in the data are left out of the entropy (|R| counts only the groups seen) with a warning.
+Activations are the SAE's as trained, read with unit-norm decoder rows (`SAE.unit_norm_view()`:
+each latent times ‖W_dec,i‖), so magnitudes compare across features and TopK keeps the latents it
+was trained to pick. Only per-feature, per-group sums and counts are kept: memory is O(d_sae · |R|)
+whatever the number of tokens. Groups that never occur in the data are reported with a warning.
 
 Saved format (`FeatureScores.save(folder)`, read back with `FeatureScores.load(folder)`):
 
 - `scores.safetensors`: float32 vectors over all features — `reason_score [d_sae]`,
   `mu_pos [d_sae]`, `mu_neg [d_sae]`, `mu_pos_by_group [d_sae, |R|]`, `entropy [d_sae]`,
-  `max_activation [d_sae]` (largest activation over the whole cache, in folded units: the
-  steering `f_max`, to be used with the folded decoder's unit-norm rows), `density [d_sae]`
+  `max_activation [d_sae]` (largest activation over the whole cache, in unit-norm-decoder units:
+  the steering `f_max`, to be used with the unit-norm decoder rows), `density [d_sae]`
   (fraction of cached tokens where the feature is > 0); int64 `selected [n_selected]` (feature
   indices, best first), `ranking [d_sae]` (all features, best first), `group_token_counts [|R|]`.
-- `features.json`: `settings` (alpha, left, right, quantile, top_n, threshold, model, layer, sae,
-  cache, token counts, ...), `groups` (column names of `mu_pos_by_group`), the `vocabulary`, and
-  `features`: one entry per selected feature (at least the top 10) with `index`, `rank`
-  (1 = best), `score`, `selected`, `max_activation`, `density`, `mu_pos`, `mu_neg`, `entropy`
-  and `top_words` (`[{word, mean_activation}]`, the groups with the largest `μ⁺_i(r_j)`).
+- `features.json`: `settings` (alpha, left, right, quantile, top_n, threshold, `match` (exact,
+  words or token_ids), `entropy_norm` (all or seen) and `entropy_groups` (the |R| it divided by),
+  `unit_norm_decoder`, model, layer, sae, cache, token counts, ...), `groups` (column names of
+  `mu_pos_by_group`), the `vocabulary`, and `features`: one entry per selected feature (at least
+  the top 10) with `index`, `rank` (1 = best), `score`, `selected`, `max_activation`, `density`,
+  `mu_pos`, `mu_neg`, `entropy` and `top_words` (`[{word, mean_activation}]`, the groups with the
+  largest `μ⁺_i(r_j)`).
 - `features.csv`: the same rows as `features.json["features"]`, one line per feature.
 """
 
@@ -42,7 +47,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,6 +64,20 @@ FEATURES_CSV = "features.csv"
 
 class VocabularyWarning(UserWarning):
     """Some (or all) vocabulary words never occur in the scored data."""
+
+
+#: The entropy normaliser log|R|: "all" listed groups (the paper's script) or only the groups
+#: "seen" in the data.
+EntropyNorm = Literal["all", "seen"]
+ENTROPY_NORMS: tuple[str, ...] = ("all", "seen")
+
+
+def check_entropy_norm(entropy_norm: str) -> str:
+    """Refuse an unknown normaliser before a pass over the cache, not after it."""
+    if entropy_norm not in ENTROPY_NORMS:
+        raise ValueError(f"entropy_norm must be 'all' (log|R| over every listed group, the paper's) or "
+                         f"'seen' (only groups found in the data), got {entropy_norm!r}")
+    return entropy_norm
 
 
 # -- prompt-level scores (stable API) -------------------------------------------------------------
@@ -176,25 +195,21 @@ class ReasonScoreAccumulator:
         quantile: float | None = 0.997,
         top_n: int | None = None,
         settings: dict[str, Any] | None = None,
+        entropy_norm: EntropyNorm = "all",
     ) -> FeatureScores:
+        """Scores from the sums so far; `entropy_norm` picks |R| in `log|R|` (see the module docstring)."""
         if self.n_tokens == 0:
             raise ValueError("no tokens were scored: the activation cache is empty")
+        check_entropy_norm(entropy_norm)
         groups = list(groups)
-        absent = [g for g, c in zip(groups, self.count_by_group.tolist(), strict=True) if c == 0]
-        if len(absent) == len(groups):
-            warnings.warn(
-                "no vocabulary word occurs in the data, so every feature's positive term is 0 and scores only "
-                "rank features by how little they fire; check the vocabulary and that the cache was made "
-                "with this tokenizer", VocabularyWarning, stacklevel=3)
-        elif absent:
-            warnings.warn(
-                f"vocabulary words never found in the data: {absent}; they are left out of the entropy term "
-                f"(|R| = {len(groups) - len(absent)} groups)", VocabularyWarning, stacklevel=3)
         counts = self.count_by_group.to(torch.float64)
+        present = counts > 0 if entropy_norm == "seen" else None
+        n_entropy = len(groups) if present is None else int(present.sum())
+        _warn_absent(groups, self.count_by_group.tolist(), entropy_norm, n_entropy)
         mu_by_group = (self.sum_by_group / counts.clamp_min(1)[:, None]).T  # [d_sae, G], 0 for absent groups
         mu_pos = self.sum_pos / max(self.n_pos, 1)
         mu_neg = self.sum_neg / max(self.n_neg, 1)
-        score, entropy = reason_score(mu_by_group, mu_pos, mu_neg, alpha=alpha, present=counts > 0)
+        score, entropy = reason_score(mu_by_group, mu_pos, mu_neg, alpha=alpha, present=present)
         selected, threshold = select_features(score, quantile=quantile, top_n=top_n)
         max_act = torch.where(torch.isfinite(self.max_activation), self.max_activation,
                               torch.zeros_like(self.max_activation))
@@ -204,8 +219,28 @@ class ReasonScoreAccumulator:
             density=(self.n_fired.to(torch.float64) / self.n_tokens).float(), selected=selected,
             threshold=threshold, groups=groups, group_token_counts=self.count_by_group.clone(),
             n_pos_tokens=self.n_pos, n_neg_tokens=self.n_neg,
-            settings={"alpha": alpha, "quantile": None if top_n else quantile, "top_n": top_n, **(settings or {})},
+            settings={"alpha": alpha, "quantile": None if top_n else quantile, "top_n": top_n,
+                      "entropy_norm": entropy_norm, "entropy_groups": n_entropy, **(settings or {})},
         )
+
+
+def _warn_absent(groups: list[str], counts: list[int], entropy_norm: str, n_entropy: int) -> None:
+    """Say which groups never occur, and what that does to the entropy term."""
+    absent = [g for g, c in zip(groups, counts, strict=True) if c == 0]
+    if len(absent) == len(groups):
+        warnings.warn(
+            "no vocabulary word occurs in the data, so every feature's positive term is 0 and scores only "
+            "rank features by how little they fire; check the vocabulary and that the cache was made "
+            "with this tokenizer", VocabularyWarning, stacklevel=4)
+    elif absent and entropy_norm == "seen":
+        warnings.warn(
+            f"vocabulary words never found in the data: {absent}; they are left out of the entropy term "
+            f"(|R| = {n_entropy} groups)", VocabularyWarning, stacklevel=4)
+    elif absent:
+        warnings.warn(
+            f"vocabulary words never found in the data: {absent}; they count with p = 0 in the entropy term, "
+            f"which is still normalised by log|R| over all {n_entropy} listed groups (entropy_norm='seen' "
+            "normalises by the groups found)", VocabularyWarning, stacklevel=4)
 
 
 def reason_score(
@@ -213,8 +248,9 @@ def reason_score(
 ) -> tuple[Tensor, Tensor]:
     """ReasonScore from the means: `mu_by_group [d_sae, G]`, `mu_pos`, `mu_neg [d_sae]`.
 
-    Returns `(score, entropy)`, both `[d_sae]`. `present [G]` marks the groups seen in the data;
-    the others are ignored. 0/0 (a feature silent on every window, or everywhere) counts as 0.
+    Returns `(score, entropy)`, both `[d_sae]`. The entropy is normalised by `log G` over every
+    group (the paper's script); `present [G]`, if given, keeps only those groups (e.g. the ones seen
+    in the data). 0/0 (a feature silent on every window, or everywhere) counts as 0.
     """
     if present is None:
         present = torch.ones(mu_by_group.shape[1], dtype=torch.bool)
@@ -265,7 +301,7 @@ class FeatureScores:
     mu_pos: Tensor
     mu_neg: Tensor
     entropy: Tensor
-    max_activation: Tensor  # over every cached token, folded SAE: steering's f_max
+    max_activation: Tensor  # over every cached token, unit-norm-decoder units: steering's f_max
     density: Tensor  # fraction of tokens with activation > 0
     selected: Tensor  # [n_selected] int64, best first
     threshold: float
@@ -425,11 +461,15 @@ def score_features(
     device: str | torch.device = "cpu",
     fold: bool = True,
     progress: bool = True,
+    entropy_norm: EntropyNorm = "all",
 ) -> FeatureScores:
     """ReasonScore of every SAE feature over an `ActivationCache`, in one streaming pass.
 
-    `tokenizer` defaults to the tokenizer of the model named in the cache. `fold=False` scores
-    with the SAE as given (only for SAEs whose decoder rows already have unit norm).
+    `vocab` defaults to the paper's official spellings (`Vocabulary.default()`); `tokenizer` to the
+    tokenizer of the model named in the cache. `entropy_norm="all"` divides the entropy by log|R|
+    over every listed group (the paper's), `"seen"` over the groups found in the data. `fold=True`
+    reads latents in unit-norm-decoder units (`SAE.unit_norm_view()`: the trained latents times
+    ‖W_dec,i‖, TopK's choice unchanged); `fold=False` reads the SAE's raw latents.
     """
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
@@ -437,12 +477,13 @@ def score_features(
         raise ValueError(f"window sides must be >= 0, got left={left}, right={right}")
     if top_n is None and (quantile is None or not 0.0 < quantile <= 1.0):
         raise ValueError(f"quantile must be in (0, 1], got {quantile}; or give top_n")
+    check_entropy_norm(entropy_norm)
     check_compatible(cache, sae)
     vocab = vocab or Vocabulary.default()
-    if tokenizer is None and vocab.mode == "words":
+    if tokenizer is None and vocab.mode != "token_ids":
         tokenizer = load_tokenizer(cache.model_name)
     matcher = VocabMatcher(vocab, tokenizer)
-    enc = (sae.fold_decoder_norms() if fold else sae).to(device).eval()
+    enc = (sae.unit_norm_view() if fold else sae).to(device).eval()
     acc = ReasonScoreAccumulator(sae.cfg.d_sae, len(matcher.groups))
     for shard, batches in iter_encoded_shards(cache, enc, batch_size=batch_size, device=device,
                                               progress=progress, desc="ReasonScore"):
@@ -450,11 +491,12 @@ def score_features(
         for s, latents in batches:
             acc.update(latents, window[s : s + len(latents)])
     settings = {
-        "left": left, "right": right, "fold_decoder_norms": fold, "vocabulary": vocab.model_dump(),
-        "vocabulary_mode": vocab.mode, "model": cache.model_name, "layer": cache.layer,
+        "left": left, "right": right, "unit_norm_decoder": fold, "vocabulary": vocab.model_dump(),
+        "match": vocab.mode, "model": cache.model_name, "layer": cache.layer,
         "cache": str(cache.path), "sae": sae.cfg.model_dump(),
     }
-    return acc.result(matcher.groups, alpha=alpha, quantile=quantile, top_n=top_n, settings=settings)
+    return acc.result(matcher.groups, alpha=alpha, quantile=quantile, top_n=top_n, settings=settings,
+                      entropy_norm=entropy_norm)
 
 
 def shard_windows(matcher: VocabMatcher, shard: dict[str, Tensor], left: int, right: int) -> Tensor:

@@ -9,9 +9,9 @@ positions:
   reconstruction error back, which reduces to `x' = x + Σ_i (γ_i f_i^max − f_i(x)) · W_dec,i`.
 
 `f_i^max` is feature i's largest activation on the reference corpus (ReasonScore records it), so
-γ is in units of "the strongest this feature ever fires". The SAE is used with decoder norms folded
-into the encoder (`SAE.fold_decoder_norms`), the convention ReasonScore's activations use; `f · W_dec`
-is unchanged by folding, so steering means the same thing either way.
+γ is in units of "the strongest this feature ever fires". The SAE is read through its unit-norm view
+(`SAE.unit_norm_view()`: trained latents times ‖W_dec,i‖, decoder rows of unit norm), the units
+ReasonScore's activations use; `f · W_dec` and which latents fire are the trained SAE's.
 
 A batch may mix specs: each row gets its own `[d]` delta (zeros for unsteered rows, which are then
 bit-for-bit unchanged), so steered and unsteered requests share one batched forward.
@@ -172,15 +172,15 @@ def _check_finite_fmax(fmax: Tensor, features: Tensor, where: str = "max_activat
 @torch.no_grad()
 def compute_max_activation(sae: SAE, acts: Tensor | Iterable[Tensor], *, batch_size: int = 4096) -> Tensor:
     """f_max per feature `[d_sae]` over activations `[n, d_in]` (or an iterable of such batches,
-    e.g. `cache.iter_shards(("acts",))`), using the folded SAE like ReasonScore does."""
-    folded = sae.fold_decoder_norms()
+    e.g. `cache.iter_shards(("acts",))`), in unit-norm-decoder units like ReasonScore's."""
+    view = sae.unit_norm_view()
     fmax = torch.zeros(sae.d_sae)
     batches = [acts] if isinstance(acts, Tensor) else acts
     for batch in batches:
         batch = batch["acts"] if isinstance(batch, dict) else batch
         for start in range(0, batch.shape[0], batch_size):
-            chunk = batch[start : start + batch_size].to(folded.W_enc.dtype)
-            fmax = torch.maximum(fmax, folded.encode(chunk).amax(0).float().cpu())
+            chunk = batch[start : start + batch_size].to(view.W_enc.dtype)
+            fmax = torch.maximum(fmax, view.encode(chunk).amax(0).float().cpu())
     return fmax
 
 
@@ -218,7 +218,8 @@ def resolve(
     spec: SteeringSpec, *, d_model: int, n_layers: int, sae: SAE | None = None,
     max_activation: Tensor | None = None,
 ) -> RowSteering:
-    """Check `spec` against the model/SAE and turn it into tensors. `sae` must be the folded SAE."""
+    """Check `spec` against the model/SAE and turn it into tensors. `sae` must be the unit-norm view
+    (`SAE.unit_norm_view()`), so γ · f_max multiplies a unit-norm decoder row."""
     if spec.features and sae is None:
         raise SteeringError("feature steering needs an SAE: pass sae= to the engine (or steer with a raw vector)")
     layer = spec.layer if spec.layer is not None else (sae.cfg.hook_layer if sae is not None else None)
@@ -273,7 +274,7 @@ def resolve(
 class CaptureConfig:
     """Record SAE latents of the positions that predict generated tokens, in the same forward."""
 
-    sae: SAE  # folded
+    sae: SAE  # its unit-norm view (SAE.unit_norm_view()), the units of f_max
     layer: int
     k: int = 10  # top-k |f| mean (the seed's prompt score)
     top: int = 32  # strongest latents kept per token, for "top features"
@@ -336,7 +337,7 @@ class _LayerPlan:
 class Steerer:
     """Forward hooks that steer each batch row by its own spec; they exist only inside `with`.
 
-    >>> with Steerer(model, [row, None], sae=folded) as steerer:   # row 0 steered, row 1 not
+    >>> with Steerer(model, [row, None], sae=view) as steerer:   # row 0 steered, row 1 not
     ...     model.generate(ids, attention_mask=mask, max_new_tokens=32)
 
     `rows` holds one `RowSteering` (or None) per batch row. With `capture`, the hook also encodes the
@@ -520,11 +521,11 @@ def steer(
 ) -> Steerer:
     """One spec for every row: `with steer(model, spec, sae=sae, max_activation=fmax): model.generate(...)`.
 
-    `sae` may be unfolded; it is folded here so `max_activation` (ReasonScore's, on folded latents)
-    and the decoder directions agree.
+    `sae` is the trained SAE; it is read through its unit-norm view here so `max_activation`
+    (ReasonScore's, in unit-norm-decoder units) and the decoder directions agree.
     """
     mspec = model_spec(model)
-    folded = sae.fold_decoder_norms() if sae is not None else None
+    view = sae.unit_norm_view() if sae is not None else None
     fmax = load_max_activation(max_activation, sae.d_sae) if max_activation is not None and sae is not None else None
-    row = resolve(spec, d_model=mspec.d_model, n_layers=mspec.n_layers, sae=folded, max_activation=fmax)
-    return Steerer(model, [row] * batch_size, sae=folded, spec=mspec)
+    row = resolve(spec, d_model=mspec.d_model, n_layers=mspec.n_layers, sae=view, max_activation=fmax)
+    return Steerer(model, [row] * batch_size, sae=view, spec=mspec)

@@ -1,19 +1,23 @@
 """Reasoning vocabularies and where their words occur in tokenized text.
 
-A `Vocabulary` is a set of word groups (the paper's R): each group is named by the lower-cased,
-whitespace-normalised form of its words, so "Wait", " wait" and "WAIT" all count for `wait`.
+A `Vocabulary` is a set of word groups (the paper's R), each named by the lower-cased,
+whitespace-normalised form of its words ("Wait" and " wait" both belong to `wait`). How a group's
+words are found is the vocabulary's `match` mode:
 
-Words are matched on the *decoded text* of each prompt, not on token ids: every token id is
-decoded once into the exact text it contributes (its leading space included — byte-level BPE's
-"Ġ", SentencePiece's "▁"), a prompt's text is the concatenation of its pieces, and a
-case-insensitive whole-word regex finds the words. That catches every tokenization variant the
-tokenizer produces — leading space or not, any capitalisation, a word split into several tokens
-("W" + "ait" at the start of a sentence in a small BPE), multi-word entries ("let me"), a word
-glued to punctuation ("▁Wait,") — and rejects words inside other words ("Kuwait", "butter"),
-which a token-id-sequence scan would match. Each occurrence is reported as the span of tokens
-its characters touch.
+- `"exact"` (the paper's script, and `Vocabulary.default()`): each listed spelling is encoded with
+  `tokenizer.encode(spelling, add_special_tokens=False)` and its token-id sequence is found wherever
+  it occurs contiguously within a prompt. Spellings are distinct: " wait", "wait", " Wait" and
+  "Wait" each match only their own token ids, so the default vocabulary matches exactly the official
+  list (`REASONING_SPELLINGS`) — e.g. "But" at the start of a line, never a mid-sentence " but".
+- `"words"` (broad): words are matched on the *decoded text* of each prompt. Every token id is
+  decoded once into the exact text it contributes (its leading space included — byte-level BPE's
+  "Ġ", SentencePiece's "▁"), a prompt's text is the concatenation of its pieces, and a
+  case-insensitive whole-word regex finds the words. That catches every tokenization variant — leading
+  space or not, any capitalisation, a word split into several tokens, multi-word entries ("let me"), a
+  word glued to punctuation ("▁Wait,") — and rejects words inside other words ("Kuwait", "butter").
 
-The token-id mode (`Vocabulary.from_token_ids`) skips decoding: each listed id is a one-token match.
+Either way an occurrence is reported as the span of tokens it covers and never crosses two prompts.
+The token-id mode (`Vocabulary.from_token_ids`) skips the tokenizer: each listed id is a one-token match.
 """
 
 from __future__ import annotations
@@ -23,15 +27,35 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-#: The official ReasonScore vocabulary (Galichin et al. 2025).
+#: The ten word groups of the official ReasonScore vocabulary (Galichin et al. 2025).
 REASONING_WORDS: tuple[str, ...] = (
     "alternatively", "hmm", "maybe", "wait", "perhaps", "let me", "therefore", "however", "but", "another",
 )
+
+#: The official spellings, in the order of the paper's `extraction/reason_tokens.json`: four each
+#: (with and without a leading space, capitalised or not) for eight words, and only "But" and
+#: "Another" for the last two. `Vocabulary.default()` matches exactly these.
+REASONING_SPELLINGS: tuple[str, ...] = (
+    "alternatively", " alternatively", "Alternatively", " Alternatively",
+    "hmm", " hmm", "Hmm", " Hmm",
+    "maybe", " maybe", "Maybe", " Maybe",
+    "wait", " wait", "Wait", " Wait",
+    "perhaps", " perhaps", "Perhaps", " Perhaps",
+    "let me", " let me", "Let me", " Let me",
+    "therefore", " therefore", "Therefore", " Therefore",
+    "however", " however", "However", " However",
+    "But", "Another",
+)
+
+#: How a vocabulary's words are found: "exact" token-id sequences of each spelling (the paper's
+#: script) or whole "words" in the decoded text, any case or tokenization.
+MatchMode = Literal["exact", "words"]
+MATCH_MODES: tuple[str, ...] = ("exact", "words")
 
 # Between prompts in the concatenated text of a shard: not a word character and not a space, so
 # no word or phrase can match across two prompts.
@@ -43,17 +67,30 @@ def normalize_word(word: str) -> str:
     return " ".join(word.lower().split())
 
 
+def _check_match(match: str) -> str:
+    if match not in MATCH_MODES:
+        raise ValueError(f"match must be 'exact' (each spelling's token ids, the paper's script) or 'words' "
+                         f"(whole words in the decoded text, any case), got {match!r}")
+    return match
+
+
 class Vocabulary(BaseModel):
     """Groups of reasoning words (`words`), or of token ids (`token_ids`) — exactly one of the two.
 
     >>> Vocabulary.default().groups
     ['alternatively', 'hmm', 'maybe', 'wait', 'perhaps', 'let me', 'therefore', 'however', 'but', 'another']
+    >>> Vocabulary.default().words["but"], Vocabulary.default(match="words").words["but"]
+    (['But'], ['but'])
     """
 
     words: dict[str, list[str]] = Field(
-        default_factory=dict, description="group name -> words/phrases matched as whole words, any case")
+        default_factory=dict,
+        description="group name -> spellings (match='exact') or words/phrases (match='words')")
     token_ids: dict[str, list[int]] = Field(
         default_factory=dict, description="group name -> token ids, each a one-token match (token-id mode)")
+    match: MatchMode = Field(
+        "words", description="exact: each spelling's token ids, as listed (the paper's script); "
+                             "words: whole words in the decoded text, any case or tokenization")
 
     @model_validator(mode="after")
     def _check(self) -> Vocabulary:
@@ -67,32 +104,41 @@ class Vocabulary(BaseModel):
         owner: dict[str, str] = {}
         for group, forms in self.words.items():
             for form in forms:
-                key = normalize_word(form)
-                if not key:
+                if not normalize_word(form):
                     raise ValueError(f"group {group!r} contains a blank word")
+                key = form if self.match == "exact" else normalize_word(form)
                 if owner.setdefault(key, group) != group:
                     raise ValueError(f"word {form!r} is listed in two groups: {owner[key]!r} and {group!r}")
         return self
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod
-    def default(cls) -> Vocabulary:
-        """The paper's official list of ten reasoning words."""
-        return cls.from_words(REASONING_WORDS)
+    def default(cls, match: MatchMode = "exact") -> Vocabulary:
+        """The paper's ten word groups: its 34 exact spellings (`REASONING_SPELLINGS`, the official
+        list), or with `match="words"` the ten words in every case, spacing and tokenization."""
+        if match == "words":
+            return cls.from_words(REASONING_WORDS, match="words")
+        return cls.from_words(REASONING_SPELLINGS, match=_check_match(match))
 
     @classmethod
-    def from_words(cls, words: Iterable[str] | Mapping[str, Sequence[str]]) -> Vocabulary:
-        """From words (grouped by their normalised form) or an explicit `{group: [words]}` mapping."""
-        if isinstance(words, Mapping):
-            return cls(words={str(g): [normalize_word(w) for w in ws] for g, ws in words.items()})
+    def from_words(cls, words: Iterable[str] | Mapping[str, Sequence[str]], *,
+                   match: MatchMode = "words") -> Vocabulary:
+        """From words (grouped by their normalised form) or an explicit `{group: [words]}` mapping.
+
+        `match="exact"` keeps each spelling as given (leading space and case matter, as in the
+        paper's script); `match="words"` stores the normalised words.
+        """
         if isinstance(words, str):
             raise TypeError("from_words takes a list of words, not a single string")
+        keep = str if _check_match(match) == "exact" else normalize_word
+        if isinstance(words, Mapping):
+            return cls(words={str(g): [keep(w) for w in ws] for g, ws in words.items()}, match=match)
         groups: dict[str, list[str]] = {}
         for w in words:
             key = normalize_word(w)
-            if key and key not in groups:
-                groups[key] = [key]
-        return cls(words=groups)
+            if key and keep(w) not in groups.setdefault(key, []):
+                groups[key].append(keep(w))
+        return cls(words=groups, match=match)
 
     @classmethod
     def from_token_ids(cls, ids: Iterable[int] | Mapping[str, Sequence[int]]) -> Vocabulary:
@@ -102,12 +148,13 @@ class Vocabulary(BaseModel):
         return cls(token_ids={str(int(i)): [int(i)] for i in dict.fromkeys(ids)})
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Vocabulary:
-        """Load a vocabulary file.
+    def from_file(cls, path: str | os.PathLike, *, match: MatchMode | None = None) -> Vocabulary:
+        """Load a vocabulary file; `match` overrides the mode the file's format implies.
 
-        - `.json`: a list of words, a `{group: [words]}` object, or `{"words": {...}}` /
+        - `.json`: a list of spellings (the format of the paper's `reason_tokens.json`: exact
+          matching), a `{group: [words]}` object (words), or `{"words": {...}, "match": ...}` /
           `{"token_ids": {group: [ids]}}` (the format `Vocabulary.model_dump()` writes);
-        - anything else: plain text, one word or phrase per line, `#` starts a comment.
+        - anything else: plain text, one word or phrase per line, `#` starts a comment (words).
         """
         path = Path(path)
         if not path.is_file():
@@ -119,23 +166,34 @@ class Vocabulary(BaseModel):
                              "pass a .txt file with one word per line, or a .json file") from None
         if path.suffix.lower() != ".json":
             lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-            return cls.from_words([line for line in lines if line])
+            return cls.from_words([line for line in lines if line], match=match or "words")
         try:
             data: Any = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"vocabulary file {path} is not valid JSON: {err}") from None
         if isinstance(data, list):
-            return cls.from_words([str(w) for w in data])
+            return cls.from_words([str(w) for w in data], match=match or "exact")
         if isinstance(data, dict) and ({"words", "token_ids"} & data.keys()):
-            return cls.model_validate(data)
+            return cls.model_validate(data).with_match(match)
         if isinstance(data, dict):
-            return cls.from_words({g: [ws] if isinstance(ws, str) else list(ws) for g, ws in data.items()})
+            return cls.from_words({g: [ws] if isinstance(ws, str) else list(ws) for g, ws in data.items()},
+                                  match=match or "words")
         raise ValueError(f"vocabulary file {path}: expected a JSON list of words or an object of groups")
+
+    def with_match(self, match: MatchMode | None) -> Vocabulary:
+        """The same words found another way (`None`: unchanged). A token-id vocabulary has no words
+        to match, so asking it for a match mode is an error."""
+        if match is None:
+            return self
+        if self.token_ids:
+            raise ValueError(f"match={match!r} applies to word vocabularies; this one lists token ids")
+        return self.model_validate({**self.model_dump(), "match": _check_match(match)})
 
     # -- views ------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
-        return "token_ids" if self.token_ids else "words"
+        """How occurrences are found: "exact", "words" or "token_ids"."""
+        return "token_ids" if self.token_ids else self.match
 
     @property
     def groups(self) -> list[str]:
@@ -171,7 +229,11 @@ class VocabMatcher:
             self.pieces = token_pieces(tokenizer) if tokenizer is not None else None
             return
         if tokenizer is None:
-            raise ValueError("matching words needs the model's tokenizer (or use a token-id vocabulary)")
+            what = "spellings" if vocab.mode == "exact" else "words"
+            raise ValueError(f"matching {what} needs the model's tokenizer (or use a token-id vocabulary)")
+        if vocab.mode == "exact":
+            self._sequences = spelling_ids(vocab, tokenizer)
+            return
         self.pieces = token_pieces(tokenizer)
         self._piece_len = np.array([len(p) for p in self.pieces], dtype=np.int64)
         self._form_group = {normalize_word(f): g for g, forms in enumerate(vocab.words.values()) for f in forms}
@@ -192,6 +254,8 @@ class VocabMatcher:
             group = np.array([self._id_group.get(int(t), -1) for t in token_ids], dtype=np.int64)
             idx = np.flatnonzero(group >= 0)
             return idx, idx.copy(), group[idx]
+        if self.vocab.mode == "exact":
+            return find_sequences(token_ids, seq_ids, self._sequences)
         if int(token_ids.max()) >= len(self.pieces) or int(token_ids.min()) < 0:
             raise ValueError(
                 f"token id {int(token_ids.max())} is outside the tokenizer's vocabulary of {len(self.pieces)}: "
@@ -215,3 +279,41 @@ class VocabMatcher:
         first = np.searchsorted(starts, np.array(firsts), side="right") - 1
         last = np.searchsorted(starts, np.array(lasts), side="right") - 1
         return first.astype(np.int64), last.astype(np.int64), np.array(groups, dtype=np.int64)
+
+
+def spelling_ids(vocab: Vocabulary, tokenizer) -> list[tuple[np.ndarray, int]]:
+    """`(token ids, group index)` of every spelling of an exact-match vocabulary, encoded as the
+    paper's script does: `tokenizer.encode(spelling, add_special_tokens=False)`."""
+    out = []
+    for g, forms in enumerate(vocab.words.values()):
+        for form in forms:
+            ids = tokenizer.encode(form, add_special_tokens=False)
+            if not ids:
+                raise ValueError(f"spelling {form!r} encodes to no tokens with this tokenizer")
+            out.append((np.asarray(ids, dtype=np.int64), g))
+    return out
+
+
+def find_sequences(
+    token_ids: np.ndarray, seq_ids: np.ndarray, sequences: Sequence[tuple[np.ndarray, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every contiguous run of each id sequence inside one prompt, as `(first, last, group)` sorted by
+    first token: the official script's match (`RollingMean._compute_single_mask`), kept within prompts."""
+    n = len(token_ids)
+    firsts, groups, lengths = [], [], []
+    for ids, g in sequences:
+        m = len(ids)
+        if m > n:
+            continue
+        start = np.flatnonzero(token_ids[: n - m + 1] == ids[0])
+        for j in range(1, m):
+            start = start[(token_ids[start + j] == ids[j]) & (seq_ids[start + j] == seq_ids[start])]
+        firsts.append(start)
+        groups.append(np.full(len(start), g, dtype=np.int64))
+        lengths.append(np.full(len(start), m, dtype=np.int64))
+    if not firsts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    first, group, length = (np.concatenate(a).astype(np.int64) for a in (firsts, groups, lengths))
+    order = np.lexsort((group, first))
+    return first[order], (first + length - 1)[order], group[order]

@@ -97,11 +97,36 @@ def test_score_command(planted, tmp_path):
     loaded = FeatureScores.load(out)
     assert loaded.groups == ["wait", "let me", "but"] and loaded.selected.tolist()[0] == WINDOW
     assert len(loaded.selected) == 2 and loaded.settings["top_n"] == 2
+    assert loaded.settings["match"] == "words"  # a .txt file lists words, not spellings
     for name in ("features.csv", "analysis.json", "contexts.csv", "score_distribution.png", "top_features.png"):
         assert (out / name).is_file(), name
     bad = CliRunner().invoke(app, ["score", "--cache", str(tmp_path / "nope"), "--sae", str(tmp_path / "sae"),
                                    "--out", str(out)])
     assert bad.exit_code == 2 and "no activation cache" in bad.output
+
+
+def test_score_command_match_and_entropy_options(planted, tmp_path):
+    """By default the command scores the paper's spellings with the paper's normaliser; both choices
+    are flags, and features.json records them."""
+    from reasoning_dspy.cli import app
+
+    cache, sae, _ = planted
+    save_sae(sae, tmp_path / "sae")
+    base = ["score", "--cache", str(cache.path), "--sae", str(tmp_path / "sae"), "--top-n", "2", "--n-features", "2"]
+    runs = {"official": [], "broad": ["--match", "words", "--entropy-norm", "seen"]}
+    for name, flags in runs.items():
+        result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / name), *flags])
+        assert result.exit_code == 0, result.output
+    official = json.loads((tmp_path / "official" / "features.json").read_text())["settings"]
+    broad = json.loads((tmp_path / "broad" / "features.json").read_text())["settings"]
+    assert (official["match"], official["entropy_norm"], official["entropy_groups"]) == ("exact", "all", 10)
+    assert official["vocabulary"]["words"]["but"] == ["But"]
+    assert (broad["match"], broad["entropy_norm"]) == ("words", "seen")
+    assert broad["vocabulary"]["words"]["but"] == ["but"]
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), "--match", "fuzzy"])
+    assert bad.exit_code == 2 and "match must be 'exact'" in bad.output
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), "--entropy-norm", "half"])
+    assert bad.exit_code == 2 and "entropy_norm must be 'all'" in bad.output
 
 
 def test_demo_score_stage(tiny, tiny_cache, tmp_path, capsys):
@@ -112,7 +137,8 @@ def test_demo_score_stage(tiny, tiny_cache, tmp_path, capsys):
     state.extras["sae"] = SAE.from_config(SAEConfig(architecture="relu", d_in=64, d_sae=64))
     stage_score(state)
     printed = capsys.readouterr().out
-    assert "never found in the data" in printed  # the bundled prompts lack some words: said, not raised
+    # the bundled prompts hold none of the official spellings: said, not raised
+    assert "no vocabulary word occurs in the data" in printed
     assert "top features by ReasonScore" in printed
     scores = state.extras["scores"]
     assert isinstance(scores, FeatureScores) and torch.isfinite(scores.reason_score).all()

@@ -248,14 +248,14 @@ def _resolve_max_activation_nan(env):
 
     fmax = torch.ones(64)
     fmax[3] = math.nan
-    resolve(SteeringSpec(features={3: 2.0}), d_model=64, n_layers=4, sae=env.sae.fold_decoder_norms(),
+    resolve(SteeringSpec(features={3: 2.0}), d_model=64, n_layers=4, sae=env.sae.unit_norm_view(),
             max_activation=fmax)
 
 
 def _resolve_delta_overflows(env):
     from reasoning_dspy.steering import SteeringSpec, resolve
 
-    resolve(SteeringSpec(features={0: 1000.0, 1: 1000.0}), d_model=64, n_layers=4, sae=env.sae.fold_decoder_norms(),
+    resolve(SteeringSpec(features={0: 1000.0, 1: 1000.0}), d_model=64, n_layers=4, sae=env.sae.unit_norm_view(),
             max_activation=torch.full((64,), 3e38))
 
 

@@ -408,3 +408,33 @@ def test_engine_prefix_cache_serves_later_calls(tiny, steer_sae, steer_fmax, bun
         SteeredLM(tiny, prefix_cache_size=-1)
     for e in (engine, off, sibling):
         e.close()
+
+
+def test_engine_reads_a_topk_sae_as_trained(tiny):
+    """The engine's reasoning activation comes from the k latents the TopK SAE was trained to pick,
+    in unit-norm-decoder units, even when its decoder rows have different norms."""
+    from reasoning_dspy.activations import residual_at
+    from reasoning_dspy.sae import SAE, SAEConfig
+    from reasoning_dspy.steering import CaptureConfig, summarize_latents
+
+    torch.manual_seed(0)
+    sae = SAE.from_config(SAEConfig(architecture="topk", k=8, d_in=64, d_sae=128, hook_layer=2,
+                                    model_name="tiny-random"))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.empty(128, 1).uniform_(0.1, 5.0))
+    norms = sae.W_dec.detach().norm(dim=1)
+    text = "Wait, let me think. Therefore the answer is four."
+    eng = SteeredEngine(tiny.model, tiny.tokenizer, sae=sae, max_tokens=4)
+    try:
+        report = eng.reasoning_activation([text])[0]
+    finally:
+        eng.close()
+    ids = tiny.tokenizer(text, return_tensors="pt")["input_ids"]
+    keep = ~torch.isin(ids[0], torch.tensor(sorted(set(tiny.tokenizer.all_special_ids))))
+    with torch.no_grad():
+        latents = sae.encode(residual_at(tiny.model, 2, ids)[0][keep]) * norms
+    ref = summarize_latents(latents, CaptureConfig(sae, 2, k=eng.capture_k))
+    assert report.n_tokens == int(keep.sum())
+    assert report.topk_mean == pytest.approx(ref.topk_mean, rel=1e-5)
+    assert [i for i, _ in report.top_features] == [i for i, _ in ref.top_features]
+    assert [v for _, v in report.top_features] == pytest.approx([v for _, v in ref.top_features], rel=1e-5)

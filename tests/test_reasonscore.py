@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections import defaultdict
 
 import numpy as np
 import pytest
 import torch
 
 from reasoning_dspy.reasonscore import (
+    FeatureScores,
     ReasonScoreAccumulator,
     VocabularyWarning,
     feature_set_activation,
@@ -22,12 +24,46 @@ from reasoning_dspy.reasonscore import (
 from reasoning_dspy.sae import SAE, SAEConfig
 from reasoning_dspy.vocab import REASONING_WORDS, Vocabulary, token_pieces
 
+#: The paper's `extraction/reason_tokens.json` (AIRI-Institute/SAE-Reasoning), verbatim and in order.
+OFFICIAL_REASON_TOKENS = [
+    "alternatively", " alternatively", "Alternatively", " Alternatively", "hmm", " hmm", "Hmm", " Hmm",
+    "maybe", " maybe", "Maybe", " Maybe", "wait", " wait", "Wait", " Wait", "perhaps", " perhaps", "Perhaps",
+    " Perhaps", "let me", " let me", "Let me", " Let me", "therefore", " therefore", "Therefore", " Therefore",
+    "however", " however", "However", " However", "But", "Another",
+]
+
 
 # -- vocabulary ---------------------------------------------------------------------------------
-def test_default_vocabulary_is_the_official_list():
+def test_default_vocabulary_is_the_official_token_list():
     vocab = Vocabulary.default()
-    assert vocab.groups == list(REASONING_WORDS) and len(vocab.groups) == 10
-    assert vocab.mode == "words"
+    assert vocab.mode == "exact"
+    assert [s for forms in vocab.words.values() for s in forms] == OFFICIAL_REASON_TOKENS
+    grouped: dict[str, list[str]] = {}
+    for s in OFFICIAL_REASON_TOKENS:  # the official script's grouping
+        grouped.setdefault(s.lstrip().lower(), []).append(s)
+    assert vocab.words == grouped and vocab.groups == list(REASONING_WORDS)
+    assert vocab.words["but"] == ["But"] and vocab.words["another"] == ["Another"]
+    broad = Vocabulary.default(match="words")  # every case and spacing: an explicit option
+    assert broad.mode == "words" and broad.groups == list(REASONING_WORDS) and broad.words["but"] == ["but"]
+
+
+def test_official_json_list_means_exact_matching(tmp_path):
+    official = tmp_path / "reason_tokens.json"
+    official.write_text(json.dumps(OFFICIAL_REASON_TOKENS))
+    assert Vocabulary.from_file(official) == Vocabulary.default()
+    assert Vocabulary.from_file(official, match="words").mode == "words"
+    txt = tmp_path / "words.txt"
+    txt.write_text("wait\nBut\n")
+    assert Vocabulary.from_file(txt).mode == "words"
+    assert Vocabulary.from_file(txt, match="exact").words == {"wait": ["wait"], "but": ["But"]}
+    assert Vocabulary.default().with_match("words").mode == "words"
+    (tmp_path / "ids.json").write_text(json.dumps({"token_ids": {"a": [5]}}))
+    with pytest.raises(ValueError, match="lists token ids"):
+        Vocabulary.from_file(tmp_path / "ids.json", match="exact")
+    with pytest.raises(ValueError, match="match must be 'exact'"):
+        Vocabulary.default(match="fuzzy")
+    with pytest.raises(ValueError, match="two groups"):
+        Vocabulary.from_words({"a": ["Wait"], "b": ["Wait"]}, match="exact")
 
 
 def test_words_are_grouped_by_normalised_form():
@@ -82,7 +118,7 @@ def _cache_like(tokenizer, prompts):
 
 
 def _matches(tokenizer, prompts, vocab=None):
-    vocab = vocab or Vocabulary.default()
+    vocab = vocab or Vocabulary.default(match="words")
     ids, seqs, _ = _cache_like(tokenizer, prompts)
     first, last, group = vocab.matcher(tokenizer).find(ids, seqs)
     return [(vocab.groups[g], ids[f : lt + 1].tolist(), int(seqs[f])) for f, lt, g in zip(first, last, group, strict=True)]
@@ -130,6 +166,25 @@ def test_matching_a_sentencepiece_tokenizer():
     assert pieces[tok.convert_tokens_to_ids("▁the")].startswith(" ")  # the leading space survives
     found = _matches(tok, ["Wait, let me see. I wait but Kuwait, hmm."])
     assert [g for g, _, _ in found] == ["wait", "let me", "wait", "but", "hmm"]
+
+
+def test_default_matches_only_the_official_spellings(tiny):
+    tok = tiny.tokenizer
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    prompts = ["Wait, I wait but WAIT.\nBut let me see another way.\nAnother way, however."]
+    found = _matches(tok, prompts, Vocabulary.default())
+    assert [(g, ids) for g, ids, _ in found] == [
+        ("wait", enc("Wait")), ("wait", enc(" wait")), ("but", enc("But")), ("let me", enc(" let me")),
+        ("another", enc("Another")), ("however", enc(" however"))]
+    # mid-sentence " but"/" another" and "WAIT" are not official spellings; the broad mode finds them
+    broad = [g for g, _, _ in _matches(tok, prompts, Vocabulary.default(match="words"))]
+    assert (broad.count("wait"), broad.count("but"), broad.count("another")) == (3, 2, 2)
+    # a spelling's tokens are matched within one prompt only
+    let_me = enc(" let me")
+    assert len(let_me) == 2
+    matcher = Vocabulary.default().matcher(tok)
+    first, last, group = matcher.find(np.array(let_me + let_me), np.array([0, 0, 1, 2]))
+    assert (first.tolist(), last.tolist(), group.tolist()) == ([0], [1], [REASONING_WORDS.index("let me")])
 
 
 def test_token_id_mode(tiny):
@@ -255,21 +310,55 @@ def sae():
                                      hook_layer=2))
 
 
-def test_scores_on_tiny_cache(tiny_cache, sae, tiny):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VocabularyWarning)  # the bundled prompts lack some words
-        scores = score_features(tiny_cache, sae, tokenizer=tiny.tokenizer, progress=False)
-        again = score_features(tiny_cache, sae, tokenizer=tiny.tokenizer, batch_size=33, progress=False)
+@pytest.fixture(scope="module")
+def traces_cache(tiny, tmp_path_factory):
+    """Layer-2 fp32 activations of 8 bundled prompts and 24 bundled reasoning traces (≈ 4,500 tokens),
+    in which every group of the official list occurs."""
+    from reasoning_dspy.activations import extract_activations
+    from reasoning_dspy.prompts import load_prompts
+
+    texts = load_prompts("bundled", limit=8) + load_prompts("bundled-traces", limit=24)
+    return extract_activations(tiny.model, tiny.tokenizer, texts, 2, tmp_path_factory.mktemp("traces"),
+                               dtype="float32", batch_size=16, shard_tokens=1024, progress=False)
+
+
+def _uneven_decoder(sae: SAE, low: float = 0.2, high: float = 4.0) -> torch.Tensor:
+    """Scale the decoder rows by different factors in place (as an SAE trained without renormalising
+    ends up); returns the new row norms `[d_sae]`."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.empty(sae.d_sae, 1).uniform_(low, high, generator=g))
+    return sae.W_dec.detach().norm(dim=1)
+
+
+def test_scores_on_tiny_cache(traces_cache, sae, tiny):
+    scores = score_features(traces_cache, sae, tokenizer=tiny.tokenizer, progress=False)
+    again = score_features(traces_cache, sae, tokenizer=tiny.tokenizer, batch_size=33, progress=False)
     assert scores.reason_score.shape == (128,) and scores.mu_pos_by_group.shape == (128, 10)
     assert torch.isfinite(scores.reason_score).all() and torch.isfinite(scores.entropy).all()
-    assert scores.n_pos_tokens + scores.n_neg_tokens == tiny_cache.n_tokens
-    assert scores.n_pos_tokens > 0
+    assert scores.n_pos_tokens + scores.n_neg_tokens == traces_cache.n_tokens
+    assert (scores.group_token_counts > 0).all()
     ranked = scores.reason_score[scores.selected]
     assert (ranked[:-1] >= ranked[1:]).all() and (ranked >= scores.threshold).all()
     torch.testing.assert_close(scores.reason_score, again.reason_score, rtol=1e-5, atol=1e-8)
-    latents = sae.fold_decoder_norms().encode(tiny_cache.load(("acts",))["acts"]).detach()
+    latents = sae.unit_norm_view().encode(traces_cache.load(("acts",))["acts"]).detach()
     torch.testing.assert_close(scores.max_activation, latents.max(dim=0).values)
     torch.testing.assert_close(scores.density, (latents > 0).float().mean(dim=0))
+    assert scores.settings["match"] == "exact" and scores.settings["unit_norm_decoder"] is True
+
+
+def test_topk_scores_read_the_latents_the_sae_was_trained_to_pick(traces_cache, tiny):
+    """TopK with decoder rows of different norms: ReasonScore sees the trained k latents of each token,
+    times their decoder norms (folding the norms into the encoder would pick other latents)."""
+    torch.manual_seed(0)
+    topk = SAE.from_config(SAEConfig(architecture="topk", k=8, d_in=64, d_sae=96, model_name="tiny-random",
+                                     hook_layer=2))
+    norms = _uneven_decoder(topk)
+    scores = score_features(traces_cache, topk, tokenizer=tiny.tokenizer, progress=False)
+    with torch.no_grad():
+        trained = topk.encode(traces_cache.load(("acts",))["acts"])
+    torch.testing.assert_close(scores.density, (trained > 0).float().mean(dim=0))
+    torch.testing.assert_close(scores.max_activation, (trained * norms).amax(dim=0))
 
 
 def test_decoder_norms_are_folded(tiny_cache, sae, tiny):
@@ -309,6 +398,182 @@ def test_bad_settings_are_refused(tiny_cache, sae, tiny):
                           ({"batch_size": 0}, "batch_size")]:
         with pytest.raises(ValueError, match=match):
             score_features(tiny_cache, sae, tokenizer=tiny.tokenizer, progress=False, **kwargs)
+
+
+# -- parity with the paper's script (extraction/compute_score.py) ---------------------------------
+class OfficialRollingMean:
+    """`RollingMean` of the paper's `extraction/compute_score.py`, ported as is (no ignore tokens:
+    the cache holds no BOS/EOS/pad)."""
+
+    def __init__(self, tokens_of_interest: list[list[torch.Tensor]], expand_range=None):
+        self.tokens_of_interest = tokens_of_interest
+        self.expand_range = expand_range if expand_range is not None else (0, 0)
+        self._means = None
+        self._counts = [0] * len(self.tokens_of_interest)
+        self._mean_pos, self._count_pos = None, 0
+        self._mean_neg, self._count_neg = None, 0
+
+    def _compute_single_mask(self, tokens, ids_of_interest):
+        seq_len = tokens.size(1)
+        ids_len = len(ids_of_interest)
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        if ids_len > seq_len:
+            return mask
+        ids_of_interest = ids_of_interest.view(1, 1, -1)
+        windows = tokens.unfold(1, ids_len, 1)
+        matches = (windows == ids_of_interest).all(dim=2)
+        batch_indices, window_indices = torch.nonzero(matches, as_tuple=True)
+        if len(batch_indices) == 0:
+            return mask
+        offsets = torch.arange(ids_len)
+        spans = window_indices.unsqueeze(1) + offsets.unsqueeze(0)
+        batch_expanded = batch_indices.unsqueeze(1).expand(-1, ids_len).reshape(-1)
+        mask[batch_expanded, spans.reshape(-1)] = True
+        left, right = self.expand_range
+        if left != 0 or right != 0:
+            batch_indices, pos_indices = torch.nonzero(mask, as_tuple=True)
+            if len(pos_indices) > 0:
+                starts = torch.clamp(pos_indices - left, min=0)
+                ends = torch.clamp(pos_indices + right, max=tokens.size(1) - 1)
+                delta = torch.zeros(tokens.size(0), tokens.size(1) + 1, dtype=torch.int32)
+                delta[batch_indices, starts] += 1
+                delta[batch_indices, ends + 1] -= 1
+                mask = delta.cumsum(dim=1)[:, :-1] > 0
+        return mask
+
+    @staticmethod
+    def _compute_update(tokens, feature_acts, mask, acc_mean, acc_count):
+        tokens, feature_acts = tokens[mask], feature_acts[mask]
+        if tokens.numel() == 0:
+            return acc_mean, acc_count
+        mean, count = feature_acts.mean(dim=0), feature_acts.size(0)
+        upd_count = acc_count + count
+        return acc_mean + (count / upd_count) * (mean - acc_mean), upd_count
+
+    def update(self, tokens, feature_acts):
+        n = feature_acts.size(-1)
+        if self._means is None:
+            self._means = [torch.zeros(n, dtype=feature_acts.dtype) for _ in self.tokens_of_interest]
+            self._mean_pos = torch.zeros(n, dtype=feature_acts.dtype)
+            self._mean_neg = torch.zeros(n, dtype=feature_acts.dtype)
+        mask_combined = torch.zeros_like(tokens, dtype=torch.bool)
+        for i, seq_group in enumerate(self.tokens_of_interest):
+            group_mask = torch.zeros_like(tokens, dtype=torch.bool)
+            for seq in seq_group:
+                group_mask |= self._compute_single_mask(tokens, seq)
+            self._means[i], self._counts[i] = self._compute_update(
+                tokens, feature_acts, group_mask, self._means[i], self._counts[i])
+            mask_combined |= group_mask
+        self._mean_pos, self._count_pos = self._compute_update(
+            tokens, feature_acts, mask_combined, self._mean_pos, self._count_pos)
+        self._mean_neg, self._count_neg = self._compute_update(
+            tokens, feature_acts, ~mask_combined, self._mean_neg, self._count_neg)
+
+    def stats(self):
+        return torch.stack([self._mean_pos, self._mean_neg], dim=1), torch.stack(self._means, dim=1)
+
+
+def official_reason_tokens(tokenizer, tokens_str: list[str]) -> list[list[torch.Tensor]]:
+    """`compute_score`'s grouping: spellings grouped by `s.lstrip().lower()`, each encoded as is."""
+    grouped = defaultdict(list)
+    for str_token in tokens_str:
+        token_ids = tokenizer.encode(str_token, add_special_tokens=False)
+        grouped[str_token.lstrip().lower()].append(torch.tensor(token_ids, dtype=torch.long))
+    return list(grouped.values())
+
+
+def official_scores(means, single_means, alpha, epsilon=1e-12):
+    """The score of `SaeSelectionRunner.run`: entropy over all listed groups, normalised by log|R|."""
+    probs = single_means / (single_means.sum(dim=1, keepdim=True) + epsilon)
+    log_probs = torch.where(probs > 0, torch.log(probs), 0)
+    h = -(probs * log_probs).sum(dim=1)
+    h_norm = h / math.log(probs.size(1)) if probs.size(1) > 1 else torch.ones_like(h)
+    sum_pos = means[:, 0].sum(dim=0, keepdim=True) + epsilon
+    sum_neg = means[:, 1].sum(dim=0, keepdim=True) + epsilon
+    return (means[:, 0] / sum_pos) * h_norm**alpha - (means[:, 1] / sum_neg)
+
+
+def official_latents(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
+    """What the script encodes with: SAELens' `fold_W_dec_norm()` on a standard (ReLU) SAE, then `encode`."""
+    norms = sae.W_dec.norm(dim=-1).clamp(min=1e-8)
+    return torch.relu((acts - sae.b_dec) @ (sae.W_enc * norms) + sae.b_enc * norms)
+
+
+@pytest.fixture(scope="module")
+def relu_sae():
+    torch.manual_seed(0)
+    relu = SAE.from_config(SAEConfig(architecture="relu", d_in=64, d_sae=96, model_name="tiny-random",
+                                     hook_layer=2))
+    _uneven_decoder(relu)
+    return relu
+
+
+@pytest.mark.parametrize("extra,left,right,alpha", [
+    ((), 1, 2, 0.7),  # the paper's settings
+    ((), 0, 0, 1.0),  # the script's own defaults
+    ((" zyzzyva",), 1, 2, 0.7),  # a listed group that never occurs still counts in log|R|
+])
+def test_default_scores_match_the_papers_script(traces_cache, relu_sae, tiny, extra, left, right, alpha):
+    spellings = OFFICIAL_REASON_TOKENS + list(extra)
+    vocab = Vocabulary.from_words(spellings, match="exact") if extra else None  # None: the default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VocabularyWarning)
+        ours = score_features(traces_cache, relu_sae, vocab, tokenizer=tiny.tokenizer, alpha=alpha, left=left,
+                              right=right, progress=False)
+    data = traces_cache.load()
+    ids, seq = data["token_ids"].long(), data["seq_ids"]
+    with torch.no_grad():
+        latents = official_latents(relu_sae, data["acts"])
+    reference = OfficialRollingMean(official_reason_tokens(tiny.tokenizer, spellings), (left, right))
+    for s in torch.unique(seq):  # one prompt per row, so no window crosses two prompts
+        rows = seq == s
+        reference.update(ids[rows][None], latents[rows][None])
+    means, single_means = reference.stats()
+    expected = official_scores(means.double(), single_means.double(), alpha)
+    assert ours.groups == list(dict.fromkeys(s.lstrip().lower() for s in spellings))
+    torch.testing.assert_close(ours.mu_pos_by_group, single_means, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours.mu_pos, means[:, 0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours.mu_neg, means[:, 1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours.reason_score.double(), expected, rtol=1e-4, atol=1e-7)
+    assert torch.equal(ours.ranking[:10], torch.argsort(expected, descending=True, stable=True)[:10])
+    assert (single_means[:, -1] == 0).all() == bool(extra)  # the extra group never occurs
+    assert (ours.settings["match"], ours.settings["entropy_groups"]) == ("exact", len(ours.groups))
+
+
+def test_a_group_absent_from_the_data_still_counts_in_log_r():
+    """The script divides the entropy by log|R| over every listed group, seen in the data or not."""
+    latents, first, last, group, seq, pos = _random_data(n_groups=4)
+    seen = group != 3  # group "d" never occurs
+    window = window_mask(first[seen], last[seen], group[seen], seq, pos, 4, 1, 2)
+    acc = ReasonScoreAccumulator(latents.shape[1], 4)
+    acc.update(latents, window)
+    with pytest.warns(VocabularyWarning, match=r"never found in the data: \['d'\]"):
+        scores = acc.result(list("abcd"), alpha=0.7)
+    means = torch.stack([scores.mu_pos, scores.mu_neg], dim=1).double()
+    expected = official_scores(means, scores.mu_pos_by_group.double(), 0.7)
+    torch.testing.assert_close(scores.reason_score.double(), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_entropy_normaliser_over_listed_or_seen_groups(traces_cache, relu_sae, tiny, tmp_path):
+    vocab = Vocabulary.from_words([*OFFICIAL_REASON_TOKENS, " zyzzyva"], match="exact")  # 11 groups, 10 occur
+    absent = r"never found in the data: \['zyzzyva'\].*all 11 listed groups"
+    with pytest.warns(VocabularyWarning, match=absent):
+        listed = score_features(traces_cache, relu_sae, vocab, tokenizer=tiny.tokenizer, progress=False)
+    with pytest.warns(VocabularyWarning, match=r"left out of the entropy term \(\|R\| = 10 groups\)"):
+        seen = score_features(traces_cache, relu_sae, vocab, tokenizer=tiny.tokenizer, entropy_norm="seen",
+                              progress=False)
+    assert (listed.settings["entropy_norm"], listed.settings["entropy_groups"]) == ("all", 11)
+    assert (seen.settings["entropy_norm"], seen.settings["entropy_groups"]) == ("seen", 10)
+    torch.testing.assert_close(listed.entropy.double() * math.log(11), seen.entropy.double() * math.log(10),
+                               rtol=1e-5, atol=1e-7)
+    assert listed.entropy.max() <= math.log(10) / math.log(11) + 1e-6 < seen.entropy.max()
+    listed.save(tmp_path / "s")
+    saved = json.loads((tmp_path / "s" / "features.json").read_text())["settings"]
+    assert (saved["match"], saved["entropy_norm"], saved["entropy_groups"]) == ("exact", "all", 11)
+    assert FeatureScores.load(tmp_path / "s").settings["entropy_norm"] == "all"
+    with pytest.raises(ValueError, match="entropy_norm must be 'all'"):
+        score_features(traces_cache, relu_sae, vocab, tokenizer=tiny.tokenizer, entropy_norm="present",
+                       progress=False)
 
 
 # -- prompt-level scores ---------------------------------------------------------------------------

@@ -24,7 +24,8 @@ WINDOW, WAIT_ONLY, EVERYWHERE = 0, 1, 2  # planted feature indices
 
 
 def synthetic_prompts(n: int, seed: int = 0) -> list[str]:
-    """Filler text with reasoning words sprinkled in, in several spellings."""
+    """Filler text with reasoning words sprinkled in, in several spellings; "but" and "another" also
+    start lines, where the official list's "But" and "Another" (no leading space) occur."""
     rng = random.Random(seed)
     prompts = []
     for _ in range(n):
@@ -32,10 +33,12 @@ def synthetic_prompts(n: int, seed: int = 0) -> list[str]:
         for _ in range(rng.randint(12, 24)):
             if rng.random() < 0.15:
                 w = rng.choice(REASONING_WORDS)
-                words.append(rng.choice([w, w.capitalize(), w.upper() if " " not in w else w]))
+                spellings = [w, w.capitalize(), w.upper() if " " not in w else w]
+                words.append(rng.choice(spellings + ["\n" + w.capitalize()] * (w in ("but", "another"))))
             else:
                 words.append(rng.choice(FILLER))
-        prompts.append(" ".join(words).capitalize() + ".")
+        text = " ".join(words)
+        prompts.append(text[0].upper() + text[1:] + ".")
     return prompts
 
 

@@ -104,3 +104,31 @@ def test_topk_forward_matches_saelens_forward():
     with torch.no_grad():
         fast_recon, _, _, _ = topk_forward_fast(x, ours.W_enc, ours.b_enc, ours.W_dec, ours.b_dec, 6)
     torch.testing.assert_close(fast_recon, sl(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["standard", "jumprelu"])
+def test_unit_norm_view_matches_saelens_fold(tmp_path, kind):
+    """Where folding decoder norms is exact, our unit-norm view gives what SAELens' fold gives."""
+    sl = _saelens(kind)
+    sl.save_model(tmp_path)
+    ours = load_sae(tmp_path)
+    sl.fold_W_dec_norm()
+    x = torch.randn(64, D_IN) * 3
+    with torch.no_grad():
+        view = ours.unit_norm_view()
+        torch.testing.assert_close(view.encode(x), sl.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(view.W_dec, sl.W_dec)
+        torch.testing.assert_close(view(x)[1], sl(x), rtol=1e-5, atol=1e-5)
+
+
+def test_topk_fold_is_refused_here_as_in_saelens(tmp_path):
+    sl = _saelens("topk")
+    with pytest.raises(NotImplementedError, match="not safe for TopKSAEs"):
+        sl.fold_W_dec_norm()
+    sl.save_model(tmp_path)
+    ours = load_sae(tmp_path)
+    with pytest.raises(ValueError, match="not exact"):
+        ours.fold_decoder_norms()
+    x = torch.randn(64, D_IN) * 3
+    with torch.no_grad():  # the view keeps SAELens' own choice of latents
+        assert torch.equal(ours.unit_norm_view().encode(x) != 0, sl.encode(x) != 0)

@@ -25,7 +25,7 @@ LAYER = 2
 
 
 def _resolve(spec, tiny, sae, fmax):
-    return resolve(spec, d_model=tiny.spec.d_model, n_layers=tiny.spec.n_layers, sae=sae.fold_decoder_norms(),
+    return resolve(spec, d_model=tiny.spec.d_model, n_layers=tiny.spec.n_layers, sae=sae.unit_norm_view(),
                    max_activation=fmax)
 
 
@@ -74,9 +74,9 @@ def test_resolve_errors_are_specific(tiny, steer_sae, steer_fmax):
 
 
 def test_several_features_add_up(tiny, steer_sae, steer_fmax):
-    folded = steer_sae.fold_decoder_norms()
+    view = steer_sae.unit_norm_view()
     row = _resolve(SteeringSpec(features={4: 2.0, 9: -1.0}), tiny, steer_sae, steer_fmax)
-    expected = 2.0 * steer_fmax[4] * folded.W_dec[4] - 1.0 * steer_fmax[9] * folded.W_dec[9]
+    expected = 2.0 * steer_fmax[4] * view.W_dec[4] - 1.0 * steer_fmax[9] * view.W_dec[9]
     torch.testing.assert_close(row.add, expected.detach())
     vec = torch.randn(64)
     both = _resolve(SteeringSpec(features={4: 2.0, 9: -1.0}, vector=vec.tolist()), tiny, steer_sae, steer_fmax)
@@ -85,7 +85,7 @@ def test_several_features_add_up(tiny, steer_sae, steer_fmax):
 
 def test_compute_max_activation_matches_encode(steer_sae):
     acts = torch.randn(50, 64)
-    expected = steer_sae.fold_decoder_norms().encode(acts).amax(0)
+    expected = steer_sae.unit_norm_view().encode(acts).amax(0)
     torch.testing.assert_close(compute_max_activation(steer_sae, acts, batch_size=16), expected.detach())
 
 
@@ -95,7 +95,7 @@ def test_compute_max_activation_matches_encode(steer_sae):
 def test_delta_is_exact_on_prompt_and_decode_positions(tiny, steer_sae, steer_fmax, mode):
     """During a KV-cached generate, the layer-L output differs from the unsteered residual of the same
     tokens by exactly the expected delta, at every prompt position and every decode step."""
-    folded = steer_sae.fold_decoder_norms()
+    view = steer_sae.unit_norm_view()
     features = {7: 3.0, 20: 1.5}
     spec = SteeringSpec(features=features, mode=mode)
     ids = _ids(tiny)
@@ -113,11 +113,11 @@ def test_delta_is_exact_on_prompt_and_decode_positions(tiny, steer_sae, steer_fm
     clean = residual_at(tiny.model, LAYER, full)[0]  # no cache, no steering: the same tokens
     idx = torch.tensor(list(features))
     target = torch.tensor(list(features.values())) * steer_fmax[idx]
-    w = folded.W_dec.detach()[idx]
+    w = view.W_dec.detach()[idx]
     if mode == "add":
         expected = (target @ w).expand_as(clean)
     else:
-        f = folded.encode(clean).detach()[:, idx]
+        f = view.encode(clean).detach()[:, idx]
         expected = (target - f) @ w
     torch.testing.assert_close(steered - clean, expected, atol=2e-5, rtol=1e-4)
     assert (steered - clean).abs().sum() > 0
@@ -142,12 +142,12 @@ def test_per_row_specs_share_one_forward(tiny, steer_sae, steer_fmax):
 def test_batched_rows_generate_like_single_rows(tiny, steer_sae, steer_fmax):
     """A steered and an unsteered row of different lengths in one left-padded generate give the
     tokens each gives alone."""
-    folded = steer_sae.fold_decoder_norms()
+    view = steer_sae.unit_norm_view()
     row = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
     a = GenRow(_ids(tiny)[0].tolist(), max_new_tokens=8, steering=row)
     b = GenRow(_ids(tiny, "Hmm")[0].tolist(), max_new_tokens=5)
-    both = generate_rows(tiny.model, tiny.tokenizer, [a, b], sae=folded)
-    alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=folded)[0] for r in (a, b)]
+    both = generate_rows(tiny.model, tiny.tokenizer, [a, b], sae=view)
+    alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=view)[0] for r in (a, b)]
     assert [r.token_ids for r in both] == [r.token_ids for r in alone]
     assert len(both[1].token_ids) <= 5
     unsteered = generate_rows(tiny.model, tiny.tokenizer, [GenRow(a.prompt_ids, 8)])[0]
@@ -179,16 +179,16 @@ def test_hooks_removed_on_exit_and_on_exception(tiny, steer_sae, steer_fmax):
 def test_capture_matches_a_second_pass(tiny, steer_sae):
     """Latents recorded during generation equal those of a separate forward over the positions that
     predicted each generated token."""
-    folded = steer_sae.fold_decoder_norms()
-    cfg = CaptureConfig(folded, LAYER, k=5, top=128)
+    view = steer_sae.unit_norm_view()
+    cfg = CaptureConfig(view, LAYER, k=5, top=128)
     prompt = _ids(tiny)[0].tolist()
     feats = (3, 17, 40)
     res = generate_rows(tiny.model, tiny.tokenizer, [GenRow(prompt, 7, capture=True, capture_features=feats)],
-                        sae=folded, capture=cfg)[0]
+                        sae=view, capture=cfg)[0]
     n = len(res.token_ids)
     full = torch.tensor([prompt + res.token_ids])
     acts = residual_at(tiny.model, LAYER, full)[0]
-    latents = folded.encode(acts[len(prompt) - 1 : len(prompt) - 1 + n]).detach()
+    latents = view.encode(acts[len(prompt) - 1 : len(prompt) - 1 + n]).detach()
     ref = summarize_latents(latents, cfg, feats)
     assert res.report.n_tokens == n == 7
     assert res.report.topk_mean == pytest.approx(ref.topk_mean, rel=1e-4)
@@ -201,16 +201,16 @@ def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bu
     steering; every row still gets exactly the tokens it gets alone."""
     from reasoning_dspy.engine.generate import _shared_prefix_len
 
-    folded = steer_sae.fold_decoder_norms()
+    view = steer_sae.unit_norm_view()
     system = " ".join(bundled_prompts[:3])
     add = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
     clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
     rows = [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s)
             for q, s in [(" Why?", add), (" Is it so?", None), (" Why?", clamp), (" How come?", add)]]
     assert _shared_prefix_len(rows) >= 32
-    shared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=folded)
-    unshared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=folded, share_prefix=False)
-    alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=folded)[0] for r in rows]
+    shared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view)
+    unshared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view, share_prefix=False)
+    alone = [generate_rows(tiny.model, tiny.tokenizer, [r], sae=view)[0] for r in rows]
     assert [r.token_ids for r in shared] == [r.token_ids for r in alone] == [r.token_ids for r in unshared]
     assert shared[0].token_ids != shared[1].token_ids  # steering and prompts really differ
 
@@ -220,7 +220,7 @@ def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, s
     steering: another steering misses; tokens and logits equal those computed without the cache."""
     from reasoning_dspy.engine.prefix_cache import PrefixCache, _steering_key
 
-    folded = steer_sae.fold_decoder_norms()
+    view = steer_sae.unit_norm_view()
     system = " ".join(bundled_prompts[:3])
     add = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
     clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
@@ -229,7 +229,7 @@ def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, s
         return [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s) for q, s in zip(questions, steering, strict=True)]
 
     def run(batch, cache):
-        out = generate_rows(tiny.model, tiny.tokenizer, batch, sae=folded, prefix_cache=cache, output_logits=True)
+        out = generate_rows(tiny.model, tiny.tokenizer, batch, sae=view, prefix_cache=cache, output_logits=True)
         return [r.token_ids for r in out], [torch.stack(r.extras["logits"]) for r in out]
 
     def check(batch, cache):
@@ -261,7 +261,7 @@ def test_prefix_cache_reuses_the_shared_prefix_across_batches(tiny, steer_sae, s
     misses = cache.misses
     check([GenRow(_ids(tiny, "Completely different " * 8)[0].tolist(), 4)], cache)
     assert cache.misses == misses + 1
-    other_sae = steer_sae.fold_decoder_norms()  # entries belong to one SAE (clamp encodes with it)
+    other_sae = steer_sae.unit_norm_view()  # entries belong to one SAE (clamp encodes with it)
     generate_rows(tiny.model, tiny.tokenizer, first[:1], sae=other_sae, prefix_cache=cache)
     assert len(cache) == 1 and cache.misses == misses + 2
     off = PrefixCache(size=0)  # keeps nothing
@@ -277,3 +277,37 @@ def test_estimated_fmax_reads_the_same_tokens_as_the_cache(tiny, steer_sae, bund
     got = estimate_max_activation(tiny.model, tiny.tokenizer, steer_sae, prompts, batch_size=5)
     torch.testing.assert_close(got, expected)
     assert (got > 0).any()
+
+
+def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
+    """A TopK SAE whose decoder rows have different norms: f_max and clamp steering read the k latents
+    it was trained to pick, times ‖W_dec,i‖, and move the residual along unit-norm decoder rows."""
+    from reasoning_dspy.sae import SAE, SAEConfig
+
+    torch.manual_seed(0)
+    sae = SAE.from_config(SAEConfig(architecture="topk", k=8, d_in=64, d_sae=128, hook_layer=LAYER,
+                                    model_name="tiny-random"))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.empty(128, 1).uniform_(0.1, 5.0))
+    norms = sae.W_dec.detach().norm(dim=1)
+    ids = _ids(tiny)
+    clean = residual_at(tiny.model, LAYER, ids)[0]  # [T, d]
+    with torch.no_grad():
+        trained = sae.encode(clean)
+    fmax = compute_max_activation(sae, clean, batch_size=5)
+    torch.testing.assert_close(fmax, (trained * norms).amax(0))
+    features = {int(i): 2.0 for i in trained.sum(0).topk(2).indices}  # two features that fire here
+    with steer(tiny.model, SteeringSpec(features=features, mode="clamp"), sae=sae, max_activation=fmax):
+        seen, handle = _record_layer_outputs(tiny)
+        try:
+            with torch.no_grad():
+                tiny.model(input_ids=ids)
+        finally:
+            handle.remove()
+    idx = torch.tensor(list(features))
+    unit_rows = sae.W_dec.detach()[idx] / norms[idx, None]
+    expected = (2.0 * fmax[idx] - trained[:, idx] * norms[idx]) @ unit_rows
+    torch.testing.assert_close(seen[0][0] - clean, expected, atol=2e-5, rtol=1e-4)
+    add = resolve(SteeringSpec(features=features), d_model=64, n_layers=tiny.spec.n_layers,
+                  sae=sae.unit_norm_view(), max_activation=fmax)
+    torch.testing.assert_close(add.add, 2.0 * fmax[idx] @ unit_rows)

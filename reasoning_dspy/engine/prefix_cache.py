@@ -39,7 +39,7 @@ class PrefixCache:
 
     An entry is the `DynamicCache` of one prefix (one row) under one steering: steering at layer L
     changes the keys and values of every later layer, so the resolved steering (layer, vector, clamp
-    targets; f_max and the SAE decoder are folded into them) is part of the key. A new prefix takes
+    targets, which already include f_max and the decoder rows) is part of the key. A new prefix takes
     the entry sharing the longest run of leading tokens with it (at least `MIN_SHARED_PREFIX`),
     cropped to that run, and prefills only the rest — a DSPy program's system prompt is computed once
     per steering, not once per batch or request. At most `size` entries, least recently used dropped

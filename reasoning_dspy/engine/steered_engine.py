@@ -99,7 +99,7 @@ class SteeredEngine:
         self.tokenizer = tokenizer
         self.model_spec = model_spec(model)
         self.sae_raw = sae
-        self.sae = sae.fold_decoder_norms().to(next(model.parameters()).device).eval() if sae is not None else None
+        self.sae = sae.unit_norm_view().to(next(model.parameters()).device).eval() if sae is not None else None
         if self.sae is not None and self.sae.d_in != self.model_spec.d_model:
             raise SteeringError(
                 f"the SAE expects d_in={self.sae.d_in} but {self.model_spec.name} has d_model={self.model_spec.d_model}; "

@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "ARCHITECTURES": "reasoning_dspy.sae.base",
     "SAE": "reasoning_dspy.sae.base",
     "SAEConfig": "reasoning_dspy.sae.base",
+    "UnitNormView": "reasoning_dspy.sae.base",
     "register": "reasoning_dspy.sae.base",
     "ReLUSAE": "reasoning_dspy.sae.relu",
     "TopKSAE": "reasoning_dspy.sae.topk",
@@ -36,7 +37,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from reasoning_dspy.sae.base import ARCHITECTURES, SAE, SAEConfig, register  # noqa: F401
+    from reasoning_dspy.sae.base import ARCHITECTURES, SAE, SAEConfig, UnitNormView, register  # noqa: F401
     from reasoning_dspy.sae.evals import ce_loss_recovered, evaluate_sae, fvu, l0  # noqa: F401
     from reasoning_dspy.sae.io import SAEFileError, load_sae, save_sae  # noqa: F401
     from reasoning_dspy.sae.jumprelu import JumpReLUSAE  # noqa: F401

@@ -7,6 +7,7 @@ unchanged. An architecture subclass only supplies its activation `σ` (and its t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -95,6 +96,9 @@ class SAE(nn.Module):
     """Base sparse autoencoder. Build one with `SAE.from_config(cfg)` or `load_sae(path)`."""
 
     architecture: ClassVar[str] = ""
+    #: Whether σ commutes with a positive per-latent scale, so decoder norms fold into the encoder
+    #: exactly (`fold_decoder_norms`). False for TopK: rescaling pre-activations changes which k win.
+    exact_fold: ClassVar[bool] = False
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -207,18 +211,35 @@ class SAE(nn.Module):
     # -- weight surgery --------------------------------------------------------------------
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Rescale decoder rows to unit norm, moving the scale into the encoder so f·W_dec is unchanged."""
+        """Rescale decoder rows to unit norm, moving the scale into the encoder so f·W_dec is unchanged.
+
+        In place and unchecked: which latents fire stays the same only where `exact_fold` holds, or
+        where the activation already compares decoder-scaled pre-activations (SAELens' rescaled TopK).
+        """
         self._rescale(self.W_dec.norm(dim=1).clamp_min(1e-12))
 
     @torch.no_grad()
     def fold_decoder_norms(self) -> SAE:
         """A copy whose decoder rows have unit norm and whose latents are scaled by the old norms,
-        so latent magnitudes are comparable across features (what ReasonScore reads)."""
-        import copy
+        with the norms folded into the encoder (W_enc, b_enc, and θ for JumpReLU).
 
+        Refused where that changes which latents fire (TopK): `unit_norm_view()` gives the same
+        units for every architecture without touching the encoder.
+        """
+        if not self.exact_fold:
+            raise ValueError(
+                f"folding decoder norms into the encoder of a {self.architecture} SAE is not exact: it rescales "
+                "each latent's pre-activation and so changes which latents fire. Use sae.unit_norm_view() "
+                "(the trained latents times ||W_dec,i||, with unit-norm decoder rows) instead"
+            )
         folded = copy.deepcopy(self)
         folded.normalize_decoder()
         return folded
+
+    def unit_norm_view(self) -> UnitNormView:
+        """This SAE read with unit-norm decoder rows (`UnitNormView`): the units of ReasonScore's
+        activations and of steering's f_max."""
+        return UnitNormView(self)
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
@@ -247,3 +268,88 @@ class SAE(nn.Module):
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k else ""
         return f"architecture={self.architecture}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
+
+
+class UnitNormView(nn.Module):
+    """A trained SAE read with unit-norm decoder rows: `encode(x) = f(x) · ‖W_dec,i‖` per latent and
+    `W_dec,i / ‖W_dec,i‖`, so magnitudes compare across features and `encode(x) @ W_dec + b_dec`
+    is still the SAE's reconstruction.
+
+    Only the outputs are scaled: pre-activations and σ are the trained SAE's, so every architecture
+    fires exactly as trained (TopK keeps its k latents, JumpReLU its thresholds). The view holds a
+    copy of the SAE taken when it is built (moving or casting it leaves the SAE alone). It is for
+    reading: it has no training loss, and `save_sae` refuses it (save the SAE it was made from).
+    """
+
+    def __init__(self, sae: SAE):
+        super().__init__()
+        if not isinstance(sae, SAE):
+            raise TypeError(f"UnitNormView reads a trained SAE, got {type(sae).__name__}")
+        # The trained encoder; its decoder rows are divided by their norms in place (no second copy).
+        self._sae = copy.deepcopy(sae).requires_grad_(False)
+        with torch.no_grad():
+            norms = self._sae.W_dec.norm(dim=1).clamp_min(1e-12)
+            self._sae.W_dec.div_(norms[:, None])
+        self.register_buffer("decoder_norms", norms)  # [d_sae] ‖W_dec,i‖ of the trained SAE
+
+    @property
+    def cfg(self) -> SAEConfig:
+        return self._sae.cfg
+
+    @property
+    def architecture(self) -> str:
+        return self._sae.architecture
+
+    @property
+    def d_in(self) -> int:
+        return self._sae.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self._sae.d_sae
+
+    @property
+    def W_enc(self) -> Tensor:
+        return self._sae.W_enc
+
+    @property
+    def b_enc(self) -> Tensor:
+        return self._sae.b_enc
+
+    @property
+    def b_dec(self) -> Tensor:
+        return self._sae.b_dec
+
+    @property
+    def W_dec(self) -> Tensor:
+        """Unit-norm decoder rows `[d_sae, d_in]`."""
+        return self._sae.W_dec
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        """The trained SAE's pre-activations (unscaled): `[..., d_in] -> [..., d_sae]`."""
+        return self._sae.pre_activation(x)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The trained latents times their decoder norms: `[..., d_in] -> [..., d_sae]`."""
+        return self._sae.encode(x) * self.decoder_norms
+
+    def decode(self, f: Tensor) -> Tensor:
+        """`f W_dec + b_dec` with the unit-norm rows: `[..., d_sae] -> [..., d_in]`."""
+        return self._sae.decode(f)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(latents, reconstruction)`; the reconstruction equals the trained SAE's."""
+        f = self.encode(x)
+        return f, self.decode(f)
+
+    def check_input(self, x: Tensor) -> None:
+        self._sae.check_input(x)
+
+    def check_compatible(self, spec, layer: int) -> None:
+        self._sae.check_compatible(spec, layer)
+
+    def unit_norm_view(self) -> UnitNormView:
+        return self
+
+    def extra_repr(self) -> str:
+        return f"unit-norm view of {self._sae.extra_repr()}"

@@ -17,7 +17,7 @@ import torch
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json
 from reasoning_dspy.models import check_device
-from reasoning_dspy.sae.base import SAE, SAEConfig
+from reasoning_dspy.sae.base import SAE, SAEConfig, UnitNormView
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -108,6 +108,10 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
     """Write `sae` to folder `path` atomically (SAELens-loadable); returns the folder."""
     from safetensors.torch import save
 
+    if not isinstance(sae, SAE):
+        what = ("a unit-norm view (latents scaled by decoder norms), not the trained SAE"
+                if isinstance(sae, UnitNormView) else f"a {type(sae).__name__}, not an SAE")
+        raise TypeError(f"save_sae writes trained SAE weights, but got {what}; save the SAE itself")
     path = Path(path)
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
     atomic_write_bytes(path / WEIGHTS_FILE, save(tensors))

@@ -54,6 +54,8 @@ class _Step(torch.autograd.Function):
 
 @register("jumprelu")
 class JumpReLUSAE(SAE):
+    exact_fold = True  # with θ scaled too: n·z·H(n·z − n·θ) = n·z·H(z − θ)
+
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
         self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, dtype=self.W_enc.dtype))

@@ -10,6 +10,8 @@ from reasoning_dspy.sae.base import SAE, LossContext, StepOutput, register
 
 @register("relu")
 class ReLUSAE(SAE):
+    exact_fold = True  # relu(n·z) = n·relu(z) for n > 0
+
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
