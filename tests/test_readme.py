@@ -29,7 +29,9 @@ def test_readme_python_snippets_run(tmp_path):
     script = "\n\n".join(f"# --- snippet {i}\n{block}" for i, block in enumerate(python_blocks()))
     (tmp_path / "readme_snippets.py").write_text(script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(README.parent)}
-    result = subprocess.run([sys.executable, "readme_snippets.py"], cwd=tmp_path, env=env,
+    # A vocabulary that never occurs in the cache would make the scoring snippet meaningless: fail on it.
+    strict = ["-W", "error::reasoning_dspy.reasonscore.VocabularyWarning"]
+    result = subprocess.run([sys.executable, *strict, "readme_snippets.py"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     for folder in ["runs/acts", "runs/sae", "runs/scores"]:
