@@ -76,6 +76,14 @@ def check_device(device: str | torch.device) -> torch.device:
     raise ValueError(f"device type {dev.type!r} is not supported; expected cpu, cuda, cuda:N or mps")
 
 
+def kv_cache_kwarg(model: nn.Module) -> str:
+    """The keyword that passes a KV cache to this model's `forward`/`generate`: `cache` in recent
+    transformers (which deprecate `past_key_values`), `past_key_values` before that."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Return `(path, layers)` for the decoder-layer list of any supported architecture."""
     for path in LAYER_PATHS:

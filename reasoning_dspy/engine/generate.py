@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from reasoning_dspy.engine.prefix_cache import MIN_SHARED_PREFIX, PrefixCache, common_len, prefix_kv
-from reasoning_dspy.models import ModelSpec
+from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
 from reasoning_dspy.steering import ActivationReport, CaptureConfig, RowSteering, Steerer
 
 
@@ -191,7 +191,7 @@ def generate_rows(
                       capture_features=[r.capture_features for r in rows], spec=model_spec)
     with steerer:
         out = model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=gen_cfg, past_key_values=cache,
+            input_ids=ids, attention_mask=mask, generation_config=gen_cfg, **{kv_cache_kwarg(model): cache},
             logits_processor=processors, stopping_criteria=StoppingCriteriaList([stopping]),
         )
     sequences = out.sequences[:, width:].cpu()

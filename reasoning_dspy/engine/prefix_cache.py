@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from reasoning_dspy.models import ModelSpec
+from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
 from reasoning_dspy.steering import RowSteering, Steerer
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: 
             new = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
             with Steerer(model, [rows[first_row[g]].steering], sae=sae, spec=model_spec):
                 model(input_ids=new, attention_mask=torch.ones((1, len(prefix)), dtype=torch.long, device=device),
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+                      use_cache=True, logits_to_keep=1, **{kv_cache_kwarg(model): cache})
             if store is not None:
                 store.put(key, prefix, cache)
         caches.append(cache)
