@@ -86,8 +86,8 @@ def naive_scores(cache, sae, tokenizer):
     """The obvious alternative: everything in memory at once."""
     import torch
 
-    from reasoning_dspy.reasonscore import reason_score, shard_windows
-    from reasoning_dspy.vocab import Vocabulary
+    from reasoning_dspy.features.reasonscore import reason_score, shard_windows
+    from reasoning_dspy.features.vocab import Vocabulary
 
     data = cache.load()
     with torch.inference_mode():
@@ -106,7 +106,7 @@ def child(mode: str, cache_dir: str, d_sae: int) -> None:
     import torch
 
     from reasoning_dspy.activations import ActivationCache
-    from reasoning_dspy.reasonscore import score_features
+    from reasoning_dspy.features.reasonscore import score_features
     from reasoning_dspy.tiny import build_tokenizer
 
     warnings.simplefilter("ignore")

@@ -35,10 +35,10 @@ _EXPORTS: dict[str, str] = {
     "SAETrainConfig": "reasoning_dspy.sae",
     "train_sae": "reasoning_dspy.sae",
     "evaluate_sae": "reasoning_dspy.sae",
-    "Vocabulary": "reasoning_dspy.vocab",
-    "score_features": "reasoning_dspy.reasonscore",
-    "FeatureScores": "reasoning_dspy.reasonscore",
-    "analyze_features": "reasoning_dspy.analysis",
+    "Vocabulary": "reasoning_dspy.features.vocab",
+    "score_features": "reasoning_dspy.features.reasonscore",
+    "FeatureScores": "reasoning_dspy.features.reasonscore",
+    "analyze_features": "reasoning_dspy.features.analysis",
     "SteeringSpec": "reasoning_dspy.steering",
     "Steerer": "reasoning_dspy.steering",
     "steer": "reasoning_dspy.steering",
@@ -55,14 +55,15 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations, residual_at  # noqa: F401
     from reasoning_dspy.adapter import LenientChatAdapter  # noqa: F401
-    from reasoning_dspy.analysis import analyze_features  # noqa: F401
     from reasoning_dspy.engine import SteeredEngine  # noqa: F401
+    from reasoning_dspy.features.analysis import analyze_features  # noqa: F401
+    from reasoning_dspy.features.reasonscore import FeatureScores, score_features  # noqa: F401
+    from reasoning_dspy.features.vocab import Vocabulary  # noqa: F401
     from reasoning_dspy.lm import SteeredLM  # noqa: F401
     from reasoning_dspy.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
     from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
-    from reasoning_dspy.reasonscore import FeatureScores, score_features  # noqa: F401
     from reasoning_dspy.sae import (  # noqa: F401
         SAE,
         SAEConfig,
@@ -73,7 +74,6 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
         train_sae,
     )
     from reasoning_dspy.steering import Steerer, SteeringSpec, steer  # noqa: F401
-    from reasoning_dspy.vocab import Vocabulary  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

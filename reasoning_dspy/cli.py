@@ -124,11 +124,11 @@ def score(
     from pydantic import ValidationError
 
     from reasoning_dspy.activations import ActivationCache, CacheError
-    from reasoning_dspy.analysis import analyze_features, write_analysis
+    from reasoning_dspy.features.analysis import analyze_features, write_analysis
+    from reasoning_dspy.features.reasonscore import score_features
+    from reasoning_dspy.features.vocab import Vocabulary
     from reasoning_dspy.models import ModelLoadError, load_tokenizer
-    from reasoning_dspy.reasonscore import score_features
     from reasoning_dspy.sae import load_sae
-    from reasoning_dspy.vocab import Vocabulary
 
     _check_folder(out, "--out")
     if top_n is not None and top_n < 1:
@@ -256,7 +256,7 @@ def steer(
         d_sae = sae_model.d_sae
         ranking = None
         if scores is not None:
-            from reasoning_dspy.reasonscore import FeatureScores
+            from reasoning_dspy.features.reasonscore import FeatureScores
 
             ranking = FeatureScores.load(scores)
             if ranking.d_sae != d_sae:

@@ -87,8 +87,8 @@ def stage_score(state: DemoState) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from reasoning_dspy.analysis import analyze_features, write_analysis
-    from reasoning_dspy.reasonscore import VocabularyWarning, score_features
+    from reasoning_dspy.features.analysis import analyze_features, write_analysis
+    from reasoning_dspy.features.reasonscore import VocabularyWarning, score_features
 
     sae = state.extras.get("sae")
     if sae is None:

@@ -311,7 +311,7 @@ def summarize_latents(
     latents: Tensor, cfg: CaptureConfig, features: Sequence[int] = (), n_features: int = 10
 ) -> ActivationReport:
     """An `ActivationReport` from full latents `[n_tokens, d_sae]` (the reference the capture matches)."""
-    from reasoning_dspy.reasonscore import feature_set_activation, topk_activation_mean
+    from reasoning_dspy.features.reasonscore import feature_set_activation, topk_activation_mean
 
     n = latents.shape[0]
     mean = latents.float().mean(0) if n else torch.zeros(latents.shape[-1])

@@ -10,10 +10,10 @@ import torch
 from test_reasonscore_synthetic import EVERYWHERE, WAIT_ONLY, WINDOW, planted_cache, planted_sae
 from typer.testing import CliRunner
 
-from reasoning_dspy.analysis import analyze_features, write_analysis
-from reasoning_dspy.reasonscore import FeatureScores, score_features
+from reasoning_dspy.features.analysis import analyze_features, write_analysis
+from reasoning_dspy.features.reasonscore import FeatureScores, score_features
+from reasoning_dspy.features.vocab import token_pieces
 from reasoning_dspy.sae import save_sae
-from reasoning_dspy.vocab import token_pieces
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def env(tiny, tiny_cache, tmp_path_factory):
     from safetensors.torch import save_file
 
     from reasoning_dspy.activations import extract_activations
-    from reasoning_dspy.reasonscore import VocabularyWarning, score_features
+    from reasoning_dspy.features.reasonscore import VocabularyWarning, score_features
     from reasoning_dspy.sae import SAE, SAEConfig, SAETrainConfig, save_sae, train_sae
 
     root = tmp_path_factory.mktemp("bad_input")
@@ -284,20 +284,20 @@ def _load_prompts_binary(env):
 
 
 def _vocabulary_binary(env):
-    from reasoning_dspy.vocab import Vocabulary
+    from reasoning_dspy.features.vocab import Vocabulary
 
     Vocabulary.from_file(env.root / "binary_vocab.txt")
 
 
 def _score_alpha_nan(env):
-    from reasoning_dspy.reasonscore import score_features
+    from reasoning_dspy.features.reasonscore import score_features
 
     score_features(env.tiny_cache, env.sae, tokenizer=env.tiny.tokenizer, alpha=math.nan, progress=False)
 
 
 def _score_layer_mismatch(env):
     from reasoning_dspy.activations import ActivationCache
-    from reasoning_dspy.reasonscore import score_features
+    from reasoning_dspy.features.reasonscore import score_features
 
     score_features(ActivationCache(env.cache_l1), env.sae, tokenizer=env.tiny.tokenizer, progress=False)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reasoning_dspy.demo import STEER_PROMPTS, run_demo
-from reasoning_dspy.reasonscore import FeatureScores
+from reasoning_dspy.features.reasonscore import FeatureScores
 from reasoning_dspy.sae import load_sae
 
 

@@ -30,7 +30,7 @@ def test_readme_python_snippets_run(tmp_path):
     (tmp_path / "readme_snippets.py").write_text(script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(README.parent)}
     # A vocabulary that never occurs in the cache would make the scoring snippet meaningless: fail on it.
-    strict = ["-W", "error::reasoning_dspy.reasonscore.VocabularyWarning"]
+    strict = ["-W", "error::reasoning_dspy.features.reasonscore.VocabularyWarning"]
     result = subprocess.run([sys.executable, *strict, "readme_snippets.py"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

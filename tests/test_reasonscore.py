@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning_dspy.reasonscore import (
+from reasoning_dspy.features.reasonscore import (
     FeatureScores,
     ReasonScoreAccumulator,
     VocabularyWarning,
@@ -21,8 +21,8 @@ from reasoning_dspy.reasonscore import (
     topk_activation_mean,
     window_mask,
 )
+from reasoning_dspy.features.vocab import REASONING_WORDS, Vocabulary, token_pieces
 from reasoning_dspy.sae import SAE, SAEConfig
-from reasoning_dspy.vocab import REASONING_WORDS, Vocabulary, token_pieces
 
 #: The paper's `extraction/reason_tokens.json` (AIRI-Institute/SAE-Reasoning), verbatim and in order.
 OFFICIAL_REASON_TOKENS = [

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from reasoning_dspy.activations import ActivationCache, CacheManifest, ShardInfo
-from reasoning_dspy.reasonscore import FeatureScores, score_features
+from reasoning_dspy.features.reasonscore import FeatureScores, score_features
+from reasoning_dspy.features.vocab import REASONING_WORDS, Vocabulary
 from reasoning_dspy.sae import SAE, SAEConfig
-from reasoning_dspy.vocab import REASONING_WORDS, Vocabulary
 
 FILLER = "the cat sat on a mat we add two numbers and get ten so it is done here now".split()
 D_IN = 16
@@ -87,7 +87,7 @@ def tokenize_like_cache(tokenizer, prompts: list[str]):
 def planted_cache(path: Path, tokenizer, *, n_prompts: int = 48, prompts_per_shard: int = 5) -> ActivationCache:
     """Noise activations plus a direction per planted feature: e0 on every reasoning-word window,
     e1 (strongly) on `wait` windows only, e2 on every token."""
-    from reasoning_dspy.reasonscore import shard_windows
+    from reasoning_dspy.features.reasonscore import shard_windows
 
     prompts = synthetic_prompts(n_prompts)
     ids, seqs, pos = tokenize_like_cache(tokenizer, prompts)

@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture(scope="module")
 def trained(tiny, tiny_cache, tmp_path_factory):
     """A small TopK SAE trained on the layer-2 cache, and its ReasonScore folder."""
-    from reasoning_dspy.reasonscore import VocabularyWarning, score_features
+    from reasoning_dspy.features.reasonscore import VocabularyWarning, score_features
     from reasoning_dspy.sae import SAETrainConfig, train_sae
 
     root = tmp_path_factory.mktemp("steer_cli")

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reasoning_dspy.features.reasonscore import FeatureScores, check_compatible, iter_encoded_shards
+from reasoning_dspy.features.vocab import token_pieces
 from reasoning_dspy.models import load_tokenizer
-from reasoning_dspy.reasonscore import FeatureScores, check_compatible, iter_encoded_shards
-from reasoning_dspy.vocab import token_pieces
 
 
 @dataclass

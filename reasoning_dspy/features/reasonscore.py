@@ -1,7 +1,7 @@
 """ReasonScore (Galichin et al. 2025): rank SAE features by how specifically they fire around
 reasoning words, streaming over an activation cache.
 
-For feature i, with R the vocabulary's word groups (`reasoning_dspy.vocab`; by default the paper's
+For feature i, with R the vocabulary's word groups (`reasoning_dspy.features.vocab`; by default the paper's
 official spellings, matched as exact token-id sequences) and each occurrence of a word widened to
 the window of tokens `[p − left, p + right]` of its prompt:
 
@@ -54,8 +54,8 @@ import torch
 from torch import Tensor
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reasoning_dspy.features.vocab import VocabMatcher, Vocabulary
 from reasoning_dspy.models import load_tokenizer
-from reasoning_dspy.vocab import VocabMatcher, Vocabulary
 
 SCORES_FILE = "scores.safetensors"
 FEATURES_JSON = "features.json"
