@@ -21,9 +21,10 @@ from torch import nn
 
 from reasoning_dspy.engine.state import EngineSources
 from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, SteeredEngine
+from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import LoadedModel, model_spec
 from reasoning_dspy.sae import SAE
-from reasoning_dspy.steering import ActivationReport, SteeringSpec, as_spec
+from reasoning_dspy.steering import SteeringSpec, as_spec
 
 
 def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns

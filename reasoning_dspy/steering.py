@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
+from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import ModelSpec, layer_output, model_spec, replace_layer_output
 from reasoning_dspy.sae import SAE
 
@@ -276,27 +277,8 @@ class CaptureConfig:
 
     sae: SAE  # its unit-norm view (SAE.unit_norm_view()), the units of f_max
     layer: int
-    k: int = 10  # top-k |f| mean (the seed's prompt score)
+    k: int = 10  # k of the top-k |f| mean (features.activation.topk_activation_mean)
     top: int = 32  # strongest latents kept per token, for "top features"
-
-
-@dataclass
-class ActivationReport:
-    """Reasoning activation of one generated response (JSON-ready via `to_dict`)."""
-
-    n_tokens: int
-    topk_mean: float  # mean of the k largest latents over the response (reasonscore.topk_activation_mean)
-    features_mean: float | None  # mean activation of the chosen reasoning features, if any
-    top_features: list[tuple[int, float]]  # (feature, mean activation over the response), strongest first
-
-    def to_dict(self) -> dict:
-        return {"n_tokens": self.n_tokens, "topk_mean": self.topk_mean, "features_mean": self.features_mean,
-                "top_features": [[int(i), float(v)] for i, v in self.top_features]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ActivationReport:
-        return cls(int(data["n_tokens"]), float(data["topk_mean"]), data.get("features_mean"),
-                   [(int(i), float(v)) for i, v in data.get("top_features", [])])
 
 
 @dataclass
@@ -305,23 +287,6 @@ class _CaptureBuffer:
     steps_feat: list[Tensor] = field(default_factory=list)  # each [B]
     steps_top_vals: list[Tensor] = field(default_factory=list)  # each [B, top]
     steps_top_idx: list[Tensor] = field(default_factory=list)  # each [B, top]
-
-
-def summarize_latents(
-    latents: Tensor, cfg: CaptureConfig, features: Sequence[int] = (), n_features: int = 10
-) -> ActivationReport:
-    """An `ActivationReport` from full latents `[n_tokens, d_sae]` (the reference the capture matches)."""
-    from reasoning_dspy.features.reasonscore import feature_set_activation, topk_activation_mean
-
-    n = latents.shape[0]
-    mean = latents.float().mean(0) if n else torch.zeros(latents.shape[-1])
-    vals, idx = mean.topk(min(n_features, mean.numel()))
-    return ActivationReport(
-        n_tokens=n,
-        topk_mean=topk_activation_mean(latents, cfg.k),
-        features_mean=feature_set_activation(latents, list(features)) if features else None,
-        top_features=[(int(i), float(v)) for i, v in zip(idx, vals, strict=True) if v > 0],
-    )
 
 
 # -- hooks ----------------------------------------------------------------------------------

@@ -414,8 +414,8 @@ def test_engine_reads_a_topk_sae_as_trained(tiny):
     """The engine's reasoning activation comes from the k latents the TopK SAE was trained to pick,
     in unit-norm-decoder units, even when its decoder rows have different norms."""
     from reasoning_dspy.activations import residual_at
+    from reasoning_dspy.features.activation import summarize_latents
     from reasoning_dspy.sae import SAE, SAEConfig
-    from reasoning_dspy.steering import CaptureConfig, summarize_latents
 
     torch.manual_seed(0)
     sae = SAE.from_config(SAEConfig(architecture="topk", k=8, d_in=64, d_sae=128, hook_layer=2,
@@ -433,7 +433,7 @@ def test_engine_reads_a_topk_sae_as_trained(tiny):
     keep = ~torch.isin(ids[0], torch.tensor(sorted(set(tiny.tokenizer.all_special_ids))))
     with torch.no_grad():
         latents = sae.encode(residual_at(tiny.model, 2, ids)[0][keep]) * norms
-    ref = summarize_latents(latents, CaptureConfig(sae, 2, k=eng.capture_k))
+    ref = summarize_latents(latents, eng.capture_k)
     assert report.n_tokens == int(keep.sum())
     assert report.topk_mean == pytest.approx(ref.topk_mean, rel=1e-5)
     assert [i for i, _ in report.top_features] == [i for i, _ in ref.top_features]

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from reasoning_dspy.features.activation import feature_set_activation, topk_activation_mean
 from reasoning_dspy.features.reasonscore import (
     FeatureScores,
     ReasonScoreAccumulator,
     VocabularyWarning,
-    feature_set_activation,
     score_features,
     select_features,
-    topk_activation_mean,
     window_mask,
 )
 from reasoning_dspy.features.vocab import REASONING_WORDS, Vocabulary, token_pieces
@@ -576,7 +575,7 @@ def test_entropy_normaliser_over_listed_or_seen_groups(traces_cache, relu_sae, t
                        progress=False)
 
 
-# -- prompt-level scores ---------------------------------------------------------------------------
+# -- prompt-level activation (features/activation.py) ---------------------------------------------------------------------------
 def test_prompt_level_scores():
     lat = torch.tensor([[0.0, -3.0, 1.0], [2.0, 0.5, 0.0]])
     assert topk_activation_mean(lat, k=2) == pytest.approx(2.5)  # |−3| and 2

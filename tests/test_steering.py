@@ -7,6 +7,7 @@ import torch
 
 from reasoning_dspy.activations import extract_activations, residual_at
 from reasoning_dspy.engine import GenRow, generate_rows
+from reasoning_dspy.features.activation import summarize_latents
 from reasoning_dspy.steering import (
     CaptureConfig,
     Steerer,
@@ -18,7 +19,6 @@ from reasoning_dspy.steering import (
     load_max_activation,
     resolve,
     steer,
-    summarize_latents,
 )
 
 LAYER = 2
@@ -189,7 +189,7 @@ def test_capture_matches_a_second_pass(tiny, steer_sae):
     full = torch.tensor([prompt + res.token_ids])
     acts = residual_at(tiny.model, LAYER, full)[0]
     latents = view.encode(acts[len(prompt) - 1 : len(prompt) - 1 + n]).detach()
-    ref = summarize_latents(latents, cfg, feats)
+    ref = summarize_latents(latents, cfg.k, feats)
     assert res.report.n_tokens == n == 7
     assert res.report.topk_mean == pytest.approx(ref.topk_mean, rel=1e-4)
     assert res.report.features_mean == pytest.approx(ref.features_mean, rel=1e-4, abs=1e-6)

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from reasoning_dspy.engine.prefix_cache import MIN_SHARED_PREFIX, PrefixCache, common_len, prefix_kv
+from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
-from reasoning_dspy.steering import ActivationReport, CaptureConfig, RowSteering, Steerer
+from reasoning_dspy.steering import CaptureConfig, RowSteering, Steerer
 
 
 @dataclass

@@ -26,15 +26,9 @@ from torch import Tensor, nn
 
 from reasoning_dspy.activations import residual_at
 from reasoning_dspy.engine.generate import GenRow
+from reasoning_dspy.features.activation import ActivationReport, summarize_latents
 from reasoning_dspy.models import ModelSpec
-from reasoning_dspy.steering import (
-    ActivationReport,
-    CaptureConfig,
-    RowSteering,
-    Steerer,
-    SteeringSpec,
-    summarize_latents,
-)
+from reasoning_dspy.steering import CaptureConfig, RowSteering, Steerer, SteeringSpec
 
 
 @dataclass
@@ -88,7 +82,7 @@ def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureCo
     steerer = Steerer(model, [job.steering], sae=capture.sae, spec=model_spec) if job.steering is not None else None
     acts = residual_at(model, capture.layer, ids, spec=model_spec, hooks=steerer)[0, job.start:]
     latents: Tensor = capture.sae.encode(acts.to(capture.sae.W_enc.dtype))
-    return summarize_latents(latents, capture, job.features)
+    return summarize_latents(latents, capture.k, job.features)
 
 
 class ReportStore:

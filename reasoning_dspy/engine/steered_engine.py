@@ -41,10 +41,10 @@ from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
 from reasoning_dspy.engine.prefix_cache import PrefixCache
 from reasoning_dspy.engine.requests import render_chat, request_messages, text_messages
 from reasoning_dspy.engine.state import LIVE_ENGINES, EngineSources, dump_engine_state, load_engine_state
+from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import model_spec
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import (
-    ActivationReport,
     CaptureConfig,
     SteeringError,
     SteeringSpec,

@@ -80,24 +80,6 @@ def check_entropy_norm(entropy_norm: str) -> str:
     return entropy_norm
 
 
-# -- prompt-level scores (stable API) -------------------------------------------------------------
-def topk_activation_mean(latents: Tensor, k: int = 10) -> float:
-    """Mean of the k largest |latent| values over a prompt's tokens (the seed's
-    `compute_topk_activations_mean`): `latents [n_tokens, d_sae]`. 0.0 for an empty prompt."""
-    flat = latents.detach().abs().flatten()
-    if flat.numel() == 0:
-        return 0.0
-    return float(flat.topk(min(k, flat.numel())).values.float().mean())
-
-
-def feature_set_activation(latents: Tensor, features: Sequence[int]) -> float:
-    """Mean activation of the chosen `features` over a prompt's tokens: `latents [n_tokens, d_sae]`."""
-    if latents.numel() == 0 or len(features) == 0:
-        return 0.0
-    idx = torch.as_tensor(list(features), dtype=torch.long, device=latents.device)
-    return float(latents.detach().index_select(-1, idx).float().mean())
-
-
 # -- windows --------------------------------------------------------------------------------------
 def window_mask(
     first: np.ndarray,
