@@ -93,8 +93,8 @@ def main() -> None:
           f"max_tokens {args.max_tokens}, greedy, prefix cache {args.prefix_cache_size}")
     for name in args.models:
         loaded = load_model(name, dtype=CASES[name])
-        d = loaded.spec.d_model
-        print(f"\n== {name} ({CASES[name]}, {loaded.spec.n_layers} layers, d_model {d}) ==")
+        d = loaded.model_spec.d_model
+        print(f"\n== {name} ({CASES[name]}, {loaded.model_spec.n_layers} layers, d_model {d}) ==")
         results = {}
         n_single = min(len(devset), args.sequential_examples or len(devset))
         runs = [("micro-batched", 16, devset), ("one at a time", 1, devset[:n_single])]
@@ -109,7 +109,7 @@ def main() -> None:
         print(f"micro-batched / one-at-a-time throughput: {results['micro-batched'] / results['one at a time']:.2f}x")
 
         # steering cost: one batch of 16 rows, unsteered vs steered (add / clamp), same engine
-        layer = loaded.spec.n_layers // 3
+        layer = loaded.model_spec.n_layers // 3
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             sae = SAE.from_config(SAEConfig(architecture="relu", d_in=d, d_sae=4 * d, hook_layer=layer,

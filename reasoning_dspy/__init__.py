@@ -4,7 +4,7 @@ The pipeline, one import each (loaded lazily, so `import reasoning_dspy` stays f
 models → activations → sae → reasonscore → steering → lm (a `dspy.LM`) → modules / metrics.
 
     >>> from reasoning_dspy import load_model, load_prompts, extract_activations
-    >>> model, tokenizer, spec = load_model("tiny-random")          # or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    >>> model, tokenizer, model_spec = load_model("tiny-random")    # or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
     >>> cache = extract_activations(model, tokenizer, load_prompts("bundled"), layer=2, out_dir="runs/acts")
 """
 

@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from reasoning_dspy.models import ModelSpec, layer_output, model_spec, resolve_dtype
+from reasoning_dspy.models import ModelSpec, layer_output, resolve_dtype
+from reasoning_dspy.models import model_spec as get_model_spec
 
 MANIFEST = "manifest.json"
 PROMPTS = "prompts.jsonl"
@@ -97,7 +98,7 @@ def residual_at(
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     *,
-    spec: ModelSpec | None = None,
+    model_spec: ModelSpec | None = None,
     hooks: AbstractContextManager | None = None,
 ) -> Tensor:
     """Residual stream after decoder layer `layer`: `[batch, seq, d_model]`, equal to
@@ -105,8 +106,8 @@ def residual_at(
 
     `hooks` (e.g. a `Steerer`) is entered once the recording hook is in place, so hooks on earlier
     layers act on the forward while the residual is read before any hook of its own at `layer`."""
-    spec = spec or model_spec(model)
-    with stop_after(spec.layer(layer)) as box, hooks or nullcontext():
+    model_spec = model_spec or get_model_spec(model)
+    with stop_after(model_spec.layer(layer)) as box, hooks or nullcontext():
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:
@@ -140,14 +141,14 @@ def iter_residuals(
     batch_size: int = 16,
     max_length: int = 256,
     keep_special_tokens: bool = False,
-    spec: ModelSpec | None = None,
+    model_spec: ModelSpec | None = None,
 ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
     """Per batch of prompts from index `start` on: `(batch_start, batch_end, tokens)`, where `tokens`
     holds the kept tokens' `acts [n, d_model]` (model dtype and device), `token_ids`, `seq_ids`
     (prompt index) and `positions`. The one place that decides which tokens count: right padding
     (each row keeps its own positions), pads never kept, BOS/EOS/pad dropped unless
     `keep_special_tokens`. The cache writer and f_max estimation both read activations through it."""
-    spec = spec or model_spec(model)
+    model_spec = model_spec or get_model_spec(model)
     special = torch.tensor(
         sorted({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}), dtype=torch.long
     )
@@ -155,7 +156,7 @@ def iter_residuals(
     for s in range(start, len(prompts), batch_size):
         rows = tokenizer(list(prompts[s : s + batch_size]), truncation=True, max_length=max_length)["input_ids"]
         ids, mask = pad_right(rows, tokenizer.pad_token_id)
-        acts = residual_at(model, layer, ids.to(device), mask.to(device), spec=spec)  # [B, T, d]
+        acts = residual_at(model, layer, ids.to(device), mask.to(device), model_spec=model_spec)  # [B, T, d]
         keep = mask.bool()
         if not keep_special_tokens:
             keep &= ~torch.isin(ids, special)
@@ -198,7 +199,7 @@ def extract_activations(
     if batch_size < 1 or max_length < 1 or shard_tokens < 1:
         raise ValueError(f"batch_size, max_length and shard_tokens must be positive, got batch_size={batch_size}, "
                          f"max_length={max_length}, shard_tokens={shard_tokens}")
-    spec = model_spec(model, model_name)
+    spec = get_model_spec(model, model_name)
     layer = spec.check_layer(layer)
     storage_dtype = resolve_dtype(dtype)
     out = Path(out_dir)
@@ -228,7 +229,7 @@ def extract_activations(
                disable=not progress)
     for start, end, tokens in iter_residuals(model, tokenizer, prompts, layer, start=shard_start,
                                              batch_size=batch_size, max_length=max_length,
-                                             keep_special_tokens=keep_special_tokens, spec=spec):
+                                             keep_special_tokens=keep_special_tokens, model_spec=spec):
         tokens["acts"] = tokens["acts"].to("cpu", storage_dtype)
         buffer.append(tokens)
         buffered += len(tokens["token_ids"])

@@ -37,8 +37,8 @@ def stage_extract(state: DemoState) -> None:
     # that ReasonScore looks for (prompts alone rarely contain them).
     half = max(1, state.limit // 2)
     state.prompts = load_prompts("bundled", limit=half) + load_prompts("bundled-traces", limit=state.limit - half)
-    spec = state.loaded.spec
-    console.print(f"model [bold]{spec.name}[/]: {spec.n_layers} layers, d_model {spec.d_model}, "
+    model_spec = state.loaded.model_spec
+    console.print(f"model [bold]{model_spec.name}[/]: {model_spec.n_layers} layers, d_model {model_spec.d_model}, "
                   f"vocab {len(state.loaded.tokenizer)}")
 
     def extract(overwrite: bool = False):
@@ -137,11 +137,11 @@ def stage_steer(state: DemoState) -> None:
     from reasoning_dspy.sae import SAE, SAEConfig
     from reasoning_dspy.steering import SteeringSpec, estimate_max_activation
 
-    model, tokenizer, spec = state.loaded
+    model, tokenizer, model_spec = state.loaded
     sae, scores = state.extras.get("sae"), state.extras.get("scores")
     if sae is None:
         console.print("[yellow]no trained SAE in this run: steering with a random one (directions are arbitrary)[/]")
-        sae = SAE.from_config(SAEConfig(architecture="relu", d_in=spec.d_model, d_sae=4 * spec.d_model))
+        sae = SAE.from_config(SAEConfig(architecture="relu", d_in=model_spec.d_model, d_sae=4 * model_spec.d_model))
     if sae.cfg.hook_layer is None:
         sae = copy.deepcopy(sae)
         sae.cfg = sae.cfg.model_copy(update={"hook_layer": state.layer})

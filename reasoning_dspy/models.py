@@ -150,14 +150,23 @@ def model_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
 
 @dataclass
 class LoadedModel:
-    """A model, its tokenizer and its spec; unpacks as `model, tokenizer, spec = load_model(...)`."""
+    """A model, its tokenizer and its `ModelSpec`; unpacks as
+    `model, tokenizer, model_spec = load_model(...)`."""
 
     model: nn.Module
     tokenizer: Any
-    spec: ModelSpec
+    model_spec: ModelSpec
 
     def __iter__(self):
-        return iter((self.model, self.tokenizer, self.spec))
+        return iter((self.model, self.tokenizer, self.model_spec))
+
+    @property
+    def spec(self) -> ModelSpec:
+        """Deprecated name of `model_spec`."""
+        import warnings
+
+        warnings.warn("LoadedModel.spec is deprecated; use .model_spec", DeprecationWarning, stacklevel=2)
+        return self.model_spec
 
 
 def load_model(

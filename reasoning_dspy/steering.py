@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor, nn
 
 from reasoning_dspy.features.activation import ActivationReport
-from reasoning_dspy.models import ModelSpec, layer_output, model_spec, replace_layer_output
+from reasoning_dspy.models import ModelSpec, layer_output, replace_layer_output
+from reasoning_dspy.models import model_spec as get_model_spec
 from reasoning_dspy.sae import SAE
 
 
@@ -318,10 +319,10 @@ class Steerer:
         sae: SAE | None = None,
         capture: CaptureConfig | None = None,
         capture_features: Sequence[Sequence[int]] | None = None,
-        spec: ModelSpec | None = None,
+        model_spec: ModelSpec | None = None,
     ):
         self.model = model
-        self.spec = spec or model_spec(model)
+        self.model_spec = model_spec or get_model_spec(model)
         self.rows = list(rows)
         self.sae = sae
         self.capture = capture
@@ -351,7 +352,7 @@ class Steerer:
         return torch.tensor(union, dtype=torch.long), weights
 
     def _build_plans(self) -> dict[int, _LayerPlan]:
-        batch, d = len(self.rows), self.spec.d_model
+        batch, d = len(self.rows), self.model_spec.d_model
         plans: dict[int, _LayerPlan] = {}
         for b, row in enumerate(self.rows):
             if row is None:
@@ -376,17 +377,17 @@ class Steerer:
                     plan.clamp_targets[b, pos[f]] = t
                     plan.clamp_mask[b, pos[f]] = 1.0
         if self.capture is not None:
-            plans.setdefault(self.spec.check_layer(self.capture.layer), _LayerPlan())
+            plans.setdefault(self.model_spec.check_layer(self.capture.layer), _LayerPlan())
         return plans
 
     # -- context manager --------------------------------------------------------------------
     def __enter__(self) -> Steerer:
         try:
             for layer, plan in self._plans.items():
-                device = next(self.spec.layer(layer).parameters()).device
+                device = next(self.model_spec.layer(layer).parameters()).device
                 plan = _to_device(plan, device)
                 self._plans[layer] = plan
-                self._handles.append(self.spec.layer(layer).register_forward_hook(self._make_hook(layer, plan)))
+                self._handles.append(self.model_spec.layer(layer).register_forward_hook(self._make_hook(layer, plan)))
         except BaseException:
             self._remove()
             raise
@@ -405,7 +406,7 @@ class Steerer:
 
     # -- the hook ---------------------------------------------------------------------------
     def _make_hook(self, layer: int, plan: _LayerPlan):
-        capture = self.capture if self.capture is not None and self.capture.layer % self.spec.n_layers == layer else None
+        capture = self.capture if self.capture is not None and self.capture.layer % self.model_spec.n_layers == layer else None
         sae = self.sae
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -489,8 +490,8 @@ def steer(
     `sae` is the trained SAE; it is read through its unit-norm view here so `max_activation`
     (ReasonScore's, in unit-norm-decoder units) and the decoder directions agree.
     """
-    mspec = model_spec(model)
+    mspec = get_model_spec(model)
     view = sae.unit_norm_view() if sae is not None else None
     fmax = load_max_activation(max_activation, sae.d_sae) if max_activation is not None and sae is not None else None
     row = resolve(spec, d_model=mspec.d_model, n_layers=mspec.n_layers, sae=view, max_activation=fmax)
-    return Steerer(model, [row] * batch_size, sae=view, spec=mspec)
+    return Steerer(model, [row] * batch_size, sae=view, model_spec=mspec)

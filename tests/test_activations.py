@@ -90,7 +90,7 @@ def test_interrupted_run_resumes_to_identical_cache(tiny, bundled_prompts, tmp_p
         if calls["n"] == 5:
             raise KeyboardInterrupt("simulated kill during batch 5")
 
-    handle = tiny.spec.layers[0].register_forward_hook(crash)
+    handle = tiny.model_spec.layers[0].register_forward_hook(crash)
     try:
         with pytest.raises(KeyboardInterrupt):
             _extract(tiny, prompts, tmp_path / "resumed")

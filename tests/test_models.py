@@ -33,7 +33,7 @@ def test_tokenizer_has_leading_space_variants_of_reasoning_words(tiny):
 
 
 def test_layer_lookup_and_range_errors(tiny):
-    spec = tiny.spec
+    spec = tiny.model_spec
     assert spec.layer(-1) is spec.layers[3]
     with pytest.raises(IndexError, match="out of range.*4 decoder layers"):
         spec.layer(4)
@@ -69,3 +69,11 @@ def test_offline_names_listed():
 def test_bad_dtype():
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model("tiny-random", dtype="float8")
+
+
+def test_loaded_model_spec_has_one_name(tiny):
+    """`model_spec` is the ModelSpec; the old `spec` name still works, with a deprecation warning."""
+    model, tokenizer, model_spec = tiny
+    assert model_spec is tiny.model_spec and model_spec.d_model == 64
+    with pytest.warns(DeprecationWarning, match="model_spec"):
+        assert tiny.spec is tiny.model_spec

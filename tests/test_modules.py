@@ -11,6 +11,7 @@ from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.lm import SteeredLM, engine_of
 from reasoning_dspy.modules import SAESteeringModule
 from reasoning_dspy.sae import SAE, SAEConfig
+from reasoning_dspy.steering import SteeringSpec
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,10 @@ def test_derived_lms_belong_to_their_lm(tiny, steer_sae, steer_fmax):
     gc.collect()
     assert len(module._derived) == 0
     run(5)
+
+
+def test_steering_property_and_its_deprecated_name(steer_sae):
+    module = SAESteeringModule(sae=steer_sae, features=[5, 40], strength=3.0, mode="clamp")
+    assert module.steering == SteeringSpec(features={5: 3.0, 40: 3.0}, mode="clamp")
+    with pytest.warns(DeprecationWarning, match="steering"):
+        assert module.spec == module.steering

@@ -25,7 +25,7 @@ LAYER = 2
 
 
 def _resolve(spec, tiny, sae, fmax):
-    return resolve(spec, d_model=tiny.spec.d_model, n_layers=tiny.spec.n_layers, sae=sae.unit_norm_view(),
+    return resolve(spec, d_model=tiny.model_spec.d_model, n_layers=tiny.model_spec.n_layers, sae=sae.unit_norm_view(),
                    max_activation=fmax)
 
 
@@ -36,7 +36,7 @@ def _ids(tiny, text="Wait, let me think about this. Therefore the answer is"):
 def _record_layer_outputs(tiny, layer=LAYER):
     """Register a hook *after* the steerer's, so it sees the steered output of every forward."""
     seen = []
-    handle = tiny.spec.layer(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    handle = tiny.model_spec.layer(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
     return seen, handle
 
 
@@ -157,7 +157,7 @@ def test_batched_rows_generate_like_single_rows(tiny, steer_sae, steer_fmax):
 # -- hook hygiene -------------------------------------------------------------------------------
 
 def test_hooks_removed_on_exit_and_on_exception(tiny, steer_sae, steer_fmax):
-    layer = tiny.spec.layer(LAYER)
+    layer = tiny.model_spec.layer(LAYER)
     before = len(layer._forward_hooks)
     spec = SteeringSpec(features={3: 1.0})
     with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax) as s:
@@ -308,6 +308,6 @@ def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
     unit_rows = sae.W_dec.detach()[idx] / norms[idx, None]
     expected = (2.0 * fmax[idx] - trained[:, idx] * norms[idx]) @ unit_rows
     torch.testing.assert_close(seen[0][0] - clean, expected, atol=2e-5, rtol=1e-4)
-    add = resolve(SteeringSpec(features=features), d_model=64, n_layers=tiny.spec.n_layers,
+    add = resolve(SteeringSpec(features=features), d_model=64, n_layers=tiny.model_spec.n_layers,
                   sae=sae.unit_norm_view(), max_activation=fmax)
     torch.testing.assert_close(add.add, 2.0 * fmax[idx] @ unit_rows)

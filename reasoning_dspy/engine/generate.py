@@ -189,7 +189,7 @@ def generate_rows(
     stopping = _RowStopping(rows, width, tokenizer)
     want_capture = capture if any(r.capture for r in rows) else None
     steerer = Steerer(model, [r.steering for r in rows], sae=sae, capture=want_capture,
-                      capture_features=[r.capture_features for r in rows], spec=model_spec)
+                      capture_features=[r.capture_features for r in rows], model_spec=model_spec)
     with steerer:
         out = model.generate(
             input_ids=ids, attention_mask=mask, generation_config=gen_cfg, **{kv_cache_kwarg(model): cache},

@@ -79,8 +79,8 @@ def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureCo
         return ActivationReport(0, 0.0, 0.0 if job.features else None, [])
     device = next(model.parameters()).device
     ids = torch.tensor([job.token_ids], dtype=torch.long, device=device)
-    steerer = Steerer(model, [job.steering], sae=capture.sae, spec=model_spec) if job.steering is not None else None
-    acts = residual_at(model, capture.layer, ids, spec=model_spec, hooks=steerer)[0, job.start:]
+    steerer = Steerer(model, [job.steering], sae=capture.sae, model_spec=model_spec) if job.steering is not None else None
+    acts = residual_at(model, capture.layer, ids, model_spec=model_spec, hooks=steerer)[0, job.start:]
     latents: Tensor = capture.sae.encode(acts.to(capture.sae.W_enc.dtype))
     return summarize_latents(latents, capture.k, job.features)
 

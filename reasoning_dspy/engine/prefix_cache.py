@@ -116,7 +116,7 @@ def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: 
         if start < len(prefix):
             cache = cache if cache is not None else DynamicCache(config=model.config)
             new = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
-            with Steerer(model, [rows[first_row[g]].steering], sae=sae, spec=model_spec):
+            with Steerer(model, [rows[first_row[g]].steering], sae=sae, model_spec=model_spec):
                 model(input_ids=new, attention_mask=torch.ones((1, len(prefix)), dtype=torch.long, device=device),
                       use_cache=True, logits_to_keep=1, **{kv_cache_kwarg(model): cache})
             if store is not None:

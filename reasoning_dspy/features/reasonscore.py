@@ -441,7 +441,7 @@ def score_features(
     top_n: int | None = None,
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
-    fold: bool = True,
+    unit_norm_decoder: bool = True,
     progress: bool = True,
     entropy_norm: EntropyNorm = "all",
 ) -> FeatureScores:
@@ -449,9 +449,9 @@ def score_features(
 
     `vocab` defaults to the paper's official spellings (`Vocabulary.default()`); `tokenizer` to the
     tokenizer of the model named in the cache. `entropy_norm="all"` divides the entropy by log|R|
-    over every listed group (the paper's), `"seen"` over the groups found in the data. `fold=True`
+    over every listed group (the paper's), `"seen"` over the groups found in the data. `unit_norm_decoder=True`
     reads latents in unit-norm-decoder units (`SAE.unit_norm_view()`: the trained latents times
-    ‖W_dec,i‖, TopK's choice unchanged); `fold=False` reads the SAE's raw latents.
+    ‖W_dec,i‖, TopK's choice unchanged); `unit_norm_decoder=False` reads the SAE's raw latents.
     """
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
@@ -465,7 +465,7 @@ def score_features(
     if tokenizer is None and vocab.mode != "token_ids":
         tokenizer = load_tokenizer(cache.model_name)
     matcher = VocabMatcher(vocab, tokenizer)
-    enc = (sae.unit_norm_view() if fold else sae).to(device).eval()
+    enc = (sae.unit_norm_view() if unit_norm_decoder else sae).to(device).eval()
     acc = ReasonScoreAccumulator(sae.cfg.d_sae, len(matcher.groups))
     for shard, batches in iter_encoded_shards(cache, enc, batch_size=batch_size, device=device,
                                               progress=progress, desc="ReasonScore"):
@@ -473,7 +473,7 @@ def score_features(
         for s, latents in batches:
             acc.update(latents, window[s : s + len(latents)])
     settings = {
-        "left": left, "right": right, "unit_norm_decoder": fold, "vocabulary": vocab.model_dump(),
+        "left": left, "right": right, "unit_norm_decoder": unit_norm_decoder, "vocabulary": vocab.model_dump(),
         "match": vocab.mode, "model": cache.model_name, "layer": cache.layer,
         "cache": str(cache.path), "sae": sae.cfg.model_dump(),
     }
