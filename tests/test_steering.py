@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -33,11 +35,23 @@ def _ids(tiny, text="Wait, let me think about this. Therefore the answer is"):
     return tiny.tokenizer(text, return_tensors="pt")["input_ids"]
 
 
-def _record_layer_outputs(tiny, layer=LAYER):
-    """Register a hook *after* the steerer's, so it sees the steered output of every forward."""
+@contextmanager
+def _layer_outputs(tiny, layer=LAYER):
+    """Record the output of `layer` in every forward inside the block. Entered inside a steerer, its
+    hook comes after the steerer's, so it sees the steered output."""
     seen = []
     handle = tiny.model_spec.layer(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
-    return seen, handle
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _steered_forward(tiny, ids):
+    """Layer outputs of one plain forward over `ids` (inside whatever steerer is active)."""
+    with _layer_outputs(tiny) as seen, torch.no_grad():
+        tiny.model(input_ids=ids)
+    return seen
 
 
 # -- specs ------------------------------------------------------------------------------------
@@ -100,12 +114,9 @@ def test_delta_is_exact_on_prompt_and_decode_positions(tiny, steer_sae, steer_fm
     spec = SteeringSpec(features=features, mode=mode)
     ids = _ids(tiny)
     with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax) as steerer:
-        seen, handle = _record_layer_outputs(tiny)
-        try:
+        with _layer_outputs(tiny) as seen:
             out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                                       pad_token_id=tiny.tokenizer.pad_token_id)
-        finally:
-            handle.remove()
     assert not steerer.active
     assert len(seen) == 6 and seen[0].shape[1] == ids.shape[1] and all(s.shape[1] == 1 for s in seen[1:])
     steered = torch.cat(seen, dim=1)[0]  # [T_prompt + 5, d]: prompt forward, then one per decode step
@@ -129,12 +140,7 @@ def test_per_row_specs_share_one_forward(tiny, steer_sae, steer_fmax):
     ids = _ids(tiny).repeat(2, 1)
     clean = residual_at(tiny.model, LAYER, ids)
     with Steerer(tiny.model, [row, None]):
-        seen, handle = _record_layer_outputs(tiny)
-        try:
-            with torch.no_grad():
-                tiny.model(input_ids=ids)
-        finally:
-            handle.remove()
+        seen = _steered_forward(tiny, ids)
     assert torch.equal(seen[0][1], clean[1])
     torch.testing.assert_close(seen[0][0] - clean[0], row.add.expand_as(clean[0]), atol=1e-5, rtol=1e-4)
 
@@ -298,12 +304,7 @@ def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
     torch.testing.assert_close(fmax, (trained * norms).amax(0))
     features = {int(i): 2.0 for i in trained.sum(0).topk(2).indices}  # two features that fire here
     with steer(tiny.model, SteeringSpec(features=features, mode="clamp"), sae=sae, max_activation=fmax):
-        seen, handle = _record_layer_outputs(tiny)
-        try:
-            with torch.no_grad():
-                tiny.model(input_ids=ids)
-        finally:
-            handle.remove()
+        seen = _steered_forward(tiny, ids)
     idx = torch.tensor(list(features))
     unit_rows = sae.W_dec.detach()[idx] / norms[idx, None]
     expected = (2.0 * fmax[idx] - trained[:, idx] * norms[idx]) @ unit_rows
