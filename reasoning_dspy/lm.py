@@ -60,7 +60,6 @@ def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
     models) instead of raising `ContextLengthError`. `prefix_cache_size` prefilled prompt prefixes
     (the system prompt, per steering) are kept and reused by later calls; 0 turns that off.
     """
-
     common = dict(steering=steering, capture=capture, reasoning_features=reasoning_features, max_tokens=max_tokens,
                   temperature=temperature, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                   prefix_cache_size=prefix_cache_size,
