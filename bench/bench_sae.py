@@ -81,6 +81,24 @@ def synthetic_acts(n: int, d_in: int, n_atoms: int, active: int, seed: int = 0) 
     return x
 
 
+def cpu_info() -> tuple[str, bool]:
+    """(CPU model, torch's kernel level, bf16 instructions), and whether the CPU has bf16 matmul
+    instructions (AVX512-BF16 or AMX): without them torch's bf16 matmul is a slow fallback."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        flags = ("AMX" if torch.cpu._is_amx_tile_supported() else "no AMX") + ", " + (
+            "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "no AVX512-BF16")
+    except AttributeError:  # private helpers gone: assume the hardware has it
+        bf16, flags = True, "bf16 support unknown"
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()} kernels, {flags})", bf16
+
+
 def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
     from reasoning_dspy.sae.metrics import fvu as _fvu
 
@@ -92,7 +110,7 @@ class Run:
     tokens_per_s: float
     fvu: float
     dead: list[int]  # dead latents seen by the loss at each step
-    aux: list[float]  # AuxK loss at each step (0 where none was computed)
+    aux: list[float]  # AuxK term of the loss at each step (coefficient and scale applied; 0 where none)
     first_mse: float  # MSE at the first step: equal in both libraries when data and weights are
 
     @property
@@ -134,8 +152,10 @@ def run_ours(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
 
     def traced(self, xb, ctx):  # records what the loss saw; a few scalar reads per step
         out = loss_fn(self, xb, ctx)
-        dead.append(0 if ctx.dead_mask is None else int(ctx.dead_mask.sum()))
-        aux.append(out.losses.get("aux", 0.0))
+        n_dead = 0 if ctx.dead_mask is None else int(ctx.dead_mask.sum())
+        dead.append(n_dead)
+        k_aux = ctx.k_aux or self.cfg.d_in // 2  # the AuxK term as added to the loss, as SAELens reports it
+        aux.append(out.losses.get("aux", 0.0) * ctx.aux_coef * min(n_dead / k_aux, 1.0))
         if not mse:
             mse.append(out.losses["mse"])
         return out
@@ -203,12 +223,14 @@ def main() -> None:
     p.add_argument("--active", type=int, default=None, help="synthetic atoms per token (default k)")
     p.add_argument("--pool", type=int, default=None,
                    help="distinct synthetic training tokens (default --tokens: one pass, no token seen twice)")
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default=None,
+                   help="default float32,bfloat16, or float32 alone on a CPU without bf16 matmul instructions")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds per dtype")
     p.add_argument("--cache", default=None, help="train on this activation cache instead of synthetic data")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip-saelens", action="store_true")
-    p.add_argument("--per-step", action="store_true", help="also print dead latents and AuxK loss at every step")
+    p.add_argument("--per-step", action="store_true",
+                   help="also print dead latents and the AuxK term of the loss at every step")
     args = p.parse_args()
     if args.dead_steps < 1:
         p.error("--dead-steps must be at least 1")
@@ -233,8 +255,15 @@ def main() -> None:
     print(f"TopK SAE d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch}, {args.tokens} tokens "
           f"({n_steps} steps, {args.tokens / len(x):.2f} epochs), lr={args.lr}, AuxK 1/32 with dead = "
           f"{args.dead_steps} steps ({args.dead_steps * args.batch} tokens) without firing; data: {source}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    cpu, bf16_hw = cpu_info()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    if args.dtypes is None:
+        args.dtypes = "float32,bfloat16" if bf16_hw else "float32"
+    if not bf16_hw:
+        print("this CPU has neither AMX nor AVX512-BF16: torch's bf16 matmuls fall back to a slow generic kernel "
+              "(both libraries), so " + ("bf16 runs measure that fallback" if "bfloat16" in args.dtypes
+                                         else "only float32 is run (ask with --dtypes float32,bfloat16)"))
     try:
         import sae_lens
 
@@ -260,7 +289,7 @@ def main() -> None:
                       f"{r.auxk_summary()}; step-1 MSE {r.first_mse:.4f}; load {load:.2f} -> "
                       f"{os.getloadavg()[0]:.2f}", flush=True)
                 if args.per_step:
-                    print(f"    dead latents per step: {r.dead}\n    AuxK loss per step: "
+                    print(f"    dead latents per step: {r.dead}\n    AuxK term per step: "
                           f"{[float(f'{a:.4g}') for a in r.aux]}", flush=True)
             rows.append((dtype, res))
 
