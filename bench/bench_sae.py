@@ -1,10 +1,10 @@
 """TopK SAE training throughput and quality: ours vs SAELens 6.x, same sizes, data, dtype and AuxK, same run.
 
-    python bench/bench_sae.py                       # d_in 2048, d_sae 16384, k 32, batch 4096, fp32 + bf16
+    python bench/bench_sae.py                       # d_in 2048, d_sae 16384, k 32, batch 4096, 12 steps
     python bench/bench_sae.py --tokens 98304 --dtypes float32
     python bench/bench_sae.py --cache runs/acts     # real cached activations instead of synthetic ones
-    python bench/bench_sae.py --d-in 512 --d-sae 4096 --atoms 4096 --tokens 2097152 --pool 262144 \\
-        --dtypes float32 --dead-steps 16            # a long run on data the SAE can represent
+    python bench/bench_sae.py --d-in 256 --d-sae 1024 --k 8 --atoms 1024 --active 8 --batch 1024 \\
+        --lr 3e-3 --tokens 2097152 --pool 131072 --dead-steps 16   # long run, data the SAE can represent
 
 What is the same in both libraries:
 - data: the same activations in the same order (epoch `e` is the permutation our trainer draws for
@@ -25,7 +25,9 @@ What is the same in both libraries:
   latents were dead, per library, so one can see that it fired;
 - dtype: float32, or bf16 = bf16 matmuls with float32 weights (SAELens `autocast=True`: every
   matmul of its dense forward; ours `compute_dtype="bfloat16"`: the encoder matmul, the only dense
-  one, while the sparse decoder and gradients stay float32).
+  one, while the sparse decoder and gradients stay float32). bf16 runs by default only on a CPU
+  with AMX or AVX512-BF16; elsewhere torch's bf16 matmul is a generic fallback kernel hundreds of
+  times slower than float32, and a bf16 run would time that kernel rather than either library.
 
 What differs, by design of each library:
 - decoder norm: ours keeps decoder rows at unit norm (gradient component along each row removed,
