@@ -1,40 +1,104 @@
-"""TopK SAE training throughput and quality: ours vs SAELens 6.x, same sizes, data and dtype, same run.
+"""TopK SAE training throughput and quality: ours vs SAELens 6.x, same sizes, data, dtype and AuxK, same run.
 
-    python bench/bench_sae.py                       # d_in 2048, d_sae 16384, k 32, batch 4096, fp32 + bf16
+    python bench/bench_sae.py                       # d_in 2048, d_sae 16384, k 32, batch 4096, 12 steps
     python bench/bench_sae.py --tokens 98304 --dtypes float32
     python bench/bench_sae.py --cache runs/acts     # real cached activations instead of synthetic ones
+    python bench/bench_sae.py --d-in 256 --d-sae 1024 --k 8 --atoms 1024 --active 8 --batch 1024 \\
+        --lr 3e-3 --tokens 2097152 --pool 131072 --dead-steps 16   # long run, data the SAE can represent
 
-Both trainers see the same activations in the same order, with a constant learning rate, no
-warm-up/decay and AuxK at 1/32 (dead window = the whole run for both), and are timed end to end
-(initialisation included). Runs alternate between the two libraries, so a busy machine slows both
-alike; the printed ratio is the figure to read. FVU (variance about the mean) is measured on the
-same held-out tokens for both final SAEs. bf16 means bf16 matmuls with float32 weights
-(SAELens: `autocast=True`; ours: `compute_dtype="bfloat16"`).
+What is the same in both libraries:
+- data: the same activations in the same order (epoch `e` is the permutation our trainer draws for
+  it, replayed into SAELens' data provider), already scaled to mean norm √d_in by this script, with
+  both libraries' own input scaling off (ours `normalize_inputs=False`, SAELens
+  `normalize_activations="none"`);
+- initial weights: identical (same seed; unit-norm Kaiming-uniform decoder rows, encoder = decoder
+  transpose: SAELens `decoder_init_norm=1.0`), `b_dec` = 0 and `b_enc` = 0 (SAELens' trainer has no
+  `b_dec` initialisation, so ours uses `b_dec_init="zeros"`);
+- optimiser: Adam (0.9, 0.999), constant learning rate with no warm-up or decay, global
+  gradient-norm clipping at 1;
+- AuxK: coefficient 1/32, the top d_in/2 dead latents per token, loss scaled by min(dead/(d_in/2), 1),
+  and the same dead-latent rule: a latent is dead once it has gone `--dead-steps` N whole steps
+  without firing. SAELens counts its window in *steps* and calls a latent dead when the count
+  *exceeds* the window, ours counts *tokens* and calls it dead when the count reaches `dead_tokens`,
+  so N steps is `dead_feature_window=N-1` for SAELens and `dead_tokens=N*batch` for ours. Each run
+  prints in how many steps AuxK was active (dead latents present, non-zero aux loss) and how many
+  latents were dead, per library, so one can see that it fired;
+- dtype: float32, or bf16 = bf16 matmuls with float32 weights (SAELens `autocast=True`: every
+  matmul of its dense forward; ours `compute_dtype="bfloat16"`: the encoder matmul, the only dense
+  one, while the sparse decoder and gradients stay float32). bf16 runs by default only on a CPU
+  with AMX or AVX512-BF16; elsewhere torch's bf16 matmul is a generic fallback kernel hundreds of
+  times slower than float32, and a bf16 run would time that kernel rather than either library.
+
+What differs, by design of each library:
+- decoder norm: ours keeps decoder rows at unit norm (gradient component along each row removed,
+  rows renormalised after each step); SAELens' TopK default (`rescale_acts_by_decoder_norm=True`)
+  leaves the norms free and divides them out (pre-activations multiplied by the row norm for the
+  top-k choice, latents divided by it before decoding). Both reconstruct with unit-norm directions,
+  and from identical weights the first step computes the same loss and gradients;
+- AuxK on dead latents with a negative pre-activation: ours ReLUs the AuxK latents (as Gao et al.
+  2024), SAELens 6.54 decodes the raw top-k_aux dead pre-activations, negative ones included;
+- the implementation: ours is the sparse fast path (only the encoder forward is a dense matmul),
+  SAELens computes dense `[batch, d_sae]` latents; ours uses fused Adam, SAELens the default one.
+
+Both are timed end to end: SAELens from building the SAE to the end of `fit()`, ours the whole
+`train_sae` call, which also draws a 4,096-token sample and evaluates the SAE on it at the end.
+Runs alternate between the two libraries in one process, so a busy machine slows both alike: the
+printed ratio is the figure to read. FVU (variance about the mean) is measured the same way on the
+same held-out tokens for both final SAEs.
+
+Synthetic data: each token is `--active` (default k) random unit atoms out of `--atoms` (default
+2 × d_sae, more directions than the SAE has latents, so a short run stays far from a low FVU), with
+magnitudes 1 + |N(0,1)|, plus a fixed offset. `--pool` draws fewer distinct training tokens than
+`--tokens` and trains several epochs over them (to keep memory down on long runs).
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
-import math
 import os
-import platform
-import time
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("TQDM_DISABLE", "1")  # before torch imports tqdm: silences SAELens' progress bar
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 def synthetic_acts(n: int, d_in: int, n_atoms: int, active: int, seed: int = 0) -> torch.Tensor:
-    """`n` tokens, each `active` random unit atoms with magnitudes 1 + |N(0,1)|, plus a fixed offset,
-    rescaled to mean norm √d_in (so neither library's input normalisation changes anything)."""
+    """`n` tokens, each `active` random unit atoms with magnitudes 1 + |N(0,1)|, plus a fixed offset."""
     g = torch.Generator().manual_seed(seed)
     atoms = F.normalize(torch.randn(n_atoms, d_in, generator=g), dim=1)
-    idx = torch.randint(0, n_atoms, (n, active), generator=g)
-    mags = 1.0 + torch.randn(n, active, generator=g).abs()
-    x = F.embedding_bag(idx, atoms, per_sample_weights=mags, mode="sum")
-    x += 3.0 * F.normalize(torch.randn(d_in, generator=g), dim=0)
-    return x * (math.sqrt(d_in) / x.norm(dim=1).mean())
+    x = torch.empty(n, d_in)
+    offset = 3.0 * F.normalize(torch.randn(d_in, generator=g), dim=0)
+    for s in range(0, n, 65536):  # in chunks: the index and magnitude tensors are n × active
+        m = min(65536, n - s)
+        idx = torch.randint(0, n_atoms, (m, active), generator=g)
+        mags = 1.0 + torch.randn(m, active, generator=g).abs()
+        x[s:s + m] = F.embedding_bag(idx, atoms, per_sample_weights=mags, mode="sum") + offset
+    return x
+
+
+def cpu_info() -> tuple[str, bool]:
+    """(CPU model, torch's kernel level, bf16 instructions), and whether the CPU has bf16 matmul
+    instructions (AVX512-BF16 or AMX): without them torch's bf16 matmul is a slow fallback."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        flags = ("AMX" if torch.cpu._is_amx_tile_supported() else "no AMX") + ", " + (
+            "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "no AVX512-BF16")
+    except AttributeError:  # private helpers gone: assume the hardware has it
+        bf16, flags = True, "bf16 support unknown"
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()} kernels, {flags})", bf16
 
 
 def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
@@ -43,50 +107,108 @@ def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
     return _fvu(x, recon)
 
 
-def run_ours(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> tuple[float, float]:
+@dataclass
+class Run:
+    tokens_per_s: float
+    fvu: float
+    dead: list[int]  # dead latents seen by the loss at each step
+    aux: list[float]  # AuxK term of the loss at each step (coefficient and scale applied; 0 where none)
+    first_mse: float  # MSE at the first step: equal in both libraries when data and weights are
+
+    @property
+    def aux_steps(self) -> int:
+        return sum(a > 0 for a in self.aux)
+
+    def auxk_summary(self) -> str:
+        if not self.aux_steps:
+            return f"AuxK active in 0/{len(self.aux)} steps"
+        first = next(i for i, a in enumerate(self.aux) if a > 0) + 1
+        return (f"AuxK active in {self.aux_steps}/{len(self.aux)} steps (from step {first}), "
+                f"dead latents max {max(self.dead):,}, last step {self.dead[-1]:,}")
+
+
+def epoch_batches(x: torch.Tensor, batch: int, seed: int = 0):
+    """The batches `reasoning_dspy.sae.train` draws from an in-memory tensor: epoch `e` is
+    `randperm(n)` from a generator seeded `seed * 1_000_003 + e`, cut into whole batches."""
+    e = 0
+    while True:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + e)
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(len(x) // batch):
+            yield x[perm[i * batch:(i + 1) * batch]]
+        e += 1
+
+
+def run_ours(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
     from reasoning_dspy.sae import SAETrainConfig, train_sae
+    from reasoning_dspy.sae.topk import TopKSAE
 
     cfg = SAETrainConfig(arch="topk", d_sae=args.d_sae, k=args.k, batch_size=args.batch, tokens=args.tokens,
-                         lr=args.lr, lr_warmup_frac=0.0, lr_decay_frac=0.0, compute_dtype=dtype,
-                         dead_tokens=args.tokens + 1, log_every=10**9, b_dec_init="geometric_median",
-                         init_tokens=4096)
-    start = time.perf_counter()
-    result = train_sae(cfg, x, progress=False)
-    seconds = time.perf_counter() - start
+                         lr=args.lr, lr_warmup_frac=0.0, lr_decay_frac=0.0, grad_clip=1.0, aux_coefficient=1 / 32,
+                         compute_dtype=dtype, dead_tokens=args.dead_steps * args.batch, log_every=10**9,
+                         b_dec_init="zeros", normalize_inputs=False, init_tokens=4096, seed=0)
+    dead: list[int] = []
+    aux: list[float] = []
+    mse: list[float] = []
+    loss_fn = TopKSAE.training_loss
+
+    def traced(self, xb, ctx):  # records what the loss saw; a few scalar reads per step
+        out = loss_fn(self, xb, ctx)
+        n_dead = 0 if ctx.dead_mask is None else int(ctx.dead_mask.sum())
+        dead.append(n_dead)
+        k_aux = ctx.k_aux or self.cfg.d_in // 2  # the AuxK term as added to the loss, as SAELens reports it
+        aux.append(out.losses.get("aux", 0.0) * ctx.aux_coef * min(n_dead / k_aux, 1.0))
+        if not mse:
+            mse.append(out.losses["mse"])
+        return out
+
+    TopKSAE.training_loss = traced
+    try:
+        start = time.perf_counter()
+        result = train_sae(cfg, x, progress=False)
+        seconds = time.perf_counter() - start
+    finally:
+        TopKSAE.training_loss = loss_fn
     with torch.no_grad():
         recon = torch.cat([result.sae(t)[1] for t in test.split(4096)])
-    return args.tokens / seconds, fvu(test, recon)
+    return Run(args.tokens / seconds, fvu(test, recon), dead, aux, mse[0])
 
 
-def run_saelens(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> tuple[float, float]:
+def run_saelens(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
     from sae_lens.config import LoggingConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
 
-    torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k,
-                                                aux_loss_coefficient=1 / 32))
-    n_steps = args.tokens // args.batch
-
-    def batches():
-        gen = torch.Generator().manual_seed(0)
-        while True:
-            perm = torch.randperm(len(x), generator=gen)
-            for i in range(len(x) // args.batch):
-                yield x[perm[i * args.batch:(i + 1) * args.batch]]
-
     cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr=args.lr,
-                           lr_end=args.lr, autocast=dtype == "bfloat16", dead_feature_window=n_steps + 1,
+                           lr_end=args.lr, lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0,
+                           autocast=dtype == "bfloat16", dead_feature_window=args.dead_steps - 1,
                            feature_sampling_window=10**9, n_checkpoints=0, checkpoint_path=None,
                            save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False))
+    dead: list[int] = []
+    aux: list[float] = []
+    mse: list[float] = []
     start = time.perf_counter()
-    trainer = SAETrainer(cfg, sae, data_provider=batches())
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    torch.manual_seed(0)  # the same first random draws as our trainer: identical initial weights
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k,
+                                                aux_loss_coefficient=1 / 32, decoder_init_norm=1.0,
+                                                normalize_activations="none"))
+    trainer = SAETrainer(cfg, sae, data_provider=epoch_batches(x, args.batch))
+    step = trainer.step
+
+    def traced(batch):  # records what the loss saw; a few scalar reads per step
+        dead.append(int(trainer.dead_neurons.sum()))
+        out = step(batch)
+        aux.append(out.losses["auxiliary_reconstruction_loss"].item())
+        if not mse:
+            mse.append(out.losses["mse_loss"].item())
+        return out
+
+    trainer.step = traced
     sae = trainer.fit()
     seconds = time.perf_counter() - start
     with torch.no_grad():
         recon = torch.cat([sae(t) for t in test.split(4096)])
-    return args.tokens / seconds, fvu(test, recon)
+    return Run(args.tokens / seconds, fvu(test, recon), dead, aux, mse[0])
 
 
 def main() -> None:
@@ -97,31 +219,53 @@ def main() -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dead-steps", type=int, default=3,
+                   help="a latent is dead (enters AuxK) after this many whole steps without firing")
+    p.add_argument("--atoms", type=int, default=None, help="synthetic dictionary size (default 2 × d_sae)")
+    p.add_argument("--active", type=int, default=None, help="synthetic atoms per token (default k)")
+    p.add_argument("--pool", type=int, default=None,
+                   help="distinct synthetic training tokens (default --tokens: one pass, no token seen twice)")
+    p.add_argument("--dtypes", default=None,
+                   help="default float32,bfloat16, or float32 alone on a CPU without bf16 matmul instructions")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds per dtype")
     p.add_argument("--cache", default=None, help="train on this activation cache instead of synthetic data")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip-saelens", action="store_true")
+    p.add_argument("--per-step", action="store_true",
+                   help="also print dead latents and the AuxK term of the loss at every step")
     args = p.parse_args()
+    if args.dead_steps < 1:
+        p.error("--dead-steps must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ["TQDM_DISABLE"] = "1"
 
     if args.cache:
         from reasoning_dspy.activations import ActivationCache
 
-        acts = ActivationCache(args.cache).load(("acts",))["acts"].float()
-        args.d_in = acts.shape[1]
-        test, x = acts[:4096], acts[4096:]
-        source = f"cache {args.cache} ({len(acts)} tokens)"
+        data = ActivationCache(args.cache).load(("acts",))["acts"].float()
+        args.d_in = data.shape[1]
+        source = f"cache {args.cache} ({len(data)} tokens)"
     else:
-        data = synthetic_acts(args.tokens + 4096, args.d_in, n_atoms=2 * args.d_sae, active=args.k)
-        test, x = data[:4096], data[4096:]
-        source = f"synthetic: {2 * args.d_sae} atoms, {args.k} active per token"
-    print(f"TopK SAE d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch}, {args.tokens} tokens, "
-          f"lr={args.lr}; data: {source}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+        atoms = args.atoms or 2 * args.d_sae
+        active = args.active or args.k
+        pool = args.pool or args.tokens
+        data = synthetic_acts(pool + 4096, args.d_in, n_atoms=atoms, active=active)
+        source = f"synthetic: {atoms} atoms, {active} active per token, {pool} distinct training tokens"
+    data *= math.sqrt(args.d_in) / data.norm(dim=1).mean()  # mean norm √d_in; both libraries' scaling is off
+    test, x = data[:4096], data[4096:]
+    n_steps = args.tokens // args.batch
+    print(f"TopK SAE d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch}, {args.tokens} tokens "
+          f"({n_steps} steps, {args.tokens / len(x):.2f} epochs), lr={args.lr}, AuxK 1/32 with dead = "
+          f"{args.dead_steps} steps ({args.dead_steps * args.batch} tokens) without firing; data: {source}")
+    cpu, bf16_hw = cpu_info()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    if args.dtypes is None:
+        args.dtypes = "float32,bfloat16" if bf16_hw else "float32"
+    if not bf16_hw:
+        print("this CPU has neither AMX nor AVX512-BF16: torch's bf16 matmuls fall back to a slow generic kernel "
+              "(both libraries), so " + ("bf16 runs measure that fallback" if "bfloat16" in args.dtypes
+                                         else "only float32 is run (ask with --dtypes float32,bfloat16)"))
     try:
         import sae_lens
 
@@ -140,22 +284,32 @@ def main() -> None:
             res = {}
             for name, fn in runs:
                 gc.collect()
-                tps, f = fn(x, test, args, dtype)
-                res[name] = (tps, f)
-                print(f"  {dtype:8s} {name:8s} {tps:9,.0f} tokens/s   FVU {f:.4f}", flush=True)
+                load = os.getloadavg()[0]
+                r = fn(x, test, args, dtype)
+                res[name] = r
+                print(f"  {dtype:8s} {name:8s} {r.tokens_per_s:9,.1f} tokens/s   FVU {r.fvu:.4f}   "
+                      f"{r.auxk_summary()}; step-1 MSE {r.first_mse:.4f}; load {load:.2f} -> "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
+                if args.per_step:
+                    print(f"    dead latents per step: {r.dead}\n    AuxK term per step: "
+                          f"{[float(f'{a:.4g}') for a in r.aux]}", flush=True)
             rows.append((dtype, res))
 
     print()
     label = f"SAELens {saelens_version}" if saelens_version else "SAELens"
-    print(f"| dtype | {label} tokens/s | ours tokens/s | ratio | {label} FVU | ours FVU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| dtype | {label} tokens/s | ours tokens/s | ratio | {label} FVU | ours FVU "
+          f"| AuxK steps (SAELens / ours) | dead at last step (SAELens / ours) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for dtype, res in rows:
-        ours = res["ours"]
+        o = res["ours"]
         if "SAELens" in res:
-            sl = res["SAELens"]
-            print(f"| {dtype} | {sl[0]:,.0f} | {ours[0]:,.0f} | **{ours[0] / sl[0]:.2f}×** | {sl[1]:.4f} | {ours[1]:.4f} |")
+            s = res["SAELens"]
+            print(f"| {dtype} | {s.tokens_per_s:,.0f} | {o.tokens_per_s:,.0f} | **{o.tokens_per_s / s.tokens_per_s:.2f}×** "
+                  f"| {s.fvu:.4f} | {o.fvu:.4f} | {s.aux_steps} / {o.aux_steps} of {n_steps} "
+                  f"| {s.dead[-1]:,} / {o.dead[-1]:,} |")
         else:
-            print(f"| {dtype} | - | {ours[0]:,.0f} | - | - | {ours[1]:.4f} |")
+            print(f"| {dtype} | - | {o.tokens_per_s:,.0f} | - | - | {o.fvu:.4f} | - / {o.aux_steps} of {n_steps} "
+                  f"| - / {o.dead[-1]:,} |")
 
 
 if __name__ == "__main__":
