@@ -24,7 +24,7 @@ from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, SteeredEngi
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import LoadedModel, model_spec
 from reasoning_dspy.sae import SAE
-from reasoning_dspy.steering import SteeringSpec, as_spec
+from reasoning_dspy.steering import SteeringSpec
 
 
 def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
@@ -196,8 +196,7 @@ class ReportCollector:
             engine = _engine_or_none(call.lm)
             if engine is None:
                 continue
-            meta = dict(call.kwargs.get("metadata") or {})
-            steering = engine.default_steering if "steering" not in meta else as_spec(meta["steering"])
+            steering, _ = engine.call_steering(call.kwargs.get("metadata"))
             for output in call.outputs:
                 text = output.get("text") if isinstance(output, dict) else output
                 activation = engine.report_for_call(call.messages, call.kwargs, text or "")

@@ -59,8 +59,6 @@ PROVIDER_KEY = "reasoning_dspy"  # our key inside Response.provider_data
 Job = GenerateJob | BatchJob | MeasureJob  # what the worker runs (engine/jobs.py)
 
 
-
-
 class SteeredEngine:
     """DSPy engine running a Hugging Face causal LM in process, with SAE steering and micro-batching.
 
@@ -280,15 +278,9 @@ class SteeredEngine:
         """
         if self.sae is None:
             return None
-        meta = dict(kwargs.get("metadata") or {})
-        try:
-            spec = self.default_steering if "steering" not in meta else as_spec(meta["steering"])
-        except SteeringError as err:
-            raise ValueError(str(err)) from None
-        features = meta.get("reasoning_features")
+        spec, features = self.call_steering(kwargs.get("metadata"))
         job = self._job(self._render(text_messages(messages, self.model_id), None), spec,
-                        kwargs.get("max_tokens") or self.max_tokens, 0.0, 1.0, (), True,
-                        tuple(int(f) for f in features) if features is not None else None)
+                        kwargs.get("max_tokens") or self.max_tokens, 0.0, 1.0, (), True, features)
         key = ReportStore.key(job.row.prompt_ids, spec, job.row.capture_features, text)
         report = self.reports.get(key)
         if report is None:
@@ -300,6 +292,17 @@ class SteeredEngine:
         return report
 
     # -- request parsing (caller thread) ---------------------------------------------------
+    def call_steering(self, metadata: dict | None) -> tuple[SteeringSpec | None, tuple[int, ...] | None]:
+        """The steering and reasoning features a call's `metadata` asks for: `(spec, features)`.
+
+        No `"steering"` key means the engine's default steering (`None` switches it off); no
+        `"reasoning_features"` means None, i.e. the engine's own. Bad steering raises `SteeringError`.
+        """
+        meta = metadata or {}
+        spec = self.default_steering if "steering" not in meta else as_spec(meta["steering"])
+        features = meta.get("reasoning_features")
+        return spec, tuple(int(f) for f in features) if features is not None else None
+
     def _parse(self, request: Any) -> GenerateJob:
         from dspy.lm15 import InvalidRequestError
 
@@ -307,18 +310,15 @@ class SteeredEngine:
         cfg = request.config
         meta = dict((cfg.extensions or {}).get("metadata") or {})
         try:
-            spec = self.default_steering if "steering" not in meta else as_spec(meta["steering"])
+            spec, features = self.call_steering(meta)
         except SteeringError as err:
             raise InvalidRequestError(str(err)) from None
-        capture = bool(meta.get("capture", self.capture))
-        features = meta.get("reasoning_features")
         return self._job(
             self._render(messages, system), spec,
             cfg.max_tokens or self.max_tokens,
             self.temperature if cfg.temperature is None else cfg.temperature,
             1.0 if cfg.top_p is None else cfg.top_p,
-            tuple(cfg.stop or ()), capture,
-            tuple(int(f) for f in features) if features is not None else None,
+            tuple(cfg.stop or ()), bool(meta.get("capture", self.capture)), features,
         )
 
     def _job(self, prompt_ids: list[int], spec: SteeringSpec | None, max_tokens: int, temperature: float,
