@@ -331,6 +331,19 @@ class ActivationCache:
     def n_tokens(self) -> int:
         return self.manifest.n_tokens
 
+    def load_tokenizer(self):
+        """The tokenizer of the model these activations came from (any name `load_model` resolves,
+        offline models and converted GGUF files included), to read the cached token ids."""
+        from reasoning_dspy.models import ModelLoadError, load_tokenizer
+
+        try:
+            return load_tokenizer(self.model_name)
+        except ModelLoadError as err:
+            raise ModelLoadError(
+                f"this cache records model {self.model_name!r}, whose tokenizer cannot be loaded here; "
+                f"pass tokenizer= (the model's own tokenizer) instead. Cause: {err}"
+            ) from err
+
     def __len__(self) -> int:
         return self.n_tokens
 

@@ -59,7 +59,7 @@ def extract(
         texts = load_prompts(prompts, column=column, limit=limit)
         loaded = load_model(model, dtype=model_dtype, device=device)
         cache = extract_activations(
-            loaded.model, loaded.tokenizer, texts, layer, out, model_name=model, batch_size=batch_size,
+            loaded.model, loaded.tokenizer, texts, layer, out, model_name=loaded.model_spec.name, batch_size=batch_size,
             max_length=max_length, dtype=dtype, shard_tokens=shard_tokens, overwrite=overwrite,
         )
     except (PromptError, ModelLoadError, CacheError, IndexError, ValueError) as err:
@@ -127,7 +127,7 @@ def score(
     from reasoning_dspy.features.analysis import analyze_features, write_analysis
     from reasoning_dspy.features.reasonscore import score_features
     from reasoning_dspy.features.vocab import Vocabulary
-    from reasoning_dspy.models import ModelLoadError, load_tokenizer
+    from reasoning_dspy.models import ModelLoadError
     from reasoning_dspy.sae import load_sae
 
     _check_folder(out, "--out")
@@ -143,7 +143,7 @@ def score(
         if top_n is not None and top_n > model.d_sae:
             _fail(f"--top-n {top_n} exceeds the SAE's {model.d_sae} features; pass at most {model.d_sae}")
         words = Vocabulary.from_file(vocab, match=match) if vocab else Vocabulary.default(match or "exact")
-        tokenizer = load_tokenizer(acts.model_name)
+        tokenizer = acts.load_tokenizer()
         scores = score_features(acts, model, words, tokenizer=tokenizer, alpha=alpha, left=left, right=right,
                                 quantile=quantile, top_n=top_n, batch_size=batch_size, device=device,
                                 entropy_norm=entropy_norm)

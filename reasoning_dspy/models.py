@@ -206,6 +206,7 @@ def load_model(
         name, location = resolve_model(name_or_path, gguf_file)
         tokenizer = _tokenizer_at(location)
         model = _from_hub(location, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype or "auto")
+        model.config._name_or_path = name  # so `model_spec(model)` names it the same without a LoadedModel
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, model_spec(model, name))

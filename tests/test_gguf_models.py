@@ -119,3 +119,21 @@ def test_any_gguf_path_or_folder_loads_under_its_file_name(tmp_path, use_cache):
     by_folder = load_model(folder)
     assert by_file.model_spec.name == by_folder.model_spec.name == "my-model-q4_1"
     assert load_tokenizer("my-model-q4_1")("Wait, hmm").input_ids == by_file.tokenizer("Wait, hmm").input_ids
+
+
+@pytest.mark.slow
+def test_reasonscore_finds_the_tokenizer_of_a_gguf_model_from_the_cache_alone(tmp_path, use_cache):
+    from reasoning_dspy.activations import extract_activations
+    from reasoning_dspy.features.reasonscore import score_features
+    from reasoning_dspy.prompts import load_prompts
+    from reasoning_dspy.sae import SAE, SAEConfig
+
+    loaded = load_model("smollm2")
+    texts = load_prompts("bundled-traces")[:6]
+    cache = extract_activations(loaded.model, loaded.tokenizer, texts, 18, tmp_path / "acts",  # no model_name
+                                dtype="float32", progress=False)
+    assert cache.model_name == "smollm2-135m-instruct"
+    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=576, d_sae=64, hook_layer=18,
+                                    model_name=cache.model_name))
+    scores = score_features(cache, sae, top_n=5, progress=False)  # tokenizer=None: re-loaded by name
+    assert int(scores.group_token_counts.sum()) > 0

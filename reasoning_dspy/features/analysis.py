@@ -24,7 +24,6 @@ import torch
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reasoning_dspy.features.reasonscore import FeatureScores, check_compatible, iter_encoded_shards
 from reasoning_dspy.features.vocab import token_pieces
-from reasoning_dspy.models import load_tokenizer
 
 
 @dataclass
@@ -82,7 +81,7 @@ def analyze_features(
         raise ValueError(f"the scores cover {scores.d_sae} features but the SAE has d_sae={sae.cfg.d_sae}: "
                          "analyze with the SAE the scores were computed with")
     features = list(features) if features is not None else scores.top(n_features)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cache.model_name)
+    tokenizer = tokenizer if tokenizer is not None else cache.load_tokenizer()
     pieces = token_pieces(tokenizer)
     settings = scores.settings
     unit_norm = settings.get("unit_norm_decoder", settings.get("fold_decoder_norms", True))

@@ -55,7 +55,6 @@ from torch import Tensor
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reasoning_dspy.features.vocab import VocabMatcher, Vocabulary
-from reasoning_dspy.models import load_tokenizer
 
 SCORES_FILE = "scores.safetensors"
 FEATURES_JSON = "features.json"
@@ -463,7 +462,7 @@ def score_features(
     check_compatible(cache, sae)
     vocab = vocab or Vocabulary.default()
     if tokenizer is None and vocab.mode != "token_ids":
-        tokenizer = load_tokenizer(cache.model_name)
+        tokenizer = cache.load_tokenizer()
     matcher = VocabMatcher(vocab, tokenizer)
     enc = (sae.unit_norm_view() if unit_norm_decoder else sae).to(device).eval()
     acc = ReasonScoreAccumulator(sae.cfg.d_sae, len(matcher.groups))
