@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import Tensor, nn
 
 from reasoning_dspy.features.activation import ActivationReport
@@ -149,11 +157,18 @@ class SteeringSpec(BaseModel):
         """True when applying the spec cannot change anything (no features, no vector)."""
         return not self.features and self.vector is None
 
+    @model_serializer(mode="wrap")
+    def _omit_default_units(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """f_max units are left out of the dump, so an f_max spec serialises (and keys DSPy's cache and
+        fingerprints) exactly as it did before units existed."""
+        data = handler(self)
+        if self.units == "fmax":
+            data.pop("units", None)
+        return data
+
     def fingerprint(self) -> str:
-        """A stable short hash of the spec (for cache keys and model names). Default units are left out,
-        so a spec means the same hash (and DSPy cache entries) as before units existed."""
-        dump = self.model_dump(mode="json", exclude={"units"} if self.units == "fmax" else None)
-        blob = json.dumps(dump, sort_keys=True).encode()
+        """A stable short hash of the spec (for cache keys and model names)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

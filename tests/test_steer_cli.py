@@ -102,8 +102,7 @@ def test_steer_clamp_with_chosen_features_and_a_prompts_file(tiny, trained, tmp_
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Wait, what?", "Why is the sky blue?"]
-    assert rows[0]["steering"] == {"features": {"3": -2.0, "5": -2.0}, "vector": None, "layer": 2, "mode": "clamp",
-                                   "units": "fmax"}
+    assert rows[0]["steering"] == {"features": {"3": -2.0, "5": -2.0}, "vector": None, "layer": 2, "mode": "clamp"}
     assert rows[1]["baseline"] == _plain(tiny, "Why is the sky blue?", 6)
 
 

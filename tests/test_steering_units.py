@@ -130,7 +130,8 @@ def test_serialisation_round_trip_and_stable_fingerprints():
     assert spec.fingerprint() != SteeringSpec.from_features([5, 3], 0.2).fingerprint()
     paper = SteeringSpec.from_features([5, 3], 2.0)
     assert paper.units == "fmax" and as_spec(paper.model_dump(mode="json")) == paper
-    # the default units leave the hash as it was before units existed
+    # default units are left out: the dump (DSPy's cache key) and the hash are as before units existed
+    assert "units" not in paper.model_dump() and "units" not in paper.model_dump(mode="json")
     legacy = {"features": {"3": 2.0, "5": 2.0}, "layer": None, "mode": "add", "vector": None}
     import hashlib
 
