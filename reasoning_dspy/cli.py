@@ -196,7 +196,11 @@ def steer(
                                                "(default: the one in --scores)"),
     feature: list[int] | None = typer.Option(None, "--feature", help="SAE feature index to steer (repeatable)"),
     top: int | None = typer.Option(None, help="steer the N best features by ReasonScore (needs --scores)"),
-    strength: float = typer.Option(4.0, help="γ, in multiples of each feature's max activation f_max"),
+    strength: float | None = typer.Option(
+        None, help="γ per feature: a multiple of its f_max (--units fmax, default 4) or of the residual norm "
+                   "(--units residual, default 0.2)"),
+    units: str = typer.Option("fmax", help="fmax: γ·f_max·W_dec,i (the paper's); residual: each token moves by "
+                              "γ·√(features)·‖x_t‖ along Σ W_dec,i, needs no f_max; 0.05-0.5 suits small models"),
     mode: str = typer.Option("add", help="add: x + γ·f_max·W_dec,i; clamp: set f_i = γ·f_max"),
     layer: int | None = typer.Option(None, help="decoder layer to steer, for an SAE that records none"),
     max_tokens: int = typer.Option(48, help="tokens to generate per answer"),
@@ -222,6 +226,12 @@ def steer(
         _fail("--prompt is blank; give the text to answer")
     if mode not in ("add", "clamp"):
         _fail(f"--mode must be add or clamp, got {mode!r}")
+    if units not in ("fmax", "residual"):
+        _fail(f"--units must be fmax or residual, got {units!r}")
+    if units == "residual" and mode == "clamp":
+        _fail("--mode clamp sets feature activations, which are in f_max units: use --units fmax with clamp")
+    if strength is None:
+        strength = 4.0 if units == "fmax" else 0.2
     if max_tokens < 1:
         _fail(f"--max-tokens must be at least 1, got {max_tokens}")
     if not math.isfinite(temperature) or temperature < 0:
@@ -234,7 +244,7 @@ def steer(
         _fail(f"--top must be at least 1, got {top}")
     if top is not None and scores is None:
         _fail("--top ranks features by ReasonScore: pass the ReasonScore folder with --scores")
-    if scores is None and max_activation is None:
+    if units == "fmax" and scores is None and max_activation is None:
         _fail("steering scales each feature by its max activation f_max: pass --scores (a ReasonScore folder "
               "from `reasoning-dspy score`) or --max-activation")
     if out is not None and out.is_dir():
@@ -262,7 +272,8 @@ def steer(
             if ranking.d_sae != d_sae:
                 _fail(f"the scores in {str(scores)!r} cover {ranking.d_sae} features but the SAE at {str(sae)!r} "
                       f"has d_sae={d_sae}; pass the scores computed for this SAE")
-        fmax = load_max_activation(max_activation if max_activation is not None else ranking, d_sae)
+        source = max_activation if max_activation is not None else ranking
+        fmax = load_max_activation(source, d_sae) if source is not None else None
         if top is not None and top > d_sae:
             _fail(f"--top {top} exceeds the SAE's {d_sae} features")
         features = ranking.top(top) if top is not None else list(dict.fromkeys(feature))
@@ -271,7 +282,8 @@ def steer(
             _fail(f"feature index {bad[0]} is out of range: the SAE at {str(sae)!r} has {d_sae} features "
                   f"(0..{d_sae - 1})")
         try:
-            spec = SteeringSpec.from_features(features, strength, mode=mode, layer=sae_model.cfg.hook_layer)
+            spec = SteeringSpec.from_features(features, strength, mode=mode, layer=sae_model.cfg.hook_layer,
+                                              units=units)
         except ValidationError as err:
             _fail(f"invalid steering: {_validation_message(err)}")
         model = model or sae_model.cfg.model_name or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -312,7 +324,8 @@ def _steer_rows(model: str, sae, fmax, features: list[int], spec, texts: list[st
     finally:
         engine.close()
     return [{"prompt": text, "baseline": b.text, "steered": s.text,
-             "baseline_activation": b.report.to_dict(), "steered_activation": s.report.to_dict()}
+             "baseline_activation": b.report.to_dict(), "steered_activation": s.report.to_dict(),
+             "steered_perturbation": s.perturbation.to_dict() if s.perturbation is not None else None}
             for text, b, s in zip(texts, baseline, steered, strict=True)]
 
 
@@ -322,14 +335,23 @@ def _print_steering(rows: list[dict], spec, features: list[int]) -> None:
 
     strengths = sorted(set(spec.features.values()))
     gamma = strengths[0] if len(strengths) == 1 else strengths
-    table = Table(title=f"steering features {features} at γ={gamma} ({spec.mode}, layer {spec.layer}); "
-                        "act = mean activation of those features over the answer")
-    for col in ("prompt", "baseline", "act", "steered", "act"):
-        table.add_column(col, overflow="fold", no_wrap=col == "act")
+    units = "" if spec.units == "fmax" else f" × ‖x‖, α = {spec.residual_strength:.3g}"
+    table = Table(title=f"steering features {features} at γ={gamma}{units} ({spec.mode}, layer {spec.layer}); "
+                        "act = mean activation of those features over the answer; ‖δ‖/‖x‖ = mean size of the "
+                        "steering delta relative to the residual")
+    for col in ("prompt", "baseline", "act", "steered", "act", "‖δ‖/‖x‖"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("act", "‖δ‖/‖x‖"))
     for row in rows:
+        moved = row["steered_perturbation"]
         table.add_row(row["prompt"], row["baseline"].strip(), f"{row['baseline_activation']['features_mean']:.3f}",
-                      row["steered"].strip(), f"{row['steered_activation']['features_mean']:.3f}")
+                      row["steered"].strip(), f"{row['steered_activation']['features_mean']:.3f}",
+                      f"{moved['ratio']:.3f}" if moved else "-")
     Console().print(table)
+    for row in rows:
+        moved = row["steered_perturbation"]
+        if moved:
+            typer.echo(f"perturbation: ‖δ‖ = {moved['norm']:.4g} = {moved['ratio']:.3f} × ‖x‖ "
+                       f"(mean over {moved['n_tokens']} steered tokens) for {row['prompt']!r}")
 
 
 if __name__ == "__main__":

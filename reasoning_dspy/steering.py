@@ -13,6 +13,18 @@ positions:
 (`SAE.unit_norm_view()`: trained latents times ‖W_dec,i‖, decoder rows of unit norm), the units
 ReasonScore's activations use; `f · W_dec` and which latents fire are the trained SAE's.
 
+On a small model a few features at γ ≈ 1 already move the residual by more than half its norm, so
+`add` also takes strengths relative to the residual itself (`units="residual"`):
+
+    x'_t = x_t + α · ‖x_t‖ · d / ‖d‖,   d = Σ_i γ_i · W_dec,i (+ the raw vector),   α = ‖γ‖₂ = √(Σ_i γ_i²)
+
+Every steered token moves by exactly α times its own norm, in the direction the strengths mix. With
+one feature α = |γ|; with orthogonal decoder rows this is `Σ_i γ_i ‖x_t‖ W_dec,i`, i.e. f_max replaced
+by the token's norm. It is computed per token from the residual it steers, so it needs no f_max and
+no calibration text, and it follows layers and tokens whose norms differ. A raw vector counts as one
+more direction whose strength is its norm. The steerer records how far it moved each row
+(`Steerer.perturbations`: mean ‖δ‖ and ‖δ‖/‖x‖), in either units.
+
 A batch may mix specs: each row gets its own `[d]` delta (zeros for unsteered rows, which are then
 bit-for-bit unchanged), so steered and unsteered requests share one batched forward.
 """
@@ -29,7 +41,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import Tensor, nn
 
 from reasoning_dspy.features.activation import ActivationReport
@@ -46,6 +66,12 @@ class SteeringError(ValueError):
 #: added direction dwarfs anything the feature produces (and can overflow a half-precision model).
 MAX_STRENGTH = 1000.0
 
+#: Largest |γ| and α a residual-units spec accepts: beyond ten times the residual's own norm the
+#: original signal is gone, whatever the direction.
+MAX_RESIDUAL_STRENGTH = 10.0
+
+Units = Literal["fmax", "residual"]
+
 
 class SteeringSpec(BaseModel):
     """What to steer: SAE features with strengths (γ), or a raw residual-space vector.
@@ -57,11 +83,15 @@ class SteeringSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     features: dict[int, float] = Field(
-        default_factory=dict, description="SAE feature index -> strength γ, in multiples of the feature's f_max"
+        default_factory=dict, description="SAE feature index -> strength γ, in the spec's units"
     )
     vector: list[float] | None = Field(None, description="raw residual-space direction added as is (add mode only)")
     layer: int | None = Field(None, description="decoder layer to steer; None = the SAE's hook_layer")
     mode: Literal["add", "clamp"] = Field("add", description="add: x + γ f_max W_dec,i; clamp: set f_i = γ f_max")
+    units: Units = Field(
+        "fmax", description="fmax: γ in multiples of each feature's f_max; residual (add only): each token moves "
+                            "by ‖γ‖₂·‖x_t‖ along Σ γ_i W_dec,i (+ vector)",
+    )
 
     @field_validator("features")
     @classmethod
@@ -71,11 +101,6 @@ class SteeringSpec(BaseModel):
                 raise ValueError(f"feature indices must be >= 0, got {index}")
             if not torch.isfinite(torch.tensor(float(strength))):
                 raise ValueError(f"strength of feature {index} must be finite, got {strength}")
-            if abs(strength) > MAX_STRENGTH:
-                raise ValueError(
-                    f"strength {strength:g} of feature {index} is out of range: |γ| must be at most "
-                    f"{MAX_STRENGTH:g} (γ is in multiples of the feature's largest activation f_max)"
-                )
         return dict(sorted(value.items()))
 
     @field_validator("vector")
@@ -91,20 +116,55 @@ class SteeringSpec(BaseModel):
     def _check_mode(self) -> SteeringSpec:
         if self.mode == "clamp" and self.vector is not None:
             raise ValueError("a raw vector can only be added (mode='add'); clamp works on SAE features")
+        if self.mode == "clamp" and self.units == "residual":
+            raise ValueError(
+                "clamp sets a feature's activation, which is measured in f_max units: use units='fmax' with "
+                "mode='clamp', or mode='add' with units='residual'"
+            )
+        limit, unit = ((MAX_STRENGTH, "multiples of the feature's largest activation f_max") if self.units == "fmax"
+                       else (MAX_RESIDUAL_STRENGTH, "multiples of the residual norm ‖x‖ (units='residual')"))
+        for index, strength in self.features.items():
+            if abs(strength) > limit:
+                raise ValueError(
+                    f"strength {strength:g} of feature {index} is out of range: |γ| must be at most {limit:g} "
+                    f"(γ is in {unit})"
+                )
+        if self.units == "residual" and self.residual_strength > MAX_RESIDUAL_STRENGTH:
+            raise ValueError(
+                f"the total strength α = ‖γ‖₂ = {self.residual_strength:g} is out of range: with units='residual' "
+                f"it must be at most {MAX_RESIDUAL_STRENGTH:g} (each token moves by α times its norm; "
+                "0.05-0.5 is a useful range)"
+            )
         return self
 
     @classmethod
     def from_features(
         cls, features: Iterable[int], strength: float = 2.0, *, mode: Literal["add", "clamp"] = "add",
-        layer: int | None = None,
+        layer: int | None = None, units: Units = "fmax",
     ) -> SteeringSpec:
-        """The same strength γ for every feature in `features` (the paper's setting)."""
-        return cls(features={int(i): float(strength) for i in features}, mode=mode, layer=layer)
+        """The same strength γ for every feature in `features` (the paper's setting).
+
+        With `units="residual"` and m features, each token moves by α = γ·√m times its norm."""
+        return cls(features={int(i): float(strength) for i in features}, mode=mode, layer=layer, units=units)
+
+    @property
+    def residual_strength(self) -> float:
+        """α = √(Σ γ_i² + ‖vector‖²): with `units="residual"`, each steered token moves by α·‖x_t‖."""
+        return math.sqrt(sum(g * g for g in self.features.values()) + sum(v * v for v in self.vector or ()))
 
     @property
     def is_noop(self) -> bool:
         """True when applying the spec cannot change anything (no features, no vector)."""
         return not self.features and self.vector is None
+
+    @model_serializer(mode="wrap")
+    def _omit_default_units(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """f_max units are left out of the dump, so an f_max spec serialises (and keys DSPy's cache and
+        fingerprints) exactly as it did before units existed."""
+        data = handler(self)
+        if self.units == "fmax":
+            data.pop("units", None)
+        return data
 
     def fingerprint(self) -> str:
         """A stable short hash of the spec (for cache keys and model names)."""
@@ -212,6 +272,7 @@ class RowSteering:
 
     layer: int
     add: Tensor | None = None  # [d_model] float32, added at every position
+    add_relative: Tensor | None = None  # [d_model] float32 of norm α; ‖x_t‖ times it is added at position t
     clamp_features: Tensor | None = None  # [m] long
     clamp_targets: Tensor | None = None  # [m] float32, γ f_max per feature
 
@@ -221,7 +282,8 @@ def resolve(
     max_activation: Tensor | None = None,
 ) -> RowSteering:
     """Check `spec` against the model/SAE and turn it into tensors. `sae` must be the unit-norm view
-    (`SAE.unit_norm_view()`), so γ · f_max multiplies a unit-norm decoder row."""
+    (`SAE.unit_norm_view()`), so γ · f_max multiplies a unit-norm decoder row. Residual units need
+    no `max_activation`."""
     if spec.features and sae is None:
         raise SteeringError("feature steering needs an SAE: pass sae= to the engine (or steer with a raw vector)")
     layer = spec.layer if spec.layer is not None else (sae.cfg.hook_layer if sae is not None else None)
@@ -241,26 +303,34 @@ def resolve(
         bad = [i for i in spec.features if i >= sae.d_sae]
         if bad:
             raise SteeringError(f"feature indices {bad} are out of range for an SAE with d_sae={sae.d_sae}")
-        if max_activation is None:
+        if max_activation is None and spec.units == "fmax":
             raise SteeringError(
                 "feature steering scales by each feature's max activation f_max: pass max_activation= "
                 "(a [d_sae] tensor, a ReasonScore result or its folder), or compute it with "
                 "reasoning_dspy.steering.compute_max_activation(sae, acts)"
             )
         idx = torch.tensor(list(spec.features), dtype=torch.long)
-        _check_finite_fmax(max_activation, idx)
         gamma = torch.tensor(list(spec.features.values()), dtype=torch.float32)
-        targets = gamma * max_activation[idx]
-        if spec.mode == "add":
-            w = sae.W_dec.detach()[idx.to(sae.W_dec.device)].float().cpu()  # [m, d]
-            row.add = targets @ w
+        w = sae.W_dec.detach()[idx.to(sae.W_dec.device)].float().cpu()  # [m, d]
+        if spec.units == "residual":
+            row.add_relative = gamma @ w  # the direction only; scaled to α below
         else:
-            row.clamp_features, row.clamp_targets = idx, targets
+            _check_finite_fmax(max_activation, idx)
+            targets = gamma * max_activation[idx]
+            if spec.mode == "add":
+                row.add = targets @ w
+            else:
+                row.clamp_features, row.clamp_targets = idx, targets
     if spec.vector is not None:
         vec = torch.tensor(spec.vector, dtype=torch.float32)
         if vec.numel() != d_model:
             raise SteeringError(f"steering vector has {vec.numel()} entries but the model's d_model is {d_model}")
-        row.add = vec if row.add is None else row.add + vec
+        if spec.units == "residual":
+            row.add_relative = vec if row.add_relative is None else row.add_relative + vec
+        else:
+            row.add = vec if row.add is None else row.add + vec
+    if row.add_relative is not None:
+        row.add_relative = _scaled_direction(row.add_relative, spec.residual_strength)
     for name, delta in (("added direction", row.add), ("clamp targets", row.clamp_targets)):
         if delta is not None and not bool(torch.isfinite(delta).all()):
             raise SteeringError(
@@ -268,6 +338,19 @@ def resolve(
                 "strengths or check the SAE's weights and f_max"
             )
     return row
+
+
+def _scaled_direction(direction: Tensor, alpha: float) -> Tensor:
+    """`direction` rescaled to norm α (zeros when α = 0): what `‖x_t‖` multiplies in residual units."""
+    if alpha == 0:
+        return torch.zeros_like(direction)
+    norm = float(direction.norm())
+    if not math.isfinite(norm) or norm <= 1e-6 * alpha:
+        raise SteeringError(
+            f"the steering directions cancel out (‖Σ γ_i W_dec,i‖ = {norm:.3g} for α = {alpha:g}), so residual "
+            "units have no direction to scale; change the strengths' signs or drop a feature"
+        )
+    return direction * (alpha / norm)
 
 
 # -- activation capture ---------------------------------------------------------------------
@@ -290,11 +373,25 @@ class _CaptureBuffer:
     steps_top_idx: list[Tensor] = field(default_factory=list)  # each [B, top]
 
 
+@dataclass
+class Perturbation:
+    """How far steering moved one row's residual, averaged over the positions that predicted its
+    generated tokens (the prompt's last position and each decode step, the final EOS included)."""
+
+    n_tokens: int
+    norm: float  # mean ‖δ_t‖, δ_t = steered − unsteered residual at the steered layer
+    ratio: float  # mean ‖δ_t‖ / ‖x_t‖
+
+    def to_dict(self) -> dict:
+        return {"n_tokens": self.n_tokens, "norm": self.norm, "ratio": self.ratio}
+
+
 # -- hooks ----------------------------------------------------------------------------------
 
 @dataclass
 class _LayerPlan:
     add: Tensor | None = None  # [B, d] or None when no row adds anything
+    relative: Tensor | None = None  # [B, d] residual-units directions of norm α, times ‖x_t‖ per token
     clamp_idx: Tensor | None = None  # [m] union of clamped features
     clamp_targets: Tensor | None = None  # [B, m]
     clamp_mask: Tensor | None = None  # [B, m] 1 where the row clamps that feature
@@ -308,7 +405,8 @@ class Steerer:
 
     `rows` holds one `RowSteering` (or None) per batch row. With `capture`, the hook also encodes the
     (pre-steering) residual at the last position of every forward — the positions that predict the
-    generated tokens — and `steerer.reports(lengths)` summarises them per row afterwards.
+    generated tokens — and `steerer.reports(lengths)` summarises them per row afterwards. At those
+    positions it always records the size of the steering delta: `steerer.perturbations(lengths)`.
     """
 
     def __init__(
@@ -328,6 +426,7 @@ class Steerer:
         self.capture = capture
         self._handles: list[Any] = []
         self._buffer = _CaptureBuffer()
+        self._moved: dict[int, list[tuple[Tensor, Tensor]]] = {}  # layer -> per forward (‖δ‖ [B], ‖x‖ [B])
         self._feat_idx, self._feat_w = self._feature_weights(capture_features)
         self._plans = self._build_plans()
         needs_sae = any(p.clamp_idx is not None for p in self._plans.values())
@@ -362,6 +461,10 @@ class Steerer:
                 if plan.add is None:
                     plan.add = torch.zeros(batch, d)
                 plan.add[b] += row.add
+            if row.add_relative is not None:
+                if plan.relative is None:
+                    plan.relative = torch.zeros(batch, d)
+                plan.relative[b] += row.add_relative
         for layer, plan in plans.items():
             clamped = [(b, r) for b, r in enumerate(self.rows)
                        if r is not None and r.layer == layer and r.clamp_features is not None]
@@ -421,12 +524,19 @@ class Steerer:
             new = x
             if plan.add is not None:
                 new = new + plan.add.to(x.dtype)[:, None, :]
+            if plan.relative is not None:
+                norm = x.float().norm(dim=-1, keepdim=True)  # [B, T, 1]
+                new = new + (norm * plan.relative[:, None, :]).to(x.dtype)
             if plan.clamp_idx is not None:
                 f = sae.encode(x.to(sae.W_enc.dtype))[..., plan.clamp_idx]  # [B, T, m]
                 coef = plan.clamp_mask[:, None, :] * (plan.clamp_targets[:, None, :] - f.float())
                 w = sae.W_dec[plan.clamp_idx].float()  # [m, d]
                 new = new + (coef @ w).to(x.dtype)
-            return output if new is x else replace_layer_output(output, new)
+            if new is x:
+                return output
+            last, moved = x[:, -1, :].float(), new[:, -1, :].float()
+            self._moved.setdefault(layer, []).append(((moved - last).norm(dim=-1).detach(), last.norm(dim=-1)))
+            return replace_layer_output(output, new)
 
         return hook
 
@@ -475,10 +585,28 @@ class Steerer:
             ))
         return out
 
+    def perturbations(self, lengths: Sequence[int]) -> list[Perturbation | None]:
+        """Per row, the steering delta's size over the positions that predicted its `lengths[b]`
+        generated tokens and the one that predicted EOS (so `lengths[b] + 1` positions, as far as
+        recorded); None for unsteered rows."""
+        out: list[Perturbation | None] = []
+        for b, (row, n) in enumerate(zip(self.rows, lengths, strict=True)):
+            steps = self._moved.get(row.layer) if row is not None else None
+            if not steps:
+                out.append(None)
+                continue
+            k = max(1, min(int(n) + 1, len(steps)))
+            delta = torch.stack([d[b] for d, _ in steps[:k]]).cpu()
+            norm = torch.stack([x[b] for _, x in steps[:k]]).cpu()
+            ratio = delta / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+            out.append(Perturbation(k, float(delta.mean()), float(ratio.mean())))
+        return out
+
 
 def _to_device(plan: _LayerPlan, device: torch.device) -> _LayerPlan:
     move = (lambda t: None if t is None else t.to(device))  # noqa: E731
-    return _LayerPlan(move(plan.add), move(plan.clamp_idx), move(plan.clamp_targets), move(plan.clamp_mask))
+    return _LayerPlan(move(plan.add), move(plan.relative), move(plan.clamp_idx), move(plan.clamp_targets),
+                      move(plan.clamp_mask))
 
 
 def steer(

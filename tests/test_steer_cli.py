@@ -67,7 +67,8 @@ def test_steer_writes_baseline_and_steered_answers(tiny, trained, tmp_path):
     assert [r["prompt"] for r in rows] == PROMPTS
     for r in rows:
         assert set(r) == {"prompt", "baseline", "steered", "baseline_activation", "steered_activation", "model",
-                          "sae", "steering"}
+                          "sae", "steering", "steered_perturbation"}
+        assert r["steered_perturbation"]["ratio"] > 0
         assert r["model"] == "tiny-random" and r["sae"] == str(root / "sae")
         assert SteeringSpec.model_validate(r["steering"]) == SteeringSpec.from_features(top2, 200.0, layer=2)
         for key in ("baseline_activation", "steered_activation"):
@@ -103,6 +104,45 @@ def test_steer_clamp_with_chosen_features_and_a_prompts_file(tiny, trained, tmp_
     assert [r["prompt"] for r in rows] == ["Wait, what?", "Why is the sky blue?"]
     assert rows[0]["steering"] == {"features": {"3": -2.0, "5": -2.0}, "vector": None, "layer": 2, "mode": "clamp"}
     assert rows[1]["baseline"] == _plain(tiny, "Why is the sky blue?", 6)
+
+
+def test_steer_in_residual_units_without_f_max_prints_the_perturbation(tiny, trained, tmp_path):
+    """--units residual needs no --scores: each token moves by γ·√2·‖x‖ for two features, which the
+    command prints and writes; the answer is the engine's for the recorded spec."""
+    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.sae import load_sae
+    from reasoning_dspy.steering import SteeringSpec
+
+    root, _ = trained
+    out = tmp_path / "rel.jsonl"
+    result = runner.invoke(app, ["steer", "--model", "tiny-random", "--sae", str(root / "sae"), "--feature", "3",
+                                 "--feature", "5", "--units", "residual", "--strength", "0.3", "--prompt", "Why?",
+                                 "--max-tokens", "6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "at γ=0.3 × ‖x‖, α = 0.424 (add, layer 2)" in text
+    assert "perturbation: ‖δ‖ =" in text and "= 0.424 × ‖x‖" in text
+    row = json.loads(out.read_text())
+    spec = SteeringSpec.model_validate(row["steering"])
+    assert spec == SteeringSpec.from_features([3, 5], 0.3, layer=2, units="residual")
+    assert row["steered_perturbation"]["ratio"] == pytest.approx(0.3 * 2**0.5, rel=1e-4)
+    engine = SteeredEngine(tiny.model, tiny.tokenizer, sae=load_sae(root / "sae"), max_tokens=6)
+    try:
+        assert engine.generate(["Why?"], steering=spec)[0].text == row["steered"]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--units", "bogus"], "--units must be fmax or residual, got 'bogus'"),
+    (["--units", "residual", "--mode", "clamp"], "use --units fmax with clamp"),
+    (["--units", "residual", "--strength", "20"], "|γ| must be at most 10"),
+])
+def test_steer_refuses_bad_units(trained, extra, message):
+    root, _ = trained
+    result = runner.invoke(app, ["steer", "--model", "tiny-random", "--sae", str(root / "sae"), "--feature", "3",
+                                 "--prompt", "Why?", *extra])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
 def test_steer_an_sae_without_a_layer_at_the_given_layer(trained, tmp_path):

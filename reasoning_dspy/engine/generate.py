@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from reasoning_dspy.engine.prefix_cache import MIN_SHARED_PREFIX, PrefixCache, common_len, prefix_kv
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
-from reasoning_dspy.steering import CaptureConfig, RowSteering, Steerer
+from reasoning_dspy.steering import CaptureConfig, Perturbation, RowSteering, Steerer
 
 
 @dataclass
@@ -44,6 +44,7 @@ class GenResult:
     finish_reason: str  # "stop" (EOS or stop string) or "length"
     prompt_tokens: int
     report: ActivationReport | None = None
+    perturbation: Perturbation | None = None  # how far steering moved the residual; None when unsteered
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -213,6 +214,9 @@ def generate_rows(
         results.append(GenResult(toks, text, finish, len(r.prompt_ids)))
         if output_logits:
             results[-1].extras["logits"] = [step[b].float().cpu() for step in out.logits]
+    moved = steerer.perturbations([len(res.token_ids) for res in results])
+    for res, perturbation in zip(results, moved, strict=True):
+        res.perturbation = perturbation
     if want_capture is not None:
         reports = steerer.reports([len(res.token_ids) for res in results])
         for r, res, rep in zip(rows, results, reports, strict=True):

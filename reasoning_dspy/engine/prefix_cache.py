@@ -31,7 +31,8 @@ def _steering_key(row: RowSteering | None) -> Any:
     if row is None:
         return None
     as_bytes = (lambda t: None if t is None else t.detach().cpu().numpy().tobytes())  # noqa: E731
-    return (row.layer, as_bytes(row.add), as_bytes(row.clamp_features), as_bytes(row.clamp_targets))
+    return (row.layer, as_bytes(row.add), as_bytes(row.add_relative), as_bytes(row.clamp_features),
+            as_bytes(row.clamp_targets))
 
 
 class PrefixCache:
@@ -39,7 +40,8 @@ class PrefixCache:
 
     An entry is the `DynamicCache` of one prefix (one row) under one steering: steering at layer L
     changes the keys and values of every later layer, so the resolved steering (layer, vector, clamp
-    targets, which already include f_max and the decoder rows) is part of the key. A new prefix takes
+    targets, which already include f_max and the decoder rows, and residual-units directions) is part of
+    the key. A new prefix takes
     the entry sharing the longest run of leading tokens with it (at least `MIN_SHARED_PREFIX`),
     cropped to that run, and prefills only the rest — a DSPy program's system prompt is computed once
     per steering, not once per batch or request. At most `size` entries, least recently used dropped

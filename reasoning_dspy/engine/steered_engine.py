@@ -13,7 +13,9 @@ DSPy's engine contract is `complete(request: dspy.lm15.Request) -> dspy.lm15.Res
 - keeps the prefilled system prompt (per steering) across calls instead of recomputing it,
 - optionally records the SAE latents of the generated tokens in the same forward and returns the
   response's reasoning activation in `Response.provider_data["reasoning_dspy"]`, keeping recent
-  reports so answers DSPy later serves from its cache report too (`report_for_call`).
+  reports so answers DSPy later serves from its cache report too (`report_for_call`),
+- reports how far steering moved the residual (`Response.provider_data["reasoning_dspy"]["perturbation"]`:
+  mean ‖δ‖ and ‖δ‖/‖x‖ over the generated tokens; `GenResult.perturbation` from `generate`).
 
 DSPy's cache key is the model string + messages + call kwargs, so the model string carries a
 fingerprint of the weights, the SAE, f_max and the default steering: a different model or SAE can
@@ -413,6 +415,7 @@ class SteeredEngine:
         data = {
             "steering": job.steering.model_dump(mode="json") if job.steering is not None else None,
             "activation": result.report.to_dict() if result.report is not None else None,
+            "perturbation": result.perturbation.to_dict() if result.perturbation is not None else None,
         }
         return Response(
             id=f"rdspy-{uuid.uuid4().hex[:16]}", model=self.model_id,
