@@ -36,7 +36,7 @@ def _check_folder(path: Path, flag: str) -> None:
 
 @app.command()
 def extract(
-    model: str = typer.Option("TinyLlama/TinyLlama-1.1B-Chat-v1.0", help="HF id, local folder, or tiny-random"),
+    model: str = typer.Option("TinyLlama/TinyLlama-1.1B-Chat-v1.0", help="HF id, local folder, .gguf file, smollm2 or tiny-random"),
     layer: int = typer.Option(..., help="decoder layer whose output to record (0-based, negative from end)"),
     prompts: str = typer.Option("bundled", help="prompts file (.jsonl/.json/.csv/.parquet/.txt), dataset id, or 'bundled'"),
     out: Path = typer.Option(..., help="cache folder (resumes if it holds a partial run)"),
@@ -182,6 +182,28 @@ def demo(
         run_demo(out, limit=limit)
     except ValueError as err:
         _fail(str(err))
+
+
+@app.command()
+def study(
+    args: list[str] | None = typer.Argument(None, metavar="[CONFIG.yaml] [KEY=VALUE]...",
+                                             help="a YAML study config, then overrides such as n_test=50 sae.k=16"),
+) -> None:
+    """Galichin et al.'s experiment on any model and SAE: traces, SAE, ReasonScore, steering against
+    matched random features and negative strength; resumable; writes OUT/report.md."""
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.study import StudyConfig, StudyConfigError, run_study
+
+    args = list(args or [])
+    files = [a for a in args if "=" not in a]
+    if len(files) > 1:
+        _fail(f"expected one config file and key=value overrides, got several files: {files}")
+    try:
+        cfg = StudyConfig.load(files[0] if files else None, [a for a in args if "=" in a])
+        report = run_study(cfg)
+    except (StudyConfigError, ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(str(report))
 
 
 @app.command()

@@ -1,0 +1,223 @@
+"""Aggregate the study's generations with bootstrap intervals, plot the dose-response, write report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reasoning_dspy._io import atomic_write_text
+from reasoning_dspy.study.conditions import Condition
+from reasoning_dspy.study.measures import TraceMeasures, bootstrap, rate_per_100
+
+#: Measures reported per condition: (key, label, per-100 or share formatting).
+MEASURES: tuple[tuple[str, str], ...] = (
+    ("word_rate", "reasoning words / 100 tokens"),
+    ("reflect", "traces that reflect"),
+    ("tokens", "trace length (tokens)"),
+    ("accuracy", "accuracy"),
+    ("loops", "degenerate loops"),
+    ("activation", "top-feature activation"),
+)
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    measures = [TraceMeasures.of(r["text"], r["n_tokens"], r["correct"]) for r in rows]
+    return {
+        "words": np.array([m.reasoning_words for m in measures], float),
+        "tokens": np.array([m.n_tokens for m in measures], float),
+        "reflect": np.array([m.reflects for m in measures], float),
+        "accuracy": np.array([m.correct for m in measures], float),
+        "loops": np.array([m.degenerate for m in measures], float),
+        "activation": np.array([r.get("features_mean") or 0.0 for r in rows], float),
+    }
+
+
+def _intervals(cols: dict[str, np.ndarray], **kw: Any) -> dict[str, dict]:
+    mean = lambda x: float(np.mean(x))  # noqa: E731
+    return {
+        "word_rate": bootstrap([cols["words"], cols["tokens"]], rate_per_100, **kw).to_dict(),
+        "reflect": bootstrap([cols["reflect"]], mean, **kw).to_dict(),
+        "tokens": bootstrap([cols["tokens"]], mean, **kw).to_dict(),
+        "accuracy": bootstrap([cols["accuracy"]], mean, **kw).to_dict(),
+        "loops": bootstrap([cols["loops"]], mean, **kw).to_dict(),
+        "activation": bootstrap([cols["activation"]], mean, **kw).to_dict(),
+    }
+
+
+def _differences(cols: dict[str, np.ndarray], base: dict[str, np.ndarray], **kw: Any) -> dict[str, dict]:
+    """Condition minus baseline on the same problems (paired resamples)."""
+    def rate_diff(w, t, bw, bt):
+        return rate_per_100(w, t) - rate_per_100(bw, bt)
+
+    def mean_diff(a, b):
+        return float(np.mean(a) - np.mean(b))
+
+    out = {"word_rate": bootstrap([cols["words"], cols["tokens"], base["words"], base["tokens"]], rate_diff,
+                                  **kw).to_dict()}
+    for key in ("reflect", "tokens", "accuracy", "loops", "activation"):
+        out[key] = bootstrap([cols[key], base[key]], mean_diff, **kw).to_dict()
+    return out
+
+
+def summarize(conditions: list[Condition], generations: dict[str, list[dict]], *, n_resamples: int = 2000,
+              confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Per condition: each measure with its interval, and its paired difference from the baseline."""
+    kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    base_rows = generations["baseline"]
+    ids = [r["id"] for r in base_rows]
+    base = _columns(base_rows)
+    result: dict[str, Any] = {"confidence": confidence, "n_resamples": n_resamples, "n_problems": len(ids),
+                              "conditions": []}
+    for c in conditions:
+        rows = generations[c.name]
+        if [r["id"] for r in rows] != ids:
+            raise ValueError(f"condition {c.name} was measured on other problems than the baseline")
+        cols = _columns(rows)
+        entry = {**c.to_dict(), "measures": _intervals(cols, **kw)}
+        if c.kind != "baseline":
+            entry["vs_baseline"] = _differences(cols, base, **kw)
+        result["conditions"].append(entry)
+    return result
+
+
+def plot_dose_response(summary: dict[str, Any], path: Path) -> Path:
+    """One panel per measure: value against signed strength, top features vs random controls."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = summary["conditions"]
+    base = next(e for e in entries if e["kind"] == "baseline")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (key, label) in zip(axes.flat, MEASURES, strict=True):
+        groups: dict[str, list[tuple[float, dict]]] = {}
+        for e in entries:
+            if e["kind"] == "baseline":
+                continue
+            series = "top features" if e["kind"] in ("top", "negative") else e["name"].split("@")[0]
+            groups.setdefault(series, []).append((e["strength"], e["measures"][key]))
+        for series, points in groups.items():
+            points = sorted([(0.0, base["measures"][key]), *points], key=lambda p: p[0])
+            x = [p[0] for p in points]
+            y = [p[1]["value"] for p in points]
+            err = [[p[1]["value"] - p[1]["low"] for p in points], [p[1]["high"] - p[1]["value"] for p in points]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=series,
+                        linestyle="-" if series == "top features" else "--")
+        ax.set_title(label)
+        ax.set_xlabel("strength")
+        ax.axvline(0, color="grey", linewidth=0.5)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"dose-response on {summary['n_problems']} held-out problems "
+                 f"({int(summary['confidence'] * 100)}% bootstrap intervals)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(interval: dict, key: str) -> str:
+    scale, digits = (100.0, 1) if key in ("reflect", "accuracy", "loops") else (1.0, 2)
+    unit = "%" if scale == 100.0 else ""
+    v, lo, hi = (interval[k] * scale for k in ("value", "low", "high"))
+    return f"{v:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _signed(interval: dict, key: str) -> str:
+    text = _fmt(interval, key)
+    return ("+" if interval["value"] >= 0 else "") + text
+
+
+def conclusions(summary: dict[str, Any]) -> list[str]:
+    """Plain statements read off the intervals: does steering the top features raise reflection
+    more than matched random features at the same strength?"""
+    lines = []
+    by_name = {e["name"]: e for e in summary["conditions"]}
+    for e in summary["conditions"]:
+        if e["kind"] != "top":
+            continue
+        d = e["vs_baseline"]["word_rate"]
+        sig = d["low"] > 0 or d["high"] < 0
+        randoms = [x for n, x in by_name.items() if x["kind"] == "random" and x["strength"] == e["strength"]]
+        rnd = "; ".join(f"{r['name']}: {_signed(r['vs_baseline']['word_rate'], 'word_rate')}" for r in randoms)
+        lines.append(
+            f"At strength {e['strength']:g}, steering the top features changed the reasoning-word rate by "
+            f"{_signed(d, 'word_rate')} per 100 tokens ({'an interval excluding 0' if sig else 'an interval including 0'})"
+            + (f"; matched random features: {rnd}" if rnd else "")
+            + f"; degenerate loops {_fmt(e['measures']['loops'], 'loops')}, accuracy {_fmt(e['measures']['accuracy'], 'accuracy')}."
+        )
+    return lines
+
+
+def write_report(study: Any, summary: dict[str, Any]) -> Path:
+    """`report.md` with the setup, the SAE, the top features and their contexts, the conditions
+    table, the dose-response plot and example traces."""
+    out: Path = study.out
+    cfg = study.cfg
+    plot = plot_dose_response(summary, out / "plots" / "dose_response.png")
+    sae = study.sae_summary
+    ev = sae.get("final_eval", {})
+    lines = [
+        f"# Study: reasoning features of {study.loaded.model_spec.name}",
+        "",
+        f"Model `{study.loaded.model_spec.name}` ({study.loaded.model_spec.n_layers} layers, d_model "
+        f"{study.loaded.model_spec.d_model}), layer {study.layer}; program `{cfg.program}` through `SteeredLM`; "
+        f"{len(study.train)} training problems, {summary['n_problems']} held-out test problems; "
+        f"{cfg.max_tokens} tokens per trace; strengths in `{cfg.units}` units; seed {cfg.seed}.",
+        "",
+        "## SAE",
+        "",
+        f"{sae.get('train', {}).get('arch', '?')} SAE, d_sae {study.sae.cfg.d_sae}, trained on "
+        f"{sae.get('tokens')} tokens in {sae.get('seconds', sae.get('train_seconds', '?'))} s"
+        + (f" (stopped: {sae['stopped']})" if sae.get("stopped") else "") + ". Final evaluation: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in ev.items() if isinstance(v, (int, float))) + ".",
+        "",
+        "## Top features by ReasonScore (official vocabulary)",
+        "",
+        "| rank | feature | ReasonScore | density | f_max | top words | max-activating context |",
+        "|---:|---:|---:|---:|---:|---|---|",
+    ]
+    steered = set(next(c.features for c in study.conditions if c.kind == "top"))
+    for row in study.top_features[:10]:
+        context = (row["contexts"][0] if row["contexts"] else "").replace("\n", " ").replace("|", "\\|")
+        mark = " (steered)" if row["index"] in steered else ""
+        lines.append(f"| {row['rank']} | {row['index']}{mark} | {row['score']:.4f} | {row['density']:.3f} | "
+                     f"{row['max_activation']:.2f} | {', '.join(row['top_words']) or '-'} | {context[:160]} |")
+    if cfg.density_cap is not None:
+        lines += ["", f"Features denser than {cfg.density_cap} were skipped when choosing what to steer "
+                      "(a density cap: our extension, not the paper's)."]
+    lines += ["", "## Conditions", "",
+              f"Each cell: value [{int(summary['confidence'] * 100)}% bootstrap interval over problems, "
+              f"{summary['n_resamples']} resamples]. Random controls: features matched to the top ones in "
+              "density and f_max" + (", at the same perturbation norm (residual units)" if cfg.units == "residual" else "")
+              + ".", ""]
+    header = "| condition | features | " + " | ".join(label for _, label in MEASURES) + " |"
+    lines += [header, "|---|---|" + "---:|" * len(MEASURES)]
+    for e in summary["conditions"]:
+        cells = [_fmt(e["measures"][k], k) for k, _ in MEASURES]
+        lines.append(f"| {e['name']} | {', '.join(map(str, e['features'])) or '-'} | " + " | ".join(cells) + " |")
+    lines += ["", "### Difference from the baseline (paired)", "",
+              "| condition | " + " | ".join(label for _, label in MEASURES) + " |", "|---|" + "---:|" * len(MEASURES)]
+    for e in summary["conditions"]:
+        if "vs_baseline" in e:
+            lines.append(f"| {e['name']} | " + " | ".join(_signed(e["vs_baseline"][k], k) for k, _ in MEASURES) + " |")
+    lines += ["", f"![dose-response]({plot.relative_to(out)})", "", "## Reading", ""]
+    lines += [f"- {line}" for line in conclusions(summary)]
+    lines += ["", "## Example traces", ""]
+    strongest = max((c for c in study.conditions if c.kind == "top"), key=lambda c: c.strength)
+    for i in range(min(2, summary["n_problems"])):
+        base = study.generations["baseline"][i]
+        steered_row = study.generations[strongest.name][i]
+        lines += [f"**{base['question']}** (answer {base['expected']:g})", "",
+                  f"- baseline: {_quote(base['text'])}", f"- {strongest.name}: {_quote(steered_row['text'])}", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _quote(text: str, limit: int = 600) -> str:
+    text = " ".join(text.split())
+    return "`" + (text[:limit] + " …" if len(text) > limit else text).replace("`", "'") + "`"

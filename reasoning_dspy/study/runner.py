@@ -1,0 +1,272 @@
+"""Run the study stage by stage; every stage writes its results atomically and is skipped when they
+are already there, so an interrupted run continues where it stopped.
+
+    traces -> activations -> SAE -> ReasonScore -> conditions -> steered generations -> report
+
+Every generation goes through DSPy: a `dspy.ChainOfThought("question -> answer")` program (or
+`Predict`) on a `SteeredLM`, with each condition's steering passed per call, so the study measures
+exactly what a DSPy user of the library gets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from reasoning_dspy._io import atomic_write_json, atomic_write_text
+from reasoning_dspy.study.conditions import Condition, build_conditions
+from reasoning_dspy.study.config import StudyConfig, StudyConfigError
+
+console = Console(stderr=True)
+logger = logging.getLogger(__name__)
+
+#: Problems generated between two atomic saves of a condition's results.
+CHUNK = 64
+
+
+def default_layer(n_layers: int) -> int:
+    """60% of the depth: the paper steers layer 19 of DeepSeek-R1-Distill-Llama-8B's 32."""
+    return round(0.6 * n_layers)
+
+
+class Study:
+    """The state shared by the stages: config, output folder, model, problems."""
+
+    def __init__(self, cfg: StudyConfig, *, progress: bool = True):
+        from reasoning_dspy.models import load_model
+        from reasoning_dspy.problems import make_problems
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.progress = progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_resume()
+        self.loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        spec = self.loaded.model_spec
+        self.layer = spec.check_layer(cfg.layer) if cfg.layer is not None else default_layer(spec.n_layers)
+        self.train = make_problems(cfg.n_train, split="train", seed=cfg.seed, difficulty=cfg.difficulty)
+        self.test = make_problems(cfg.n_test, split="test", seed=cfg.seed, difficulty=cfg.difficulty)
+        self.sae: Any = None
+        self.scores: Any = None
+        self.conditions: list[Condition] = []
+
+    def _check_resume(self) -> None:
+        """Refuse to mix two different studies in one folder (only where and how fast may change)."""
+        path = self.out / "config.json"
+        mine = self.cfg.model_dump(exclude={"out", "device", "batch_size", "bootstrap_resamples", "confidence"})
+        if path.is_file():
+            theirs = json.loads(path.read_text())
+            theirs = {k: v for k, v in theirs.items() if k in mine}
+            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+            if changed:
+                raise StudyConfigError(
+                    f"{str(self.out)!r} holds a study with different settings ({', '.join(changed)}); "
+                    "resume it with the same config, or pass another out="
+                )
+        atomic_write_json(path, self.cfg.model_dump())
+
+    # -- generation through DSPy -----------------------------------------------------------------
+    def lm(self, **kwargs: Any) -> Any:
+        from reasoning_dspy.lm import SteeredLM
+
+        return SteeredLM(self.loaded, max_tokens=self.cfg.max_tokens, cache=False,
+                         max_batch_size=self.cfg.batch_size, **kwargs)
+
+    def generate(self, lm: Any, problems: Sequence[Any], steering: Any, path: Path, desc: str) -> list[dict]:
+        """Answer `problems` with the DSPy program on `lm` under `steering`, saving rows to `path`
+        every `CHUNK` problems; rows already in `path` are kept, not generated again."""
+        import dspy
+        from dspy.utils.parallelizer import ParallelExecutor
+        from tqdm.auto import tqdm
+
+        from reasoning_dspy.adapter import LenientChatAdapter
+        from reasoning_dspy.lm import collect_reports
+
+        rows = _read_jsonl(path)
+        done = {r["id"] for r in rows}
+        todo = [p for p in problems if p.id not in done]
+        program = dspy.ChainOfThought("question -> answer") if self.cfg.program == "cot" else dspy.Predict(
+            "question -> answer")
+        metadata = {"steering": steering.model_dump() if steering is not None else None}
+        tokenizer = self.loaded.tokenizer
+
+        def answer(problem: Any) -> dict:
+            with collect_reports() as reports:
+                prediction = program(question=problem.question, config={"metadata": metadata})
+            report = reports.reports()[-1]
+            text = report.text or ""
+            activation = report.activation
+            n_tokens = activation.n_tokens if activation is not None else len(tokenizer(text).input_ids)
+            predicted = getattr(prediction, "answer", None)
+            return {
+                "id": problem.id, "question": problem.question, "expected": problem.answer,
+                "answer": None if predicted is None else str(predicted), "reasoning": getattr(prediction, "reasoning", None),
+                "text": text, "n_tokens": n_tokens, "correct": is_correct(predicted, text, problem.answer),
+                "features_mean": None if activation is None else activation.features_mean,
+            }
+
+        bar = tqdm(total=len(problems), initial=len(rows), desc=desc, disable=not self.progress, unit="problem")
+        with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start:start + CHUNK]
+                executor = ParallelExecutor(num_threads=self.cfg.batch_size, disable_progress_bar=True,
+                                            max_errors=len(chunk), timeout=10**6, provide_traceback=True)
+                results = executor.execute(answer, chunk)
+                failed = [p.id for p, r in zip(chunk, results, strict=True) if r is None]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} generations failed in {desc} (first: {failed[0]}); "
+                                       "see the tracebacks above")
+                rows += results
+                _write_jsonl(path, rows)
+                bar.update(len(chunk))
+        bar.close()
+        order = {p.id: i for i, p in enumerate(problems)}
+        return sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
+
+    # -- stages ----------------------------------------------------------------------------------
+    def stage_traces(self) -> None:
+        """Unsteered chain-of-thought traces on the training problems: the text the SAE learns from."""
+        lm = self.lm()
+        try:
+            self.traces = self.generate(lm, self.train, None, self.out / "traces.jsonl", "training traces")
+        finally:
+            _close(lm)
+
+    def stage_activations(self) -> None:
+        from reasoning_dspy.activations import extract_activations
+        from reasoning_dspy.prompts import load_prompts
+
+        texts = [f"{r['question']}\n{r['text']}" for r in self.traces if r["text"].strip()]
+        for source in self.cfg.extra_texts:
+            texts += load_prompts(source)
+        self.cache = extract_activations(
+            self.loaded.model, self.loaded.tokenizer, texts, self.layer, self.out / "activations",
+            model_name=self.loaded.model_spec.name, dtype="float32", max_length=384, progress=self.progress)
+        console.print(f"{self.cache!r}")
+
+    def stage_sae(self) -> None:
+        from reasoning_dspy.sae import load_sae
+        from reasoning_dspy.sae.train import CONFIG_FILE, train_sae
+
+        folder = self.out / "sae"
+        if (folder / CONFIG_FILE).is_file():
+            self.sae = load_sae(folder)
+        else:
+            cfg = self.cfg.sae_config(cache=str(self.cache.path), out=str(folder))
+            self.sae = train_sae(cfg, self.cache, progress=self.progress).sae
+        self.sae_summary = json.loads((folder / CONFIG_FILE).read_text())
+        final = self.sae_summary.get("final_eval", {})
+        console.print(f"SAE: {self.sae_summary.get('tokens')} training tokens; "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
+
+    def stage_scores(self) -> None:
+        from reasoning_dspy.features.analysis import analyze_features, write_analysis
+        from reasoning_dspy.features.reasonscore import FeatureScores, score_features
+
+        folder = self.out / "scores"
+        if (folder / "top_features.json").is_file():
+            self.scores = FeatureScores.load(folder)
+        else:
+            tokenizer = self.loaded.tokenizer
+            self.scores = score_features(self.cache, self.sae, tokenizer=tokenizer, top_n=20, progress=self.progress)
+            self.scores.save(folder)
+            reports = analyze_features(self.cache, self.sae, self.scores, tokenizer=tokenizer, n_features=20,
+                                       n_contexts=3, progress=self.progress)
+            write_analysis(folder, self.scores, reports)
+            atomic_write_json(folder / "top_features.json", [_feature_row(r) for r in reports])
+        self.top_features = json.loads((folder / "top_features.json").read_text())
+
+    def stage_conditions(self) -> None:
+        path = self.out / "conditions.json"
+        if path.is_file():
+            self.conditions = [Condition.from_dict(c) for c in json.loads(path.read_text())]
+            return
+        c = self.cfg
+        self.conditions = build_conditions(self.scores, top_features=c.top_features, strengths=c.strengths,
+                                           negative_strengths=c.negative_strengths, random_sets=c.random_sets,
+                                           density_cap=c.density_cap, seed=c.seed)
+        atomic_write_json(path, [x.to_dict() for x in self.conditions])
+
+    def stage_steer(self) -> None:
+        from reasoning_dspy.steering import SteeringSpec
+
+        top = next(c.features for c in self.conditions if c.kind == "top")
+        lm = self.lm(sae=self.sae, max_activation=self.scores, capture=True, reasoning_features=list(top))
+        self.generations: dict[str, list[dict]] = {}
+        try:
+            for condition in self.conditions:
+                steering = None if condition.kind == "baseline" else SteeringSpec(
+                    features=dict.fromkeys(condition.features, _per_feature(condition, self.cfg.units)),
+                    units=self.cfg.units, layer=self.layer)
+                path = self.out / "generations" / f"{condition.name}.jsonl"
+                self.generations[condition.name] = self.generate(lm, self.test, steering, path, condition.name)
+        finally:
+            _close(lm)
+
+    def stage_report(self) -> None:
+        from reasoning_dspy.study.report import summarize, write_report
+
+        summary = summarize(self.conditions, self.generations, n_resamples=self.cfg.bootstrap_resamples,
+                            confidence=self.cfg.confidence, seed=self.cfg.seed)
+        atomic_write_json(self.out / "summary.json", summary)
+        path = write_report(self, summary)
+        console.print(f"report: [bold]{path}[/]")
+
+    STAGES = ("traces", "activations", "sae", "scores", "conditions", "steer", "report")
+
+    def run(self) -> Path:
+        for name in self.STAGES:
+            console.rule(f"[bold]{name}")
+            start = time.perf_counter()
+            getattr(self, f"stage_{name}")()
+            console.print(f"[dim]{name} took {time.perf_counter() - start:.1f}s[/]")
+        return self.out / "report.md"
+
+
+def run_study(cfg: StudyConfig, *, progress: bool = True) -> Path:
+    """Run (or resume) the study `cfg` describes; returns the path of `report.md`."""
+    return Study(cfg, progress=progress).run()
+
+
+def _per_feature(condition: Condition, units: str) -> float:
+    """Each feature's γ. In residual units the perturbation's size is ‖γ‖₂, so m features at
+    s/√m add a perturbation of norm s·‖x‖ whatever m is; in f_max units each feature gets s."""
+    return condition.strength / len(condition.features) ** 0.5 if units == "residual" else condition.strength
+
+
+def is_correct(predicted: Any, text: str, expected: float) -> bool:
+    """The answer field decides; when it holds no number, the whole trace's final answer does."""
+    from reasoning_dspy.problems import answers_match, extract_answer
+
+    value = extract_answer(str(predicted)) if predicted is not None else None
+    if value is None:
+        value = extract_answer(text)
+    return value is not None and answers_match(value, expected)
+
+
+def _feature_row(report: Any) -> dict:
+    return {"index": report.index, "rank": report.rank, "score": report.score, "density": report.density,
+            "max_activation": report.max_activation, "top_words": [w for w, _ in report.top_words[:5]],
+            "contexts": [c.text for c in report.contexts]}
+
+
+def _close(lm: Any) -> None:
+    from reasoning_dspy.lm import engine_of
+
+    engine_of(lm).close()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
