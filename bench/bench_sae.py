@@ -146,7 +146,8 @@ def run_ours(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
     cfg = SAETrainConfig(arch="topk", d_sae=args.d_sae, k=args.k, batch_size=args.batch, tokens=args.tokens,
                          lr=args.lr, lr_warmup_frac=0.0, lr_decay_frac=0.0, grad_clip=1.0, aux_coefficient=1 / 32,
                          compute_dtype=dtype, dead_tokens=args.dead_steps * args.batch, log_every=10**9,
-                         b_dec_init="zeros", normalize_inputs=False, init_tokens=4096, seed=0)
+                         b_dec_init="zeros", normalize_inputs=False, init_tokens=4096, seed=0,
+                         val_fraction=0.0)  # same training tokens as SAELens; the test set is held out here
     dead: list[int] = []
     aux: list[float] = []
     mse: list[float] = []

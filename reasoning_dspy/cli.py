@@ -68,8 +68,9 @@ def extract(
 
 
 def _train_sae(options: dict) -> None:
-    """Train a sparse autoencoder on an activation cache; writes the SAE (SAELens layout), a
-    resumable checkpoint, train_log.jsonl and loss_curve.png to OUT."""
+    """Train a sparse autoencoder on one or more activation caches (repeat --cache); writes the SAE
+    (SAELens layout), a resumable checkpoint, train_log.jsonl and loss_curve.png to OUT. The FVU
+    printed first is measured on held-out prompts (--val-fraction)."""
     from pydantic import ValidationError
 
     from reasoning_dspy.activations import CacheError
@@ -81,9 +82,15 @@ def _train_sae(options: dict) -> None:
         _fail(_validation_message(err))
     except (CacheError, TrainingDivergedError, ValueError) as err:
         _fail(str(err))
-    ev = result.eval
-    typer.echo(f"FVU {ev.fvu:.4f}  L0 {ev.l0:.1f}  dead {100 * ev.dead_fraction:.1f}%  "
-               f"({result.steps} steps, {result.tokens_per_second:,.0f} tokens/s) -> {result.out}")
+    ev, train = result.eval, result.eval_train
+    where = "held-out" if result.eval_val is not None else "training tokens, none held out"
+    typer.echo(f"FVU {ev.fvu:.4f} ({where}; train {train.fvu:.4f})  L0 {ev.l0:.1f}  "
+               f"dead {100 * ev.dead_fraction:.1f}%  ({result.steps} steps, "
+               f"{result.tokens_per_second:,.0f} tokens/s) -> {result.out}")
+    if result.stopped != "completed":
+        budget = "--max-seconds" if result.stopped == "budget_time" else "--max-tokens"
+        typer.echo(f"stopped: {result.stopped} ({budget}) at step {result.steps} of {result.total_steps}; "
+                   "re-run with --resume to continue the schedule")
 
 
 def _register_train_sae() -> None:

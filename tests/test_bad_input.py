@@ -123,6 +123,17 @@ CLI_CASES = {
     "train-out-is-a-file": (TRAIN.replace("{new}", "{file}"), "a_file.txt' is an existing file"),
     "train-device-banana": (TRAIN + " --device banana", "unknown device 'banana'"),
     "train-warmup-plus-decay": (TRAIN + " --lr-warmup-frac 0.7 --lr-decay-frac 0.7", "exceeds 1"),
+    "train-max-seconds-negative": (TRAIN + " --max-seconds -5", "max_seconds: Input should be greater than 0"),
+    "train-max-seconds-nan": (TRAIN + " --max-seconds nan", "max_seconds: Input should be a finite number"),
+    "train-max-tokens-0": (TRAIN + " --max-tokens 0", "max_tokens: Input should be greater than 0"),
+    "train-val-fraction-1": (TRAIN + " --val-fraction 1", "val_fraction: Input should be less than 1"),
+    "train-val-fraction-negative": (TRAIN + " --val-fraction -0.1", "val_fraction: Input should be greater than or equal to 0"),
+    "train-val-fraction-leaves-too-little": (TRAIN + " --val-fraction 0.99",
+                                             "fewer than batch_size=256; lower --batch-size or --val-fraction"),
+    "train-caches-mismatched": (TRAIN + " --cache {cache_l1}", "the caches disagree on layer"),
+    "train-hook-layer-contradicts-cache": (TRAIN + " --hook-layer 3", "hook_layer=3 contradicts the cache"),
+    "train-hook-layer-negative": (TRAIN + " --hook-layer -1", "hook_layer: Input should be greater than or equal to 0"),
+    "train-model-name-contradicts-cache": (TRAIN + " --model-name gpt2", "model_name='gpt2' contradicts the cache"),
     "score-alpha-inf": (SCORE + " --alpha inf", "alpha must be a finite number >= 0, got inf"),
     "score-alpha-negative": (SCORE + " --alpha -1", "alpha must be a finite number >= 0, got -1"),
     "score-quantile-0": (SCORE + " --quantile 0", "quantile must be in (0, 1], got 0"),
@@ -327,6 +338,31 @@ def _train_nan_activations(env):
     train_sae(SAETrainConfig(arch="relu", d_sae=32, batch_size=64, tokens=640, log_every=2), acts, progress=False)
 
 
+def _train_sources_of_two_widths(env):
+    from reasoning_dspy.sae import SAETrainConfig, train_sae
+
+    train_sae(SAETrainConfig(d_sae=32, k=4, batch_size=64), [torch.randn(512, 16), torch.randn(512, 8)],
+              progress=False)
+
+
+def _train_no_sources(env):
+    from reasoning_dspy.sae import SAETrainConfig, train_sae
+
+    train_sae(SAETrainConfig(d_sae=32, k=4, batch_size=64), [], progress=False)
+
+
+def _train_source_not_activations(env):
+    from reasoning_dspy.sae import SAETrainConfig, train_sae
+
+    train_sae(SAETrainConfig(d_sae=32, k=4, batch_size=64), [env.tiny_cache, 42], progress=False)
+
+
+def _train_max_seconds_negative(env):
+    from reasoning_dspy.sae import SAETrainConfig
+
+    SAETrainConfig(max_seconds=-1.0)
+
+
 def _load_model_device(device):
     def call(env):
         from reasoning_dspy.models import load_model
@@ -395,6 +431,11 @@ PY_CASES = {
                            "training diverged at step 2: the loss is nan"),
     "train_sae-nan-activations": (_train_nan_activations, ("reasoning_dspy.sae", "TrainingDivergedError"),
                                   "check that the activations are finite"),
+    "train_sae-sources-of-two-widths": (_train_sources_of_two_widths, ValueError,
+                                        "disagree on width: tensor #0 has d_model=16, tensor #1 has d_model=8"),
+    "train_sae-no-sources": (_train_no_sources, ValueError, "the list of caches is empty"),
+    "train_sae-source-not-activations": (_train_source_not_activations, ValueError, "source 1 is a int; expected"),
+    "SAETrainConfig-max-seconds-negative": (_train_max_seconds_negative, ValidationError, "greater than 0"),
     "load_model-device-banana": (_load_model_device("banana"), ValueError, "unknown device 'banana'"),
     "load_model-device-cuda-99": (_load_model_device("cuda:99"), ValueError, "'cuda:99' is not available"),
     "load_sae-device-banana": (_load_sae_device, ValueError, "unknown device 'banana'"),

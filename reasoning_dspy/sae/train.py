@@ -1,10 +1,12 @@
-"""Train an SAE on an activation cache (or an in-memory tensor), with exact resume.
+"""Train an SAE on activation caches (or in-memory tensors), with exact resume and run budgets.
 
 One step: a shuffled batch, the architecture's loss, Adam (LR warm-up then linear decay), the
 decoder-norm-parallel gradient removed, gradient clipping, decoder rows renormalised, dead-latent
 counters updated. The output folder holds the SAE (SAELens layout, input scaling folded in),
-`training_config.json`, `train_log.jsonl`, `loss_curve.png` and `checkpoint/` (weights, Adam state,
-RNG, dead-latent counters, data position) from which `resume=True` continues bit for bit.
+`training_config.json` (config and final metrics), `train_log.jsonl`, `loss_curve.png` and
+`checkpoint/` (weights, Adam state, RNG, dead-latent counters, data position) from which
+`resume=True` continues bit for bit. Reported FVU/L0 are measured on held-out prompts
+(`val_fraction`) that training never sees; FVU on training tokens alone hides overfitting.
 """
 
 from __future__ import annotations
@@ -13,25 +15,30 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reasoning_dspy._io import atomic_write_json
 from reasoning_dspy.models import check_device
 from reasoning_dspy.sae.base import SAE, LossContext, SAEConfig
 from reasoning_dspy.sae.evals import SAEEval, evaluate_sae, fvu
 from reasoning_dspy.sae.io import save_sae
 from reasoning_dspy.sae.train_config import SAETrainConfig
+from reasoning_dspy.sae.train_data import TrainData, open_sources, source_metadata
+from reasoning_dspy.sae.train_files import load_checkpoint, plot_loss_curve, save_checkpoint, write_log
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
 CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "training_config.json"
+EVAL_TOKENS = 4096  # tokens of each evaluation set (held-out and training)
+
+Stopped = Literal["completed", "budget_tokens", "budget_time", "interrupted"]
+_clock = time.perf_counter  # the time budget's clock (tests replace it)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,66 +47,33 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """A trained SAE (taking raw activations) and how it got there."""
+    """A trained SAE (taking raw activations) and how it got there.
+
+    `eval_val` is measured on held-out tokens (None with `val_fraction=0`), `eval_train` on training
+    tokens; `eval` is the held-out one when there is one. `stopped` says why the run ended:
+    `completed` (the schedule ran out), `budget_tokens`/`budget_time` (`max_tokens`/`max_seconds`;
+    resume to continue) or `interrupted` (`stop_after`). `tokens` counts this run's tokens only.
+    """
 
     sae: SAE
-    eval: SAEEval
+    eval_train: SAEEval
+    eval_val: SAEEval | None
     steps: int
     tokens: int
     seconds: float
     input_scale: float
+    stopped: Stopped = "completed"
+    total_steps: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     out: Path | None = None
 
     @property
+    def eval(self) -> SAEEval:
+        return self.eval_val if self.eval_val is not None else self.eval_train
+
+    @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
-
-
-# -- data ------------------------------------------------------------------------------------------
-
-
-class _Batches:
-    """Deterministic shuffled full batches: epoch `e` is a fixed function of `(seed, e)`, so a
-    resumed run can skip to exactly where the interrupted one stopped."""
-
-    def __init__(self, source: Any, batch_size: int, seed: int):
-        self.source, self.batch_size, self.seed = source, batch_size, seed
-        self.n_tokens = int(source.shape[0]) if isinstance(source, Tensor) else int(source.n_tokens)
-        self.d_in = int(source.shape[1]) if isinstance(source, Tensor) else int(source.d_model)
-        if self.n_tokens < batch_size:
-            raise ValueError(
-                f"the activations hold {self.n_tokens} tokens, fewer than batch_size={batch_size}; "
-                "lower --batch-size or extract more activations"
-            )
-        self.per_epoch = self.n_tokens // batch_size
-
-    def epoch(self, e: int) -> Iterator[Tensor]:
-        if isinstance(self.source, Tensor):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
-            perm = torch.randperm(self.n_tokens, generator=gen)
-            for i in range(self.per_epoch):
-                yield self.source[perm[i * self.batch_size:(i + 1) * self.batch_size]]
-        else:
-            for batch in self.source.iter_batches(self.batch_size, shuffle=True, seed=self.seed * 1_000_003 + e,
-                                                  drop_last=True):
-                yield batch["acts"]
-
-    def stream(self, epoch: int, skip: int) -> Iterator[tuple[int, int, Tensor]]:
-        """Yield `(epoch, index in epoch, batch)` forever, starting after `skip` batches of `epoch`."""
-        while True:
-            for i, batch in enumerate(self.epoch(epoch)):
-                if i >= skip:
-                    yield epoch, i, batch
-            epoch, skip = epoch + 1, 0
-
-    def sample(self, n: int) -> Tensor:
-        """A seeded random sample of up to `n` tokens (input scale, b_dec init, evaluation)."""
-        if isinstance(self.source, Tensor):
-            gen = torch.Generator().manual_seed(self.seed + 7919)
-            return self.source[torch.randperm(self.n_tokens, generator=gen)[:n]]
-        batch = next(self.source.iter_batches(min(n, self.n_tokens), shuffle=True, seed=self.seed + 7919))
-        return batch["acts"]
 
 
 # -- initialisation --------------------------------------------------------------------------------
@@ -171,85 +145,7 @@ def _contiguous_aliases(params: list[Tensor]) -> list[Tensor]:
     return out
 
 
-# -- checkpoints -----------------------------------------------------------------------------------
-
-
-def _save_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer, since_fired: Tensor,
-                     state: dict[str, Any]) -> None:
-    from safetensors.torch import save
-
-    tensors: dict[str, Tensor] = {f"sae.{n}": p.detach().contiguous() for n, p in sae.named_parameters()}
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for key, value in st.items():
-            tensors[f"optim.{pid}.{key}"] = value.contiguous() if value.dim() else value.reshape(1)
-    tensors["since_fired"] = since_fired
-    tensors["rng_cpu"] = torch.get_rng_state()
-    atomic_write_bytes(folder / "state.safetensors", save(tensors, metadata={"step": str(state["step"])}))
-    atomic_write_json(folder / "state.json", {**state, "param_groups": opt_state["param_groups"]})
-
-
-def _load_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], Tensor]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        tensors = load_file(folder / "state.safetensors")
-        with safe_open(folder / "state.safetensors", "pt") as fh:
-            saved_step = int((fh.metadata() or {}).get("step", -1))
-    except (OSError, json.JSONDecodeError, SafetensorError) as err:
-        raise ValueError(f"checkpoint in {folder} is unreadable ({err}); delete it or train without --resume") from None
-    if saved_step != state["step"]:
-        raise ValueError(f"checkpoint in {folder} is inconsistent (weights at step {saved_step}, "
-                         f"state at step {state['step']}); delete it to restart")
-    with torch.no_grad():
-        for name, p in sae.named_parameters():
-            p.copy_(tensors[f"sae.{name}"])
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": state.pop("param_groups")}
-    n_params = sum(len(g["params"]) for g in opt.param_groups)
-    for pid in range(n_params):
-        st = {}
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            t = tensors.get(f"optim.{pid}.{key}")
-            if t is not None:
-                st[key] = t.reshape(()) if key == "step" else t
-        if st:
-            opt_state["state"][pid] = st
-    opt.load_state_dict(opt_state)
-    torch.set_rng_state(tensors["rng_cpu"])
-    return state, tensors["since_fired"].clone()
-
-
 # -- output ----------------------------------------------------------------------------------------
-
-
-def plot_loss_curve(log: list[dict[str, Any]], path: Path) -> None:
-    """Loss, FVU and L0 against training tokens, as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in log if "loss" in r]
-    if not rows:
-        return
-    tokens = [r["tokens"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in zip(axes, ("loss", "fvu", "l0"), ("training loss", "FVU (batch)", "L0"), strict=True):
-        ax.plot(tokens, [r[key] for r in rows])
-        ax.set_title(title)
-        ax.set_xlabel("tokens")
-        if key in ("loss", "fvu") and all(r[key] > 0 for r in rows):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _check_finite(cfg: SAETrainConfig, step: int, sae: SAE, loss: float | None = None) -> None:
@@ -266,10 +162,6 @@ def _check_finite(cfg: SAETrainConfig, step: int, sae: SAE, loss: float | None =
     )
 
 
-def _write_log(path: Path, log: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in log))
-
-
 # -- the loop --------------------------------------------------------------------------------------
 
 
@@ -282,31 +174,33 @@ def train_sae(
 ) -> TrainResult:
     """Train an SAE as `cfg` says.
 
-    `activations` is an `ActivationCache` or a `[n_tokens, d_in]` tensor; by default the cache at
-    `cfg.cache` is opened. `stop_after` ends the run after that many steps (checkpointing first),
-    as an interruption would — `resume=True` then continues it exactly.
+    `activations` is an `ActivationCache`, a cache folder, a `[n_tokens, d_in]` tensor, or a list of
+    them (same width; caches of the same model and layer); by default the caches in `cfg.cache` are
+    opened. Batches draw from all of them; `val_fraction` of the tokens (whole prompts) is held out.
+
+    Budgets: `max_tokens`/`max_seconds` end *this run* early (the clock starts when `train_sae` is
+    called; at least one step runs), saving the SAE, the log and a checkpoint, as an interruption
+    would. The LR and sparsity schedules stay on `tokens` (not re-planned from the measured speed), so
+    `resume=True` continues the same schedule exactly; a run stopped by its budget is a snapshot taken
+    before the LR decay. To fit a whole schedule into a time budget, set `tokens` from the tokens/s of
+    a short run. `stop_after` ends the run after that many steps without saving the SAE (tests).
     """
     from tqdm.auto import tqdm
 
+    started = _clock()
     if activations is None:
         if cfg.cache is None:
             raise ValueError("no activations to train on: set cache=<folder> (--cache) or pass activations=")
-        from reasoning_dspy.activations import ActivationCache
-
-        activations = ActivationCache(cfg.cache)
-    meta: dict[str, Any] = {}
-    if not isinstance(activations, Tensor):
-        meta = {"model_name": activations.model_name, "hook_layer": activations.layer,
-                "hook_name": f"blocks.{activations.layer}.hook_resid_post"}
-    elif activations.dim() != 2:
-        raise ValueError(f"activations must be [n_tokens, d_in], got shape {list(activations.shape)}")
+        activations = cfg.cache
+    sources = open_sources(activations)
+    meta = source_metadata(sources, cfg.hook_layer, cfg.model_name)
     out = Path(cfg.out) if cfg.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is an existing file; out (--out) must be a folder")
     device = check_device(cfg.device)
     compute_dtype = getattr(torch, cfg.compute_dtype)
 
-    data = _Batches(activations, cfg.batch_size, cfg.seed)
+    data = TrainData(sources, cfg.batch_size, cfg.seed, cfg.val_fraction)
     total_tokens = cfg.tokens or data.per_epoch * cfg.batch_size
     total = max(1, math.ceil(total_tokens / cfg.batch_size))
     if cfg.arch == "topk" and cfg.k > cfg.d_sae:  # also validated by the config; kept for model_copy users
@@ -315,8 +209,7 @@ def train_sae(
     torch.manual_seed(cfg.seed)
     sample = data.sample(cfg.init_tokens).float()
     scale = math.sqrt(data.d_in) / sample.norm(dim=1).mean().item() if cfg.normalize_inputs else 1.0
-    sample = sample * scale
-    sae = _init_sae(cfg, data.d_in, sample, meta).to(device)
+    sae = _init_sae(cfg, data.d_in, sample * scale, meta).to(device)
     fast = cfg.fast and cfg.arch == "topk"
     if fast:  # W_enc stored as [d_sae, d_in] rows: the fast backward writes its gradient in that layout
         sae.W_enc.data = sae.W_enc.data.T.contiguous().T
@@ -329,7 +222,7 @@ def train_sae(
 
     ckpt = out / CHECKPOINT_DIR if out else None
     if cfg.resume and ckpt is not None and (ckpt / "state.json").is_file():
-        state, since_fired = _load_checkpoint(ckpt, sae, opt)
+        state, since_fired = load_checkpoint(ckpt, sae, opt)
         if state["config"] != cfg.run_identity():
             diff = sorted(k for k, v in cfg.run_identity().items() if state["config"].get(k) != v)
             raise ValueError(f"cannot resume {ckpt}: the config differs in {diff}; use the same settings "
@@ -340,7 +233,10 @@ def train_sae(
             log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines() if line]
             log = [r for r in log if r["step"] <= step]
 
-    eval_x = sample[: min(len(sample), 4096)].to(device)
+    held_out = data.held_out(EVAL_TOKENS)
+    evals = _EvalSets(train=(sample[:EVAL_TOKENS] * scale).to(device),
+                      val=None if held_out is None else (held_out.float() * scale).to(device),
+                      batch_size=cfg.batch_size, compute_dtype=compute_dtype)
     ctx = LossContext(aux_coef=cfg.aux_coefficient, k_aux=cfg.k_aux, bandwidth=cfg.jumprelu_bandwidth,
                       fast=fast, compute_dtype=compute_dtype)
     autocast = compute_dtype != torch.float32 and not fast
@@ -349,11 +245,11 @@ def train_sae(
         if ckpt is None:
             return
         _check_finite(cfg, step, sae)
-        _save_checkpoint(ckpt, sae, opt, since_fired, {
+        save_checkpoint(ckpt, sae, opt, since_fired, {
             "step": step, "epoch": next_epoch, "next_batch": next_batch, "scale": scale,
             "config": cfg.run_identity(),
         })
-        _write_log(out / LOG_FILE, log)
+        write_log(out / LOG_FILE, log)
 
     bar = tqdm(total=total, initial=step, disable=not progress, unit="step", desc=f"train {cfg.arch} SAE",
                dynamic_ncols=True)
@@ -361,6 +257,7 @@ def train_sae(
     start = time.perf_counter()
     start_step = step
     next_pos = (epoch, skip)
+    stopped: Stopped = "completed"
     while step < total:
         e, i, x = next(stream)
         next_pos = (e, i + 1) if i + 1 < data.per_epoch else (e + 1, 0)
@@ -397,8 +294,7 @@ def train_sae(
                    "fvu": fvu(x, result.recon.float()),
                    "dead_pct": 100.0 * (since_fired >= cfg.dead_tokens).float().mean().item()}
             if cfg.eval_every and step % cfg.eval_every == 0:
-                ev = evaluate_sae(sae, eval_x.split(cfg.batch_size), compute_dtype=compute_dtype)
-                row.update(eval_fvu=ev.fvu, eval_l0=ev.l0)
+                row.update(evals.metrics(sae))
             _check_finite(cfg, step, sae, row["loss"])
             log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", L0=f"{row['l0']:.1f}", FVU=f"{row['fvu']:.3f}",
@@ -409,33 +305,78 @@ def train_sae(
         if stop_after is not None and step >= stop_after and step < total:
             checkpoint(*next_pos)
             bar.close()
-            return _finish(cfg, sae, scale, eval_x, log, step, step - start_step, time.perf_counter() - start,
-                           out=None, compute_dtype=compute_dtype)
+            return _finish(cfg, sae, scale, evals, log, step, total, step - start_step,
+                           time.perf_counter() - start, out=None, stopped="interrupted")
+        if step < total:
+            if cfg.max_tokens is not None and (step - start_step) * cfg.batch_size >= cfg.max_tokens:
+                stopped = "budget_tokens"
+                break
+            if cfg.max_seconds is not None and _clock() - started >= cfg.max_seconds:
+                stopped = "budget_time"
+                break
     bar.close()
     seconds = time.perf_counter() - start
     checkpoint(*next_pos)
-    return _finish(cfg, sae, scale, eval_x, log, step, step - start_step, seconds, out=out,
-                   compute_dtype=compute_dtype)
+    return _finish(cfg, sae, scale, evals, log, step, total, step - start_step, seconds, out=out, stopped=stopped,
+                   sources=[_describe(s) for s in sources], split=(data.n_train, data.n_val))
 
 
-def _finish(cfg: SAETrainConfig, sae: SAE, scale: float, eval_x: Tensor, log: list[dict[str, Any]], step: int,
-            steps_run: int, seconds: float, *, out: Path | None, compute_dtype: torch.dtype) -> TrainResult:
-    """Evaluate, fold the input scale into a copy of the SAE, write the output folder."""
+def _describe(source: Any) -> str:
+    return f"tensor {list(source.shape)}" if isinstance(source, Tensor) else str(source.path)
+
+
+@dataclass
+class _EvalSets:
+    """Fixed evaluation tokens (already input-scaled): training tokens and, if any, held-out ones."""
+
+    train: Tensor  # [n, d_in]
+    val: Tensor | None  # [m, d_in]
+    batch_size: int
+    compute_dtype: torch.dtype
+
+    def run(self, sae: SAE) -> tuple[SAEEval, SAEEval | None]:
+        def ev(x: Tensor) -> SAEEval:
+            return evaluate_sae(sae, x.split(self.batch_size), compute_dtype=self.compute_dtype)
+
+        return ev(self.train), None if self.val is None else ev(self.val)
+
+    def metrics(self, sae: SAE) -> dict[str, float]:
+        return _eval_row(*self.run(sae))
+
+
+def _eval_row(train: SAEEval, val: SAEEval | None) -> dict[str, float]:
+    """`fvu_train`, `l0_train` and, with a held-out slice, `fvu_val`, `l0_val`, `dead_pct_val`."""
+    row = {"fvu_train": train.fvu, "l0_train": train.l0}
+    if val is not None:
+        row.update(fvu_val=val.fvu, l0_val=val.l0, dead_pct_val=100.0 * val.dead_fraction)
+    return row
+
+
+def _finish(cfg: SAETrainConfig, sae: SAE, scale: float, evals: _EvalSets, log: list[dict[str, Any]], step: int,
+            total: int, steps_run: int, seconds: float, *, out: Path | None, stopped: Stopped,
+            sources: list[str] | None = None, split: tuple[int, int] = (0, 0)) -> TrainResult:
+    """Evaluate, fold the input scale into a copy of the SAE, log why the run stopped, write the output."""
     _check_finite(cfg, step, sae)
-    ev = evaluate_sae(sae, eval_x.split(cfg.batch_size), compute_dtype=compute_dtype)
+    ev_train, ev_val = evals.run(sae)
+    log.append({"step": step, "tokens": step * cfg.batch_size, "stopped": stopped, "total_steps": total,
+                "seconds": seconds, **_eval_row(ev_train, ev_val)})
     final = copy.deepcopy(sae)
     with torch.no_grad():
         final.W_enc.data = final.W_enc.data.contiguous()
         final.fold_input_scale(scale)
     final.eval()
-    result = TrainResult(sae=final, eval=ev, steps=step, tokens=steps_run * cfg.batch_size, seconds=seconds,
-                         input_scale=scale, log=log, out=out)
+    result = TrainResult(sae=final, eval_train=ev_train, eval_val=ev_val, steps=step,
+                         tokens=steps_run * cfg.batch_size, seconds=seconds, input_scale=scale, stopped=stopped,
+                         total_steps=total, log=log, out=out)
     if out is not None:
         save_sae(final, out)
-        _write_log(out / LOG_FILE, log)
+        write_log(out / LOG_FILE, log)
         atomic_write_json(out / CONFIG_FILE, {
-            "train": cfg.model_dump(), "input_scale": scale, "steps": step, "tokens": step * cfg.batch_size,
-            "final_eval": ev.as_dict(), "tokens_per_second": result.tokens_per_second,
+            "train": cfg.model_dump(), "sources": sources, "train_tokens": split[0], "val_tokens": split[1],
+            "input_scale": scale, "steps": step, "total_steps": total, "tokens": step * cfg.batch_size,
+            "stopped": stopped, "fvu_val": None if ev_val is None else ev_val.fvu, "fvu_train": ev_train.fvu,
+            "final_eval": result.eval.as_dict(), "eval_val": None if ev_val is None else ev_val.as_dict(),
+            "eval_train": ev_train.as_dict(), "tokens_per_second": result.tokens_per_second,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
         })
         plot_loss_curve(log, out / CURVE_FILE)

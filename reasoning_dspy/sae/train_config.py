@@ -4,11 +4,12 @@ metadata saved beside the weights. Imports only pydantic, so building the CLI st
 from __future__ import annotations
 
 import inspect
+import os
 import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SAETrainConfig(BaseModel):
@@ -16,12 +17,20 @@ class SAETrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    cache: str | None = Field(None, description="activation cache folder to train on")
+    cache: list[str] | None = Field(None, description="activation cache folder(s) to train on; repeat --cache to "
+                                    "train on several caches of the same model and layer")
     out: str | None = Field(None, description="output folder: SAE, checkpoint, training log, loss curve")
     arch: Literal["relu", "topk", "jumprelu"] = Field("topk", description="SAE architecture: topk, relu (ReLU + L1) or jumprelu")
     d_sae: int = Field(4096, gt=0, description="number of latents (dictionary size)")
     k: int = Field(32, gt=0, description="active latents per token (topk)")
-    tokens: int | None = Field(None, gt=0, description="training tokens (default: one pass over the cache)")
+    tokens: int | None = Field(None, gt=0, description="training tokens, the length of the LR and sparsity "
+                               "schedules (default: one pass over the training tokens)")
+    max_tokens: int | None = Field(None, gt=0, description="stop this run after training this many tokens, "
+                                   "saving the SAE and a checkpoint; --resume continues the schedule")
+    max_seconds: float | None = Field(None, gt=0, description="stop this run after this many seconds, saving "
+                                      "the SAE and a checkpoint; --resume continues the schedule")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of tokens held out (whole prompts) and "
+                                "never trained on, for the reported FVU; 0 reports training-token FVU only")
     batch_size: int = Field(4096, gt=0, description="tokens per optimiser step")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1")
@@ -45,9 +54,23 @@ class SAETrainConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the end)")
     compute_dtype: Literal["float32", "bfloat16"] = Field("float32", description="matmul dtype (weights stay float32)")
     fast: bool = Field(True, description="sparse TopK kernels (topk); off = dense reference path")
-    seed: int = Field(0, description="seed for initialisation and data order")
+    seed: int = Field(0, description="seed for initialisation, data order and the held-out slice")
+    hook_layer: int | None = Field(None, ge=0, description="decoder layer the activations come from, saved with "
+                                   "the SAE (default: the cache's; set it when training on a tensor)")
+    model_name: str | None = Field(None, description="model the activations come from, saved with the SAE "
+                                   "(default: the cache's; set it when training on a tensor)")
     device: str = Field("cpu", description="torch device")
     resume: bool = Field(False, description="continue from the checkpoint in OUT if there is one")
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_list(cls, value: Any) -> Any:
+        """One folder or several; no folder at all is None."""
+        if isinstance(value, (str, os.PathLike)):
+            return [os.fspath(value)]
+        if isinstance(value, (list, tuple)):
+            return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value] or None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> SAETrainConfig:
@@ -62,7 +85,8 @@ class SAETrainConfig(BaseModel):
     def run_identity(self) -> dict[str, Any]:
         """Fields that must match for a checkpoint to be resumed (everything but where/how to run)."""
         return self.model_dump(exclude={"cache", "out", "resume", "device", "eval_every", "log_every",
-                                        "checkpoint_every"})
+                                        "checkpoint_every", "max_tokens", "max_seconds", "hook_layer",
+                                        "model_name"})
 
 
 def _cli_annotation(annotation: Any) -> Any:
@@ -89,10 +113,10 @@ def typer_command(run: Any, model: type[BaseModel] = SAETrainConfig, required: t
         default = ... if name in required else info.default
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else ()
         help_text = info.description + (f" (one of: {', '.join(choices)})" if choices else "")
-        params.append(inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=help_text),
-            annotation=_cli_annotation(info.annotation),
-        ))
+        annotation = _cli_annotation(info.annotation)
+        repeated = list in (typing.get_origin(a) for a in (annotation, *typing.get_args(annotation)))
+        option = typer.Option(default, help=help_text, metavar="TEXT..." if repeated else None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
 
     def command(**kwargs: Any) -> Any:
         return run(kwargs)
