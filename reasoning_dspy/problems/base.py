@@ -117,8 +117,11 @@ class Draft:
     def pick(self, seq):
         return self.rng.choice(seq)
 
-    def between(self, low: int, high: int, step: int = 1) -> int:
-        return self.rng.randrange(low, high + 1, step)
+    def between(self, low: int | Fraction, high: int | Fraction, step: int = 1) -> int:
+        """A whole number in [low, high] (bounds may be integral Fractions)."""
+        if int(high) < int(low):
+            raise Retry
+        return self.rng.randrange(int(low), int(high) + 1, step)
 
 
 def _step_num(x: Fraction) -> str:

@@ -335,14 +335,22 @@ def ratio_share(d: Draft) -> tuple[str, Fraction]:
         parts = d.step(parts, "+", r)
     total = d.q("total", parts * d.between(2, 20 if d.level == 1 else 90))
     ratio_text = ":".join(str(r) for r in ratio)
+    a = person(d.rng)
+    b = person(d.rng, other_than=(a.name,))
+    things = d.pick(COLLECTIONS)
     if n == 2:
         setup = d.pick(("In a club of {n} members, the ratio of adults to children is {r}. How many children are there?",
-                        "{n} marbles are shared between Anna and Jo in the ratio {r}. How many marbles does Jo get?",
-                        "A bag holds {n} red and blue beads in the ratio {r}. How many beads are blue?"))
+                        "{a} and {b} share {n} {t} in the ratio {r}. How many {t} does {b} get?",
+                        "A bag holds {n} red and blue beads in the ratio {r}. How many beads are blue?",
+                        "{n} {t} are split between {a} and {b} so that their shares are in the ratio {r}. "
+                        "What is {b}'s share?"))
     else:
-        setup = d.pick(("{n} dollars are split among three friends in the ratio {r}. How much does the third friend get?",
-                        "A farm has {n} chickens, ducks and geese in the ratio {r}. How many geese are there?"))
-    return setup.format(n=fmt(total), r=ratio_text), d.step(d.step(total, "/", parts), "*", ratio[-1])
+        c = person(d.rng, other_than=(a.name, b.name))
+        setup = d.pick(("{n} dollars are split among {a}, {b} and {c} in the ratio {r}. How much does {c} get?",
+                        "A farm has {n} chickens, ducks and geese in the ratio {r}. How many geese are there?",
+                        "{a}, {b} and {c} divide {n} {t} in the ratio {r}. How many {t} go to {c}?"))
+        setup = setup.replace("{c}", c.name)
+    return setup.format(n=fmt(total), r=ratio_text, a=a.name, b=b.name, t=things), d.step(d.step(total, "/", parts), "*", ratio[-1])
 
 
 def times_as_many(d: Draft) -> tuple[str, Fraction]:
@@ -481,7 +489,8 @@ def equal_groups(d: Draft) -> tuple[str, Fraction]:
     things, groups = d.pick(GROUPINGS)
     size = d.q("group_size", d.between(2, 12 if d.level == 1 else 25))
     total = d.q("total", size * d.between(2, 15 if d.level == 1 else 60))
-    text = say(d, ("{n} {t} are put into {g} of {s}.", "there are {n} {t}, arranged in {g} of {s} each."),
+    text = say(d, ("{n} {t} are put into {g} of {s}.", "there are {n} {t}, arranged in {g} of {s} each.",
+                   "a volunteer sorts {n} {t} into {g}, {s} in each.", "{n} {t} need packing, {s} to a group."),
                n=fmt(total), t=things, g=groups, s=size)
     return text + " " + d.pick(("How many {g} are there?", "How many {g} does that make?")).format(g=groups), \
         d.step(total, "/", size)
@@ -512,7 +521,9 @@ def grid_count(d: Draft) -> tuple[str, Fraction]:
     rows = d.q("rows", d.between(3, 12 if d.level == 1 else 40))
     per = d.q("per_row", d.between(4, 15 if d.level == 1 else 30))
     total = d.step(rows, "*", per)
-    text = f"{'An' if place[0] in 'aeiou' else 'A'} {place} has {rows} rows with {per} {unit} in each row."
+    text = say(d, ("{art} {place} has {r} rows with {p} {u} in each row.", "the {place} is laid out in {r} rows of {p} {u}.",
+                   "there are {r} rows in the {place}, each with {p} {u}."),
+               art="an" if place[0] in "aeiou" else "a", place=place, r=rows, p=per, u=unit)
     if d.level == 3:
         rows2 = d.q("rows_2", d.between(2, 10))
         per2 = d.q("per_row_2", d.between(4, 20))
@@ -553,12 +564,15 @@ def legs(d: Draft) -> tuple[str, Fraction]:
     a = d.q("two_legged", d.between(2, 30))
     b = d.q("four_legged", d.between(2, 30))
     total = d.step(d.step(a, "*", 2), "+", d.step(b, "*", 4))
-    text = f"A farm has {a} {two} and {b} {four}."
+    text = say(d, ("a farm has {a} {two} and {b} {four}.", "in the yard there are {a} {two} and {b} {four}.",
+                   "{a} {two} share a field with {b} {four}.", "a petting zoo keeps {b} {four} and {a} {two}."),
+               a=a, b=b, two=two, four=four)
     if d.level == 3:
         c = d.q("eight_legged", d.between(2, 9))
         total = d.step(total, "+", d.step(c, "*", 8))
         text += f" The barn is also home to {c} {d.pick(EIGHT_LEGGED)}."
-    return text + " " + d.pick(("How many legs are there in total?", "How many legs do all the animals have?")), total
+    return text + " " + d.pick(("How many legs are there in total?", "How many legs do all the animals have?",
+                                "Counting every leg, what is the total?")), total
 
 
 # -- percentages -----------------------------------------------------------------------------
@@ -575,13 +589,17 @@ def percent_of(d: Draft) -> tuple[str, Fraction]:
 
 
 def discount(d: Draft) -> tuple[str, Fraction]:
-    one = d.pick(ITEMS)[0]
+    one = d.pick(("jacket", "bicycle", "lamp", "backpack", "chair", "pair of boots", "tablet", "watch", "suitcase",
+                  "rug", "guitar", "printer"))
+    buyer = person(d.rng)
     price = d.q("price", d.between(10, 200, 5 if d.level < 3 else 1))
     pct = d.q("percent", d.pick((10, 20, 25, 30, 40, 50, 15, 5)))
     kept = d.step(100, "-", pct)
     answer = d.step(d.step(price, "*", kept), "/", 100)
-    text = say(d, ("a {one} costs {p} and is on sale for {x}% off.", "the usual price of a {one} is {p}; today it is {x}% off."),
-               one=one, p=money(price), x=pct)
+    text = say(d, ("a {one} costs {p} and is on sale for {x}% off.", "the usual price of a {one} is {p}; today it is {x}% off.",
+                   "{name} wants a {one} priced at {p}, and the shop takes {x}% off.",
+                   "during a sale, a {p} {one} is reduced by {x}%."),
+               one=one, p=money(price), x=pct, name=buyer.name)
     if d.level == 3:
         tax = d.q("tax", d.pick((5, 8, 10, 20)))
         answer = d.step(d.step(answer, "*", d.step(100, "+", tax)), "/", 100)
@@ -594,11 +612,14 @@ def discount(d: Draft) -> tuple[str, Fraction]:
 def percent_increase(d: Draft) -> tuple[str, Fraction]:
     pct = d.q("percent", d.pick((10, 20, 25, 50, 5, 15, 30)))
     start = d.q("start", d.between(20, 400 if d.level == 2 else 5000, 20))
-    what = d.pick(("a town's population", "the number of members in a club", "a farm's yearly harvest in kg"))
+    what = d.pick(("a town's population", "the number of members in a club", "a farm's yearly harvest in kg",
+                   "the number of visitors to a museum", "a school's enrolment", "the number of trees in a forest"))
     answer = d.step(d.step(start, "*", d.step(100, "+", pct)), "/", 100)
     if answer.denominator != 1:
         raise Retry
-    return f"Last year {what} was {fmt(start)}. This year it grew by {pct}%. What is it now?", answer
+    text = say(d, ("last year {w} was {n}. This year it grew by {p}%.", "{w} of {n} rises by {p}%.",
+                   "{w} was {n}, and then it went up {p}%."), w=what, n=fmt(start), p=pct)
+    return text + " " + d.pick(("What is it now?", "What is the new figure?")), answer
 
 
 def percent_change(d: Draft) -> tuple[str, Fraction]:
@@ -608,10 +629,12 @@ def percent_change(d: Draft) -> tuple[str, Fraction]:
     new = d.q("new", old * (100 + pct) / 100 if up else old * (100 - pct) / 100)
     if new.denominator != 1:
         raise Retry
-    what = d.pick(("rent", "a bike's price", "the monthly bill", "a ticket price"))
+    what = d.pick(("rent", "price of a bike", "monthly bill", "price of a ticket", "cost of a haircut", "bus fare"))
     change_amount = d.step(new, "-", old) if up else d.step(old, "-", new)
-    return (f"The {what} went from {money(old)} to {money(new)}. By what percent did it "
-            f"{'increase' if up else 'decrease'}?", d.step(d.step(change_amount, "/", old), "*", 100))
+    verb = "increase" if up else "decrease"
+    return (say(d, ("the {w} went from {o} to {n}.", "{name} noticed the {w} change from {o} to {n}."),
+                w=what, o=money(old), n=money(new), name=person(d.rng).name)
+            + " " + d.pick(("By what percent did it {v}?", "What was the percentage {v}?")).format(v=verb), d.step(d.step(change_amount, "/", old), "*", 100))
 
 
 def score_percent(d: Draft) -> tuple[str, Fraction]:
