@@ -9,10 +9,18 @@ from collections import defaultdict
 from fractions import Fraction
 
 import dspy
+import pydantic
 import pytest
 
 from reasoning_dspy.problems import (
-    FAMILIES, Problem, ProblemError, accuracy, answer_accuracy, answers_match, as_dspy_examples, extract_answer,
+    FAMILIES,
+    Problem,
+    ProblemError,
+    accuracy,
+    answer_accuracy,
+    answers_match,
+    as_dspy_examples,
+    extract_answer,
     make_problems,
 )
 from reasoning_dspy.problems.words import NAMES
@@ -146,8 +154,8 @@ def test_problem_serialises_answer_as_a_number(problems):
     dumped = p.model_dump_json()
     assert f'"answer":{p.answer}' in dumped and Problem.model_validate_json(dumped) == p
     assert Problem.model_validate({**p.model_dump(), "answer": 12.0}).answer == 12
-    with pytest.raises(Exception):
-        p.answer = 3  # frozen
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        p.answer = 3
 
 
 def test_wording_varies(problems):

@@ -7,7 +7,10 @@ from collections import defaultdict
 
 from reasoning_dspy.features.vocab import REASONING_SPELLINGS
 from reasoning_dspy.problems.traces import (
-    bundled_trace_text, bundled_traces_path, duplicate_window_fraction, reasoning_traces,
+    bundled_trace_text,
+    bundled_traces_path,
+    duplicate_window_fraction,
+    reasoning_traces,
 )
 from reasoning_dspy.prompts import bundled_traces
 

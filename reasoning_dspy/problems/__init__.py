@@ -8,7 +8,13 @@ Families: arithmetic, rates, comparison, conversion, counting, percent; difficul
 share a question, and a list depends on its arguments alone.
 """
 
-from reasoning_dspy.problems.answers import accuracy, answer_accuracy, answers_match, extract_answer, format_answer
+from reasoning_dspy.problems.answers import (
+    accuracy,
+    answer_accuracy,
+    answers_match,
+    extract_answer,
+    format_answer,
+)
 from reasoning_dspy.problems.base import Problem, ProblemError
 from reasoning_dspy.problems.families import FAMILIES
 from reasoning_dspy.problems.generate import as_dspy_examples, make_problems

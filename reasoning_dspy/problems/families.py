@@ -13,8 +13,19 @@ from fractions import Fraction
 
 from reasoning_dspy.problems.base import Draft, Retry, fmt, is_plain_decimal, money
 from reasoning_dspy.problems.words import (
-    COLLECTIONS, EIGHT_LEGGED, FOUR_LEGGED, GARMENTS, GROUPINGS, ITEMS, JOBS, MACHINES, MEALS, SHOPS,
-    TWO_LEGGED, VEHICLES, person,
+    COLLECTIONS,
+    EIGHT_LEGGED,
+    FOUR_LEGGED,
+    GARMENTS,
+    GROUPINGS,
+    ITEMS,
+    JOBS,
+    MACHINES,
+    MEALS,
+    SHOPS,
+    TWO_LEGGED,
+    VEHICLES,
+    person,
 )
 
 KindFn = Callable[[Draft], tuple[str, Fraction]]
@@ -37,7 +48,7 @@ def _basket(d: Draft, n_types: int, max_count: int) -> tuple[list[str], Fraction
     """`n_types` different items with counts and prices; returns phrases and the exact total."""
     items = d.rng.sample(ITEMS, n_types)
     phrases, subtotals = [], []
-    for i, (one, many, low, high) in enumerate(items, 1):
+    for i, (_, many, low, high) in enumerate(items, 1):
         count = d.q(f"count_{i}", d.between(2, max_count))
         price = d.q(f"price_{i}", _price(d, low, high))
         phrases.append(d.pick(("{n} {many} at {p} each", "{n} {many} for {p} each", "{n} {many} costing {p} apiece"))
