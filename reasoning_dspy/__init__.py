@@ -1,7 +1,8 @@
 """reasoning-dspy: find, score and steer a language model's reasoning features, and use them from DSPy.
 
 The pipeline, one import each (loaded lazily, so `import reasoning_dspy` stays fast):
-models → activations → sae → reasonscore → steering → lm (a `dspy.LM`) → modules / metrics.
+models → activations → sae → reasonscore → steering → lm (a `dspy.LM`) → modules / metrics;
+`make_problems` gives word problems with exact answers to evaluate them on.
 
     >>> from reasoning_dspy import load_model, load_prompts, extract_activations
     >>> model, tokenizer, model_spec = load_model("tiny-random")    # or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -24,6 +25,14 @@ _EXPORTS: dict[str, str] = {
     "ModelLoadError": "reasoning_dspy.models",
     "load_prompts": "reasoning_dspy.prompts",
     "PromptError": "reasoning_dspy.prompts",
+    "Problem": "reasoning_dspy.problems",
+    "ProblemError": "reasoning_dspy.problems",
+    "make_problems": "reasoning_dspy.problems",
+    "as_dspy_examples": "reasoning_dspy.problems",
+    "extract_answer": "reasoning_dspy.problems",
+    "answers_match": "reasoning_dspy.problems",
+    "answer_accuracy": "reasoning_dspy.problems",
+    "accuracy": "reasoning_dspy.problems",
     "extract_activations": "reasoning_dspy.activations",
     "ActivationCache": "reasoning_dspy.activations",
     "CacheError": "reasoning_dspy.activations",
@@ -63,6 +72,16 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
     from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
+    from reasoning_dspy.problems import (  # noqa: F401
+        Problem,
+        ProblemError,
+        accuracy,
+        answer_accuracy,
+        answers_match,
+        as_dspy_examples,
+        extract_answer,
+        make_problems,
+    )
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
     from reasoning_dspy.sae import (  # noqa: F401
         SAE,

@@ -28,9 +28,33 @@ def bundled_traces() -> list[str]:
 
     They are full of "wait", "hmm", "therefore"..., which prompts alone rarely contain: the kind of
     text ReasonScore needs to find reasoning features offline (the paper uses model reasoning traces).
+    Generated word-problem solutions (`data/traces.txt`, varied so that no template dominates the
+    top activating contexts) are interleaved with hand-written prose, dialogues and code
+    (`data/corpus.txt`), so any prefix of the list mixes both.
     """
-    text = (resources.files("reasoning_dspy") / "data" / "corpus.txt").read_text(encoding="utf-8")
+    data = resources.files("reasoning_dspy") / "data"
+    traces, prose = (_paragraphs((data / name).read_text(encoding="utf-8")) for name in ("traces.txt", "corpus.txt"))
+    return _interleave(traces, prose)
+
+
+def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def _interleave(main: list[str], extra: list[str]) -> list[str]:
+    """`main` with `extra` spread evenly through it, each list keeping its order."""
+    if not extra:
+        return list(main)
+    total = len(main) + len(extra)
+    out, i, j = [], 0, 0
+    for k in range(total):
+        if j < len(extra) and (i >= len(main) or (k + 1) * len(extra) >= (j + 1) * total):
+            out.append(extra[j])
+            j += 1
+        else:
+            out.append(main[i])
+            i += 1
+    return out
 
 
 def load_prompts(

@@ -56,7 +56,7 @@ def corpus_text() -> str:
     data = resources.files("reasoning_dspy") / "data"
     return "\n".join(
         (data / name).read_text(encoding="utf-8")
-        for name in ("corpus.txt", "prompts.jsonl")
+        for name in ("traces.txt", "corpus.txt", "prompts.jsonl")
         if (data / name).is_file()
     )
 

@@ -122,7 +122,10 @@ def test_ce_loss_recovered_against_hand_computation(tiny, bundled_prompts):
     assert half.ce_clean == pytest.approx(ce_clean, rel=1e-5)
     assert half.ce_sae == pytest.approx(ce_half, rel=1e-5)
     assert half.ce_zero == pytest.approx(ce_zero, rel=1e-5)
-    assert half.recovered == pytest.approx((ce_zero - ce_half) / (ce_zero - ce_clean), rel=1e-4)
+    # Each CE matches the hand value to 1e-5 above; their differences are tiny on a random model, so the
+    # ratio is checked against the reported CEs (a float32 forward vs a float64 sum would amplify noise).
+    assert half.recovered == pytest.approx((half.ce_zero - half.ce_sae) / (half.ce_zero - half.ce_clean), rel=1e-6)
+    assert (half.recovered > 0) == ((ce_zero - ce_half) / (ce_zero - ce_clean) > 0)
     assert ce_zero != pytest.approx(ce_clean)  # the baseline is a real intervention
     perfect = ce_loss_recovered(model, _identity_sae(spec.d_model), ids, mask, layer=layer,
                                 special_ids=[tok.bos_token_id])
