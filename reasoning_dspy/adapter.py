@@ -115,12 +115,15 @@ class LenientChatAdapter(ChatAdapter):
 
 
 def _check_steering(lm_kwargs: dict[str, Any]) -> None:
-    """Refuse bad steering in `metadata` with our message, before DSPy rejects it as non-JSON (NaN)."""
+    """Refuse bad steering in `metadata` with our message, before DSPy rejects it as non-JSON (NaN),
+    and write valid steering in its JSON form: a `SteeringSpec` or `{"features": {3: 2.0}}` (int
+    keys, as Python users write them) would otherwise fail DSPy's JSON check on request metadata."""
     meta = lm_kwargs.get("metadata")
     if isinstance(meta, dict) and "steering" in meta:
         from reasoning_dspy.steering import as_spec
 
-        as_spec(meta["steering"])
+        spec = as_spec(meta["steering"])
+        lm_kwargs["metadata"] = {**meta, "steering": spec.model_dump(mode="json") if spec is not None else None}
 
 
 def _coerce(text: str, annotation: Any) -> Any:

@@ -144,6 +144,22 @@ def test_bad_steering_in_metadata_is_refused_with_our_message(lm, steer_sae):
         SAESteeringModule(sae=steer_sae, features=[5], strength=float("inf"))
 
 
+def test_steering_in_metadata_may_use_int_keys_or_a_spec(lm, steer_sae):
+    """Python users write `{"features": {5: 2.0}}` or pass a `SteeringSpec`; both reach the engine
+    in JSON form instead of failing DSPy's JSON check on request metadata."""
+    from reasoning_dspy.steering import SteeringSpec
+
+    from reasoning_dspy.lm import collect_reports
+
+    ask = dspy.Predict("question -> answer")
+    wanted = SteeringSpec(features={5: 8.0})
+    forms = [{"features": {"5": 8.0}}, {"features": {5: 8.0}}, wanted]
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()), collect_reports() as reports:
+        answers = [ask(question="Hi?", config={"metadata": {"steering": form}}).answer for form in forms]
+    assert [r.steering for r in reports.reports()] == [wanted] * 3
+    assert answers[0] == answers[1] == answers[2]
+
+
 def test_bootstrap_keeps_demos_the_metric_accepts_and_save_load(lm, trainset, steer_sae, tmp_path):
     """BootstrapFewShot keeps, in trainset order, the first example whose score reaches the threshold."""
     program = _steered_program(steer_sae)
