@@ -120,6 +120,8 @@ def plot_dose_response(summary: dict[str, Any], path: Path) -> Path:
 
 
 def _fmt(interval: dict, key: str) -> str:
+    if key == "activation":
+        return f"{interval['value']:.3g} [{interval['low']:.3g}, {interval['high']:.3g}]"
     scale, digits = (100.0, 1) if key in ("reflect", "accuracy", "loops") else (1.0, 2)
     unit = "%" if scale == 100.0 else ""
     v, lo, hi = (interval[k] * scale for k in ("value", "low", "high"))
@@ -171,7 +173,8 @@ def write_report(study: Any, summary: dict[str, Any]) -> Path:
         "## SAE",
         "",
         f"{sae.get('train', {}).get('arch', '?')} SAE, d_sae {study.sae.cfg.d_sae}, trained on "
-        f"{sae.get('tokens')} tokens in {sae.get('seconds', sae.get('train_seconds', '?'))} s"
+        f"{sae.get('tokens')} tokens ({sae.get('train_tokens', '?')} training tokens, {sae.get('val_tokens', '?')} held out) "
+        f"at {sae.get('tokens_per_second', 0):,.0f} tokens/s"
         + (f" (stopped: {sae['stopped']})" if sae.get("stopped") else "") + ". Final evaluation: "
         + ", ".join(f"{k} {v:.4g}" for k, v in ev.items() if isinstance(v, (int, float))) + ".",
         "",

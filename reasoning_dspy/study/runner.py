@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ class Study:
             }
 
         bar = tqdm(total=len(problems), initial=len(rows), desc=desc, disable=not self.progress, unit="problem")
-        with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        with dspy.context(lm=lm, adapter=LenientChatAdapter()), _quiet_truncation():
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start:start + CHUNK]
                 executor = ParallelExecutor(num_threads=self.cfg.batch_size, disable_progress_bar=True,
@@ -254,6 +255,24 @@ def _feature_row(report: Any) -> dict:
     return {"index": report.index, "rank": report.rank, "score": report.score, "density": report.density,
             "max_activation": report.max_activation, "top_words": [w for w, _ in report.top_words[:5]],
             "contexts": [c.text for c in report.contexts]}
+
+
+class _DropTruncation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "truncated" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_truncation() -> Iterator[None]:
+    """Traces that run to max_tokens are expected here (the report counts them); DSPy's
+    one-warning-per-call about it would bury the progress bar."""
+    log = logging.getLogger("dspy.clients.lm")
+    drop = _DropTruncation()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def _close(lm: Any) -> None:
