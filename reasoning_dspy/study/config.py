@@ -32,7 +32,9 @@ class StudyConfig(BaseModel):
     n_train: int = Field(200, ge=1, description="training problems whose traces the SAE is trained on")
     n_test: int = Field(200, ge=1, description="held-out test problems each steering condition is measured on")
     difficulty: list[int] | None = Field(None, description="problem difficulty levels to draw from (None: all)")
-    program: Literal["cot", "predict"] = Field("cot", description="dspy.ChainOfThought or dspy.Predict, question -> answer")
+    program: Literal["cot", "predict", "chat"] = Field("cot", description=(
+        "dspy.ChainOfThought or dspy.Predict (question -> answer), or chat: the question and CHAT_SUFFIX "
+        "as one user message straight to the SteeredLM, for models too small to follow DSPy's field format"))
     max_tokens: int = Field(160, ge=8, description="tokens generated per trace")
     batch_size: int = Field(32, ge=1, description="rows the engine decodes together")
     extra_texts: list[str] = Field(["bundled-traces"], description=(

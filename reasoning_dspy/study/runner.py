@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 #: Problems generated between two atomic saves of a condition's results.
 CHUNK = 64
 
+#: What `program: chat` appends to each question.
+CHAT_SUFFIX = "Think step by step, then give the final answer."
+
 
 def default_layer(n_layers: int) -> int:
     """60% of the depth: the paper steers layer 19 of DeepSeek-R1-Distill-Llama-8B's 32."""
@@ -94,12 +97,16 @@ class Study:
         todo = [p for p in problems if p.id not in done]
         program = dspy.ChainOfThought("question -> answer") if self.cfg.program == "cot" else dspy.Predict(
             "question -> answer")
-        metadata = {"steering": steering.model_dump() if steering is not None else None}
+        metadata = {"steering": steering.model_dump(mode="json") if steering is not None else None}
         tokenizer = self.loaded.tokenizer
 
         def answer(problem: Any) -> dict:
             with collect_reports() as reports:
-                prediction = program(question=problem.question, config={"metadata": metadata})
+                if self.cfg.program == "chat":
+                    lm(f"{problem.question} {CHAT_SUFFIX}", metadata=metadata)
+                    prediction = None
+                else:
+                    prediction = program(question=problem.question, config={"metadata": metadata})
             report = reports.reports()[-1]
             text = report.text or ""
             activation = report.activation
