@@ -81,3 +81,20 @@ def test_study_cli_rejects_bad_configs(tmp_path):
     assert result.exit_code == 2 and "several files" in result.output
     result = CliRunner().invoke(app, ["study", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_chat_program_sends_the_question_as_one_user_message(tmp_path):
+    from reasoning_dspy.engine import SteeredEngine
+    from reasoning_dspy.study import StudyConfig
+    from reasoning_dspy.study.runner import CHAT_SUFFIX, Study
+
+    cfg = StudyConfig.load(CONFIG, [f"out={tmp_path}", "program=chat", "n_train=3", "n_test=1"])
+    study = Study(cfg, progress=False)
+    study.stage_traces()
+    engine = SteeredEngine(study.loaded.model, study.loaded.tokenizer, max_tokens=cfg.max_tokens)
+    try:
+        direct = engine.generate([f"{p.question} {CHAT_SUFFIX}" for p in study.train])
+    finally:
+        engine.close()
+    assert [r["text"] for r in study.traces] == [d.text for d in direct]  # exactly that prompt, greedy
+    assert all(r["answer"] is None and r["n_tokens"] > 0 for r in study.traces)

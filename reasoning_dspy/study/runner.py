@@ -3,9 +3,10 @@ are already there, so an interrupted run continues where it stopped.
 
     traces -> activations -> SAE -> ReasonScore -> conditions -> steered generations -> report
 
-Every generation goes through DSPy: a `dspy.ChainOfThought("question -> answer")` program (or
-`Predict`) on a `SteeredLM`, with each condition's steering passed per call, so the study measures
-exactly what a DSPy user of the library gets.
+Every generation goes through a `SteeredLM`, with each condition's steering passed per call as
+DSPy metadata, so the study measures exactly what a DSPy user of the library gets. The program is
+`dspy.ChainOfThought("question -> answer")` (or `Predict`), or, for models too small to follow
+DSPy's field format, `chat`: the question and `CHAT_SUFFIX` as one user message.
 """
 
 from __future__ import annotations
