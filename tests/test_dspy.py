@@ -147,9 +147,8 @@ def test_bad_steering_in_metadata_is_refused_with_our_message(lm, steer_sae):
 def test_steering_in_metadata_may_use_int_keys_or_a_spec(lm, steer_sae):
     """Python users write `{"features": {5: 2.0}}` or pass a `SteeringSpec`; both reach the engine
     in JSON form instead of failing DSPy's JSON check on request metadata."""
-    from reasoning_dspy.steering import SteeringSpec
-
     from reasoning_dspy.lm import collect_reports
+    from reasoning_dspy.steering import SteeringSpec
 
     ask = dspy.Predict("question -> answer")
     wanted = SteeringSpec(features={5: 8.0})
