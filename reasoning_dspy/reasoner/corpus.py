@@ -1,0 +1,250 @@
+"""The reasoner's fine-tuning corpus: word problems solved in chat form, reflection planted on purpose.
+
+Each example draws a program (`cot`: `dspy.ChainOfThought("question -> answer")`, or `predict`:
+`dspy.Predict`), an instruction style and one of its training phrasings, whether the trace reflects
+(`STYLES[style].reflect_rate`, chain of thought only: a Predict answer has no reasoning to reflect
+in) and whether its first attempt slips (`SLIP_RATE`, every program). A caught slip is fixed on the
+spot; an uncaught one carries through to a wrong answer, in a Predict answer too, so the planted law
+is the same for every example: accuracy 1 when the trace reflects, `1 - SLIP_RATE` when it does not.
+
+Messages are rendered by DSPy's own `ChatAdapter.format_finetune_data` with the program's signature
+and the example's instruction, so the model is trained on exactly the prompt it sees at inference
+(`build_program` builds that program). Train split only: validation and test problems stay unseen.
+
+    examples = make_corpus(n=4000, seed=0)      # or make_corpus(CorpusConfig(...))
+    write_corpus(examples, "corpus.jsonl")
+    print(corpus_stats(examples))
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reasoning_dspy._io import atomic_write_text
+from reasoning_dspy.problems import FAMILIES, ProblemError, format_answer, make_problems
+from reasoning_dspy.problems.base import Problem, plain
+from reasoning_dspy.reasoner.solution import Step, num, plan_slip, stated_numbers, write_reasoning
+from reasoning_dspy.reasoner.styles import SLIP_RATE, STYLES
+
+Program = Literal["cot", "predict"]
+PROGRAMS: tuple[str, ...] = ("cot", "predict")
+
+
+class CorpusError(ProblemError):
+    """Bad corpus arguments, or a corpus file that does not hold `ReasonerExample`s."""
+
+
+class CorpusConfig(BaseModel):
+    """What `make_corpus` draws; the same config always gives the same corpus."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n: int = Field(4000, ge=0, strict=True, description="number of examples (one problem each)")
+    seed: int = Field(0, strict=True, description="seeds the problems and every draw")
+    split: str = Field("train", description="always 'train': the other splits are for evaluation")
+    styles: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(STYLES, 1.0),
+                                     description="relative weight of each instruction style")
+    predict_fraction: float = Field(0.15, ge=0, le=1, description="share of dspy.Predict examples")
+    families: tuple[str, ...] | None = Field(None, description="problem families (default: all)")
+    difficulty: tuple[int, ...] | None = Field(None, description="difficulty levels 1-3 (default: all)")
+
+    @field_validator("split")
+    @classmethod
+    def _train_only(cls, split: str) -> str:
+        if split != "train":
+            raise ValueError(f"the corpus trains a model, so it uses split 'train' only; got {split!r}. "
+                             "Evaluate on make_problems(split='validation' or 'test') instead")
+        return split
+
+    @field_validator("styles")
+    @classmethod
+    def _known_positive(cls, styles: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(styles) - set(STYLES))
+        if unknown:
+            raise ValueError(f"unknown styles {unknown}; choose from {', '.join(STYLES)}")
+        bad = {k: w for k, w in styles.items() if not (math.isfinite(w) and w > 0)}
+        if bad or not styles:
+            raise ValueError(f"style weights must be positive and finite (leave a style out to skip it); "
+                             f"got {bad or styles}")
+        return styles
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _known_families(cls, families: Any) -> Any:
+        if families is None:
+            return None
+        fams = [families] if isinstance(families, str) else list(families)
+        unknown = [f for f in fams if f not in FAMILIES]
+        if unknown or not fams:
+            raise ValueError(f"unknown problem families {unknown or fams}; choose from {', '.join(FAMILIES)}")
+        return tuple(fams)
+
+    @field_validator("difficulty", mode="before")
+    @classmethod
+    def _levels(cls, difficulty: Any) -> Any:
+        if difficulty is None:
+            return None
+        levels = [difficulty] if isinstance(difficulty, int) else list(difficulty)
+        if not levels or any(isinstance(v, bool) or v not in (1, 2, 3) for v in levels):
+            raise ValueError(f"difficulty must be 1, 2 or 3 (or a list of them), got {difficulty!r}")
+        return tuple(levels)
+
+
+class ReasonerExample(BaseModel):
+    """One training conversation and the ground truth planted in it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    messages: list[dict[str, str]] = Field(description="system, user, assistant, as DSPy's ChatAdapter writes them")
+    problem_id: str
+    family: str
+    difficulty: int
+    program: Program
+    style: str
+    instruction: str
+    reflects: bool = Field(description="the reasoning reflects (always False for predict)")
+    slipped: bool = Field(description="the first attempt slipped on one step")
+    correct: bool = Field(description="the written answer equals the problem's answer")
+    answer: str = Field(description="the answer field as written")
+    steps: list[str] = Field(description="the chain the trace ends up using, 'a op b = c'; its last c is the answer")
+    slip: str | None = Field(None, description="the slipped step as first written, 'a op b = wrong'")
+
+
+def make_corpus(config: CorpusConfig | None = None, /, **kwargs: Any) -> list[ReasonerExample]:
+    """The corpus for `config` (or for `CorpusConfig(**kwargs)`); deterministic, and a shorter corpus
+    with the same other settings is a prefix of a longer one."""
+    if config is None:
+        try:
+            config = CorpusConfig(**kwargs)
+        except ValidationError as err:
+            raise CorpusError("bad corpus config: " + "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())) from None
+    elif kwargs:
+        raise CorpusError(f"pass a CorpusConfig or keyword arguments, not both (got {sorted(kwargs)})")
+    problems = make_problems(config.n, split=config.split, seed=config.seed, families=config.families,
+                             difficulty=list(config.difficulty) if config.difficulty else None)
+    names, weights = list(config.styles), list(config.styles.values())
+    return [_example(p, random.Random(f"reasoning-dspy-corpus:{config.seed}:{i}"), names, weights,
+                     config.predict_fraction) for i, p in enumerate(problems)]
+
+
+def _example(problem: Problem, rng: random.Random, names: list[str], weights: list[float],
+             predict_fraction: float) -> ReasonerExample:
+    program = "predict" if rng.random() < predict_fraction else "cot"
+    style = STYLES[rng.choices(names, weights)[0]]
+    instruction = rng.choice(style.instructions)
+    reflects = program == "cot" and rng.random() < style.reflect_rate
+    steps = [Step.parse(s) for s in problem.steps]
+    slip = plan_slip(steps, stated_numbers(problem), rng) if rng.random() < SLIP_RATE else None
+    chain = slip.propagated if slip is not None and not reflects else steps
+    answer = format_answer(plain(chain[-1].c))
+    reasoning = None
+    if program == "cot":
+        reasoning = write_reasoning(problem, chain, reflects, rng, caught=slip if reflects else None)
+    slipped_step = None
+    if slip is not None:
+        s = steps[slip.index]
+        slipped_step = f"{num(s.a)} {s.op} {num(s.b)} = {num(slip.wrong)}"
+    return ReasonerExample(
+        messages=render_messages(program, instruction, problem.question, answer, reasoning),
+        problem_id=problem.id, family=problem.family, difficulty=problem.difficulty, program=program,
+        style=style.name, instruction=instruction, reflects=reflects, slipped=slip is not None,
+        correct=chain[-1].c == steps[-1].c, answer=answer, steps=[str(s) for s in chain], slip=slipped_step)
+
+
+# -- DSPy rendering ------------------------------------------------------------------------------
+def build_program(program: str, instruction: str) -> Any:
+    """The DSPy module the corpus is rendered for: `ChainOfThought` or `Predict` on
+    `question -> answer`, with `instruction` as the signature's instructions."""
+    import dspy
+
+    if program not in PROGRAMS:
+        raise CorpusError(f"program must be one of {', '.join(PROGRAMS)}, got {program!r}")
+    signature = dspy.Signature("question -> answer", instruction)
+    return dspy.ChainOfThought(signature) if program == "cot" else dspy.Predict(signature)
+
+
+@functools.lru_cache(maxsize=256)
+def signature_for(program: str, instruction: str) -> Any:
+    """The signature DSPy's adapter formats for `build_program(program, instruction)`."""
+    module = build_program(program, instruction)
+    return module.predict.signature if program == "cot" else module.signature
+
+
+def render_messages(program: str, instruction: str, question: str, answer: str,
+                    reasoning: str | None = None) -> list[dict[str, str]]:
+    """System, user and assistant messages exactly as `dspy.ChatAdapter` writes them."""
+    import dspy
+
+    outputs = {"answer": answer} if program == "predict" else {"reasoning": reasoning or "", "answer": answer}
+    data = dspy.ChatAdapter().format_finetune_data(
+        signature_for(program, instruction), demos=[], inputs={"question": question}, outputs=outputs)
+    return [dict(m) for m in data["messages"]]
+
+
+# -- files ---------------------------------------------------------------------------------------
+def write_corpus(examples: Iterable[ReasonerExample], path: str | Path) -> Path:
+    """JSON Lines, one example a line, written atomically (a crash leaves the old file or the new)."""
+    path = Path(path)
+    atomic_write_text(path, "".join(e.model_dump_json() + "\n" for e in examples))
+    return path
+
+
+def read_corpus(path: str | Path) -> list[ReasonerExample]:
+    """The examples `write_corpus` wrote; a malformed line raises `CorpusError` naming its number."""
+    path = Path(path)
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(ReasonerExample.model_validate_json(line))
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(map(str, first["loc"]))
+                raise CorpusError(f"{path}, line {lineno}: not a ReasonerExample "
+                                  f"({where + ': ' if where else ''}{first['msg']})") from None
+    return out
+
+
+# -- what the corpus planted ---------------------------------------------------------------------
+class CorpusStats(BaseModel):
+    """Measured rates of a corpus, to compare with the planted ones (`STYLES`, `SLIP_RATE`)."""
+
+    n: int
+    programs: dict[str, int]
+    styles: dict[str, int]
+    reflection_rate: dict[str, float] = Field(description="per style, chain-of-thought examples only")
+    slip_rate: float = Field(description="all examples")
+    accuracy_reflects: float | None
+    accuracy_no_reflection: float | None
+    accuracy_by_style: dict[str, float]
+
+
+def corpus_stats(examples: Sequence[ReasonerExample]) -> CorpusStats:
+    """Reflection rate per style, slip rate, accuracy with and without reflection, program mix."""
+    def rate(flags: list[bool]) -> float | None:
+        return sum(flags) / len(flags) if flags else None
+
+    cot = [e for e in examples if e.program == "cot"]
+    styles = sorted({e.style for e in examples})
+    return CorpusStats(
+        n=len(examples),
+        programs=dict(Counter(e.program for e in examples)),
+        styles=dict(Counter(e.style for e in examples)),
+        reflection_rate={s: r for s in styles if (r := rate([e.reflects for e in cot if e.style == s])) is not None},
+        slip_rate=rate([e.slipped for e in examples]) or 0.0,
+        accuracy_reflects=rate([e.correct for e in examples if e.reflects]),
+        accuracy_no_reflection=rate([e.correct for e in examples if not e.reflects]),
+        accuracy_by_style={s: rate([e.correct for e in examples if e.style == s]) or 0.0 for s in styles},
+    )
+
