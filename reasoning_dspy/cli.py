@@ -201,16 +201,49 @@ def study(
     from reasoning_dspy.models import ModelLoadError
     from reasoning_dspy.study import StudyConfig, StudyConfigError, run_study
 
-    args = list(args or [])
-    files = [a for a in args if "=" not in a]
-    if len(files) > 1:
-        _fail(f"expected one config file and key=value overrides, got several files: {files}")
+    config_file, overrides = _config_args(args)
     try:
-        cfg = StudyConfig.load(files[0] if files else None, [a for a in args if "=" in a])
+        cfg = StudyConfig.load(config_file, overrides)
         report = run_study(cfg)
     except (StudyConfigError, ModelLoadError, ValueError) as err:
         _fail(str(err))
     typer.echo(str(report))
+
+
+reasoner_app = typer.Typer(help="smollm2-reasoner: build the reflective corpus and fine-tune on it.",
+                           no_args_is_help=True)
+app.add_typer(reasoner_app, name="reasoner")
+
+
+@reasoner_app.command("train")
+def reasoner_train(
+    args: list[str] | None = typer.Argument(None, metavar="[RECIPE.yaml] [KEY=VALUE]...",
+                                             help="a YAML recipe, then overrides such as corpus.n=200 "
+                                                  "finetune.max_seconds=600"),
+) -> None:
+    """Write the reflective-trace corpus and LoRA-fine-tune the base model on it (resumable: run the
+    same command again to continue); writes OUT/corpus.jsonl and OUT/adapter/."""
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.reasoner.recipe import ReasonerRecipe, RecipeError, train_reasoner
+
+    recipe_file, overrides = _config_args(args)
+    try:
+        result = train_reasoner(ReasonerRecipe.load(recipe_file, overrides))
+    except (RecipeError, ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    if result.stopped != "completed":
+        typer.echo(f"stopped ({result.stopped}) at step {result.steps} of {result.total_steps}; run the same "
+                   "command again to continue")
+    typer.echo(str(result.out))
+
+
+def _config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    """Split `[CONFIG.yaml] [KEY=VALUE]...` into the file (or None) and the overrides."""
+    args = list(args or [])
+    files = [a for a in args if "=" not in a]
+    if len(files) > 1:
+        _fail(f"expected one config file and key=value overrides, got several files: {files}")
+    return (files[0] if files else None), [a for a in args if "=" in a]
 
 
 @app.command()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reasoning_dspy.config_files import load_config
 from reasoning_dspy.sae.train_config import SAETrainConfig
 
 
@@ -88,30 +87,4 @@ class StudyConfig(BaseModel):
     def load(cls, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> StudyConfig:
         """Read a YAML file (or the defaults when `path` is None) and apply `key=value` overrides
         (`sae.k=16`, `strengths=[0.1,0.3]`), values parsed as YAML."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            file = Path(path)
-            if not file.is_file():
-                raise StudyConfigError(f"study config not found: {str(path)!r}")
-            try:
-                data = yaml.safe_load(file.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise StudyConfigError(f"{str(path)!r} is not valid YAML: {err}") from None
-            if not isinstance(data, dict):
-                raise StudyConfigError(f"{str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                raise StudyConfigError(f"override {item!r} must look like key=value (e.g. n_test=50)")
-            *parents, leaf = key.strip().split(".")
-            target = data
-            for part in parents:
-                target = target.setdefault(part, {})
-                if not isinstance(target, dict):
-                    raise StudyConfigError(f"override {item!r}: {part!r} is not a section")
-            target[leaf] = yaml.safe_load(raw) if raw.strip() else None
-        try:
-            return cls(**data)
-        except ValidationError as err:
-            lines = [f"  {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in err.errors()]
-            raise StudyConfigError("invalid study config:\n" + "\n".join(lines)) from None
+        return load_config(cls, path, overrides, StudyConfigError)
