@@ -152,24 +152,30 @@ def converted_folder(name: str) -> Path | None:
 
 
 def convert(gguf_path: Path, name: str) -> Path:
-    """Return the safetensors folder for `gguf_path`, converting it first if needed (atomic: a
-    half-written conversion is never picked up)."""
-    fingerprint = file_fingerprint(gguf_path)
+    """Return the safetensors folder for `gguf_path`, converting it first if needed."""
+    def write(out: Path) -> None:
+        check_gguf(gguf_path)  # only before converting: parsing a large file takes seconds
+        _write_converted(gguf_path, out)
+
+    return cached_folder(name, file_fingerprint(gguf_path), write, source=str(gguf_path))
+
+
+def cached_folder(name: str, fingerprint: str, write, *, source: str) -> Path:
+    """`cache_root()/models/<name>`, (re)built by `write(folder)` unless it already holds the model
+    with this `fingerprint` of its source. Atomic: a half-written folder is never picked up, and a
+    concurrent builder of the same model is tolerated. GGUF conversions and merged adapters use it."""
     folder = cache_root() / "models" / name
-    source = folder / "source.json"
-    if source.is_file():
-        recorded = json.loads(source.read_text())
-        if recorded.get("fingerprint") == fingerprint and recorded.get("format") == _FORMAT:
-            return folder
-        logger.warning("%s changed since it was converted; converting it again", gguf_path)
-    check_gguf(gguf_path)  # only before converting: parsing a large file takes seconds
-    logger.warning("converting %s to safetensors under %s (once; later loads are fast)", gguf_path.name, folder)
+    if folder.is_dir() and _matches(folder, fingerprint):
+        return folder
+    if (folder / "source.json").is_file():
+        logger.warning("%s changed since it was converted; converting it again", source)
+    logger.warning("converting %s to safetensors under %s (once; later loads are fast)", Path(source).name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
     try:
-        _write_converted(gguf_path, tmp)
+        write(tmp)
         (tmp / "source.json").write_text(json.dumps(
-            {"gguf": str(gguf_path), "fingerprint": fingerprint, "format": _FORMAT, "name": name}, indent=2))
+            {"source": source, "fingerprint": fingerprint, "format": _FORMAT, "name": name}, indent=2))
         if folder.exists():
             stale = folder.with_name(f".{name}.stale-{os.getpid()}")
             folder.rename(stale)
@@ -185,9 +191,10 @@ def convert(gguf_path: Path, name: str) -> Path:
 
 def _matches(folder: Path, fingerprint: str) -> bool:
     try:
-        return json.loads((folder / "source.json").read_text()).get("fingerprint") == fingerprint
+        recorded = json.loads((folder / "source.json").read_text())
     except (OSError, ValueError):
         return False
+    return recorded.get("fingerprint") == fingerprint and recorded.get("format") == _FORMAT
 
 
 def _write_converted(gguf_path: Path, out: Path) -> None:

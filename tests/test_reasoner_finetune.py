@@ -391,3 +391,41 @@ def test_bad_config_is_refused(tiny, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"is an existing file"):
         finetune(cfg(tmp_path / "file"), EXAMPLES, loaded=tiny, progress=False)
+
+
+# -- adapters as models ------------------------------------------------------------------------------
+
+
+def test_an_adapter_folder_loads_as_a_merged_model_cached_by_its_contents(straight, tmp_path, monkeypatch):
+    import time
+
+    from reasoning_dspy.models import ModelLoadError
+
+    monkeypatch.setenv("REASONING_DSPY_CACHE", str(tmp_path / "cache"))
+    result, out = straight
+    adapter = tmp_path / "my-reasoner"
+    shutil.copytree(out, adapter, ignore=shutil.ignore_patterns("checkpoint"))
+    loaded = load_model(adapter)
+    assert loaded.model_spec.name == "my-reasoner"
+    trained = logits_of(result.model, loaded.tokenizer)
+    torch.testing.assert_close(logits_of(loaded.model, loaded.tokenizer), trained, rtol=1e-4, atol=1e-4)
+    assert (tmp_path / "cache" / "models" / "my-reasoner" / "model.safetensors").is_file()
+
+    start = time.perf_counter()
+    again = load_model("my-reasoner")  # by its short name, from the cached merge
+    assert time.perf_counter() - start < 5
+    assert torch.equal(logits_of(again.model, again.tokenizer), logits_of(loaded.model, loaded.tokenizer))
+
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # damaged: merged again, refused
+    with pytest.raises(ModelLoadError, match="my-reasoner"):
+        load_model(adapter)
+
+
+def test_the_shipped_reasoner_name_says_how_to_rebuild_when_its_files_are_missing(monkeypatch, tmp_path):
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.reasoner import merged
+
+    monkeypatch.setattr(merged, "resources", type("R", (), {"files": staticmethod(lambda _: tmp_path)}))
+    with pytest.raises(ModelLoadError, match="reasoner train experiments/configs/reasoner-smollm2.yaml"):
+        load_model("smollm2-reasoner")
