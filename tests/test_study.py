@@ -85,8 +85,9 @@ def test_study_cli_rejects_bad_configs(tmp_path):
 
 def test_chat_program_sends_the_question_as_one_user_message(tmp_path):
     from reasoning_dspy.engine import SteeredEngine
+    from reasoning_dspy.evaluation import CHAT_SUFFIX
     from reasoning_dspy.study import StudyConfig
-    from reasoning_dspy.study.runner import CHAT_SUFFIX, Study
+    from reasoning_dspy.study.runner import Study
 
     cfg = StudyConfig.load(CONFIG, [f"out={tmp_path}", "program=chat", "n_train=3", "n_test=1"])
     study = Study(cfg, progress=False)

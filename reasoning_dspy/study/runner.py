@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,6 @@ logger = logging.getLogger(__name__)
 #: Problems generated between two atomic saves of a condition's results.
 CHUNK = 64
 
-#: What `program: chat` appends to each question.
-CHAT_SUFFIX = "Think step by step, then give the final answer."
 
 
 def default_layer(n_layers: int) -> int:
@@ -84,56 +81,20 @@ class Study:
                          max_batch_size=self.cfg.batch_size, **kwargs)
 
     def generate(self, lm: Any, problems: Sequence[Any], steering: Any, path: Path, desc: str) -> list[dict]:
-        """Answer `problems` with the DSPy program on `lm` under `steering`, saving rows to `path`
+        """Answer `problems` with the study's program on `lm` under `steering`, saving rows to `path`
         every `CHUNK` problems; rows already in `path` are kept, not generated again."""
-        import dspy
-        from dspy.utils.parallelizer import ParallelExecutor
         from tqdm.auto import tqdm
 
-        from reasoning_dspy.adapter import LenientChatAdapter
-        from reasoning_dspy.lm import collect_reports
+        from reasoning_dspy.evaluation import solve
 
         rows = _read_jsonl(path)
         done = {r["id"] for r in rows}
         todo = [p for p in problems if p.id not in done]
-        program = dspy.ChainOfThought("question -> answer") if self.cfg.program == "cot" else dspy.Predict(
-            "question -> answer")
-        metadata = {"steering": steering.model_dump(mode="json") if steering is not None else None}
-        tokenizer = self.loaded.tokenizer
-
-        def answer(problem: Any) -> dict:
-            with collect_reports() as reports:
-                if self.cfg.program == "chat":
-                    lm(f"{problem.question} {CHAT_SUFFIX}", metadata=metadata)
-                    prediction = None
-                else:
-                    prediction = program(question=problem.question, config={"metadata": metadata})
-            report = reports.reports()[-1]
-            text = report.text or ""
-            activation = report.activation
-            n_tokens = activation.n_tokens if activation is not None else len(tokenizer(text).input_ids)
-            predicted = getattr(prediction, "answer", None)
-            return {
-                "id": problem.id, "question": problem.question, "expected": problem.answer,
-                "answer": None if predicted is None else str(predicted), "reasoning": getattr(prediction, "reasoning", None),
-                "text": text, "n_tokens": n_tokens, "correct": is_correct(predicted, text, problem.answer),
-                "features_mean": None if activation is None else activation.features_mean,
-            }
-
         bar = tqdm(total=len(problems), initial=len(rows), desc=desc, disable=not self.progress, unit="problem")
-        with dspy.context(lm=lm, adapter=LenientChatAdapter()), _quiet_truncation():
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK]
-                executor = ParallelExecutor(num_threads=self.cfg.batch_size, disable_progress_bar=True,
-                                            max_errors=len(chunk), timeout=10**6, provide_traceback=True)
-                results = executor.execute(answer, chunk)
-                failed = [p.id for p, r in zip(chunk, results, strict=True) if r is None]
-                if failed:
-                    raise RuntimeError(f"{len(failed)} generations failed in {desc} (first: {failed[0]}); "
-                                       "see the tracebacks above")
-                rows += results
-                _write_jsonl(path, rows)
-                bar.update(len(chunk))
+        for start in range(0, len(todo), CHUNK):
+            rows += solve(lm, todo[start:start + CHUNK], program=self.cfg.program, steering=steering,
+                          threads=self.cfg.batch_size, on_done=bar.update)
+            _write_jsonl(path, rows)
         bar.close()
         order = {p.id: i for i, p in enumerate(problems)}
         return sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
@@ -249,38 +210,10 @@ def _per_feature(condition: Condition, units: str) -> float:
     return condition.strength / len(condition.features) ** 0.5 if units == "residual" else condition.strength
 
 
-def is_correct(predicted: Any, text: str, expected: float) -> bool:
-    """The answer field decides; when it holds no number, the whole trace's final answer does."""
-    from reasoning_dspy.problems import answers_match, extract_answer
-
-    value = extract_answer(str(predicted)) if predicted is not None else None
-    if value is None:
-        value = extract_answer(text)
-    return value is not None and answers_match(value, expected)
-
-
 def _feature_row(report: Any) -> dict:
     return {"index": report.index, "rank": report.rank, "score": report.score, "density": report.density,
             "max_activation": report.max_activation, "top_words": [w for w, _ in report.top_words[:5]],
             "contexts": [c.text for c in report.contexts]}
-
-
-class _DropTruncation(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "truncated" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_truncation() -> Iterator[None]:
-    """Traces that run to max_tokens are expected here (the report counts them); DSPy's
-    one-warning-per-call about it would bury the progress bar."""
-    log = logging.getLogger("dspy.clients.lm")
-    drop = _DropTruncation()
-    log.addFilter(drop)
-    try:
-        yield
-    finally:
-        log.removeFilter(drop)
 
 
 def _close(lm: Any) -> None:
