@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -235,6 +236,60 @@ def reasoner_train(
         typer.echo(f"stopped ({result.stopped}) at step {result.steps} of {result.total_steps}; run the same "
                    "command again to continue")
     typer.echo(str(result.out))
+
+
+@reasoner_app.command("eval")
+def reasoner_eval(
+    model: str = typer.Option("smollm2-reasoner", help="any name load_model takes"),
+    n: int = typer.Option(200, min=1, help="held-out problems, answered once per style"),
+    split: str = typer.Option("test", help="problem split: test or validation"),
+    seed: int = typer.Option(0, help="seed of the problem list"),
+    styles: list[str] = typer.Option(["terse", "neutral", "careful"], "--style", help="instruction styles (repeat)"),
+    held_out: bool = typer.Option(False, help="use phrasings the reasoner never saw in training"),
+    program: str = typer.Option("cot", help="cot (ChainOfThought), predict, or chat"),
+    sae: Path | None = typer.Option(None, help="an SAE folder: also measure its top ReasonScore features"),
+    scores: Path | None = typer.Option(None, help="ReasonScore folder for --sae (default: SAE/scores)"),
+    max_tokens: int = typer.Option(256, min=8, help="tokens generated per answer"),
+    batch_size: int = typer.Option(32, min=1, help="rows the engine decodes together"),
+    out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file"),
+) -> None:
+    """Held-out accuracy (overall, per family), ChatAdapter parse rate, reflection rate and reasoning
+    words per instruction style, greedy, through dspy.ChainOfThought("question -> answer")."""
+    from reasoning_dspy._io import atomic_write_json
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.problems import ProblemError
+    from reasoning_dspy.reasoner.evaluate import evaluate_styles
+
+    try:
+        sae_model, ranking = _sae_and_scores(sae, scores) if sae is not None else (None, None)
+        result = evaluate_styles(model, n=n, split=split, seed=seed, styles=tuple(styles), held_out=held_out,
+                                 program=program, max_tokens=max_tokens, batch_size=batch_size, sae=sae_model,
+                                 scores=ranking)
+    except (ModelLoadError, ProblemError, ValueError) as err:
+        _fail(str(err))
+    if out is not None:
+        atomic_write_json(out, result)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['model']}: {n} {split} problems, {program}")
+    for col in ("style", "accuracy", "parsed", "reflect", "words/100 tok", "tokens", "loops", "activation"):
+        table.add_column(col)
+    for style, m in result["summary"].items():
+        act = "" if m["activation"] is None else f"{m['activation']:.3f}"
+        table.add_row(style, f"{m['accuracy']:.3f}", f"{m['parse_rate']:.3f}", f"{m['reflect_rate']:.3f}",
+                      f"{m['words_per_100_tokens']:.2f}", f"{m['mean_tokens']:.0f}", f"{m['loop_rate']:.3f}", act)
+    Console().print(table)
+
+
+def _sae_and_scores(sae: Path, scores: Path | None) -> tuple[Any, Any]:
+    from reasoning_dspy.features.reasonscore import FeatureScores
+    from reasoning_dspy.sae import load_sae
+
+    folder = scores if scores is not None else sae / "scores"
+    if not (folder / "features.json").is_file():
+        raise ValueError(f"no ReasonScore table in {str(folder)!r}; pass --scores (the output of `reasoning-dspy score`)")
+    return load_sae(sae), FeatureScores.load(folder)
 
 
 def _config_args(args: list[str] | None) -> tuple[str | None, list[str]]:

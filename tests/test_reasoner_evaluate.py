@@ -1,0 +1,57 @@
+"""Evaluating a model per instruction style through DSPy: rows, summaries and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from reasoning_dspy.cli import app
+from reasoning_dspy.reasoner.evaluate import evaluate_styles, style_instruction, summarize
+from reasoning_dspy.reasoner.styles import STYLES
+
+
+def test_each_style_answers_the_same_problems_with_its_own_instruction(tiny):
+    result = evaluate_styles(tiny, n=4, styles=("terse", "careful"), max_tokens=12, batch_size=4, progress=False)
+    rows = result["rows"]
+    assert [r["style"] for r in rows] == ["terse"] * 4 + ["careful"] * 4
+    assert [r["id"] for r in rows[:4]] == [r["id"] for r in rows[4:]]
+    assert {r["instruction"] for r in rows} == {STYLES["terse"].instructions[0], STYLES["careful"].instructions[0]}
+    # tiny-random writes gibberish: DSPy's ChatAdapter cannot parse it and the answers are wrong
+    assert not any(r["parsed"] for r in rows) and not any(r["correct"] for r in rows)
+    terse = result["summary"]["terse"]
+    assert terse["n"] == 4 and terse["parse_rate"] == 0.0 and terse["mean_tokens"] > 0
+
+
+def test_summary_counts_reflection_words_parses_and_families():
+    base = {"n_tokens": 10, "features_mean": None, "instruction": "x", "text": ""}
+    rows = [
+        {**base, "style": "careful", "family": "rates", "correct": True, "parsed": True,
+         "reasoning": "12 * 3 = 36. Wait, let me check: 36 / 3 = 12."},
+        {**base, "style": "careful", "family": "counting", "correct": False, "parsed": False,
+         "reasoning": "5 + 5 = 10."},
+    ]
+    s = summarize(rows)["careful"]
+    assert s["accuracy"] == 0.5 and s["parse_rate"] == 0.5 and s["reflect_rate"] == 0.5
+    assert s["accuracy_by_family"] == {"counting": 0.0, "rates": 1.0}
+    assert s["words_per_100_tokens"] == pytest.approx(100 * 2 / 20)  # "wait", "let me"
+
+
+def test_held_out_phrasings_and_unknown_styles():
+    assert style_instruction("careful", held_out=True) == STYLES["careful"].held_out[0]
+    with pytest.raises(ValueError, match="unknown style 'sloppy'"):
+        style_instruction("sloppy")
+
+
+def test_cli_writes_the_summary_and_refuses_bad_input(tmp_path):
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["reasoner", "eval", "--model", "tiny-random", "--n", "2", "--style", "terse",
+                                      "--max-tokens", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert list(saved["summary"]) == ["terse"] and len(saved["rows"]) == 2
+    result = CliRunner().invoke(app, ["reasoner", "eval", "--model", "tiny-random", "--style", "sloppy"])
+    assert result.exit_code == 2 and "unknown style" in result.output
+    result = CliRunner().invoke(app, ["reasoner", "eval", "--model", "tiny-random", "--split", "train"])
+    assert result.exit_code == 2 and "split" in result.output
