@@ -159,3 +159,18 @@ def test_bad_arguments(tiny, tmp_path):
         extract_activations(tiny.model, tiny.tokenizer, [], 1, tmp_path)
     with pytest.raises(IndexError, match="layer 9 is out of range"):
         extract_activations(tiny.model, tiny.tokenizer, PROMPTS, 9, tmp_path)
+
+
+def test_attention_sinks_are_tokens_far_above_the_batch_median_norm():
+    from reasoning_dspy.activations import SINK_NORM_RATIO, attention_sinks
+
+    acts = torch.randn(2, 6, 8)
+    acts[0, 0] *= 50  # a first-token sink
+    acts[1, 2] *= 40  # a sink a few tokens in
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[1, 5] = False  # a pad: never counts toward the median
+    acts[1, 5] *= 1000
+    sinks = attention_sinks(acts, keep)
+    assert sinks[0, 0] and sinks[1, 2] and int(sinks[keep].sum()) == 2
+    assert SINK_NORM_RATIO == 10.0
+    assert not attention_sinks(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.bool)).any()

@@ -135,10 +135,13 @@ def test_reasonscore_finds_the_tokenizer_of_a_gguf_model_from_the_cache_alone(tm
     assert cache.model_name == "smollm2-135m-instruct"
     data = cache.load_shard(0, ("acts", "positions"))
     norms = data["acts"].float().norm(dim=1)
-    # SmolLM2 adds no BOS, so the first position is an ordinary token and the attention sink
-    # (norm ≈ 25,000 against ≈ 200): it is never stored, and no token is an outlier left behind.
+    # SmolLM2 adds no BOS, so its first token is the attention sink (norm ≈ 25,000 against ≈ 200):
+    # never stored, and no outlier is left behind.
     assert int(data["positions"].min()) == 1
     assert float(norms.max()) < 5 * float(norms.median())
+    everything = extract_activations(loaded.model, loaded.tokenizer, texts, 18, tmp_path / "all", dtype="float32",
+                                     keep_special_tokens=True, progress=False).load_shard(0, ("acts", "positions"))
+    assert float(everything["acts"].float().norm(dim=1).max()) > 10 * float(norms.median())
     sae = SAE.from_config(SAEConfig(architecture="relu", d_in=576, d_sae=64, hook_layer=18,
                                     model_name=cache.model_name))
     scores = score_features(cache, sae, top_n=5, progress=False)  # tokenizer=None: re-loaded by name
