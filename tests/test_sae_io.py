@@ -185,3 +185,15 @@ def test_fold_input_scale_is_exact(arch):
     torch.testing.assert_close(f, f_scaled / s)
     torch.testing.assert_close(recon, recon_scaled / s)
     assert torch.equal(sae.W_dec, W_dec)  # decoder rows keep their (unit) norm
+
+
+def test_a_shipped_sae_name_says_how_to_rebuild_when_its_files_are_missing(monkeypatch, tmp_path):
+    import importlib
+
+    from reasoning_dspy.sae.io import SAEFileError
+
+    monkeypatch.setattr(importlib.resources, "files", lambda _: tmp_path)
+    with pytest.raises(SAEFileError, match="study-smollm2-reasoner.yaml"):
+        load_sae("smollm2-reasoner")
+    with pytest.raises(SAEFileError, match="no SAE folder"):
+        load_sae("smollm2-reasoner-typo")

@@ -119,7 +119,28 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
     return path
 
 
+#: SAEs shipped in the package (`reasoning_dspy/data/<name>/sae/`, with `scores/` beside the weights),
+#: loadable by name: `load_sae("smollm2-reasoner")`.
+SHIPPED_SAES: tuple[str, ...] = ("smollm2-reasoner",)
+
+
+def shipped_sae_folder(name: str) -> Path:
+    """The folder of a shipped SAE (its ReasonScore table is in `scores/` inside it)."""
+    from importlib import resources
+
+    if name not in SHIPPED_SAES:
+        raise SAEFileError(f"no shipped SAE named {name!r}; shipped: {', '.join(SHIPPED_SAES)}")
+    folder = Path(str(resources.files("reasoning_dspy") / "data" / name / "sae"))
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise SAEFileError(f"the shipped SAE {name!r} is missing from {folder}; reinstall reasoning-dspy, or "
+                           f"rebuild it with `reasoning-dspy study experiments/configs/study-{name}.yaml` and "
+                           "copy OUT/sae/ (with OUT/scores/ as sae/scores/) there")
+    return folder
+
+
 def _resolve_folder(path: Path) -> Path:
+    if str(path) in SHIPPED_SAES and not path.exists():
+        return shipped_sae_folder(str(path))
     pickled_only = path.is_dir() and not (path / WEIGHTS_FILE).exists() and any(
         f.suffix in PICKLE_SUFFIXES for f in path.iterdir())
     if path.suffix in PICKLE_SUFFIXES or pickled_only:
@@ -139,7 +160,8 @@ def _resolve_folder(path: Path) -> Path:
 
 
 def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None) -> SAE:
-    """Load an SAE folder written by `save_sae` or by SAELens (`cfg.json` + `sae_weights.safetensors`)."""
+    """Load an SAE folder written by `save_sae` or by SAELens (`cfg.json` + `sae_weights.safetensors`),
+    or a shipped SAE by name (`SHIPPED_SAES`, e.g. "smollm2-reasoner")."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
