@@ -99,3 +99,20 @@ def test_chat_program_sends_the_question_as_one_user_message(tmp_path):
         engine.close()
     assert [r["text"] for r in study.traces] == [d.text for d in direct]  # exactly that prompt, greedy
     assert all(r["answer"] is None and r["n_tokens"] > 0 for r in study.traces)
+
+
+def test_the_programs_instruction_reaches_the_model(tmp_path):
+    from reasoning_dspy.study import StudyConfig
+    from reasoning_dspy.study.runner import Study
+
+    cfg = StudyConfig.load(CONFIG, [f"out={tmp_path}", "n_train=2", "n_test=1", "instruction=Check every step."])
+    study = Study(cfg, progress=False)
+    lm = study.lm()
+    try:
+        study.generate(lm, study.train, None, tmp_path / "rows.jsonl", "rows")
+        prompts = [h["messages"][0]["content"] for h in lm.history]
+    finally:
+        from reasoning_dspy.lm import engine_of
+
+        engine_of(lm).close()
+    assert len(prompts) == 2 and all("Check every step." in p for p in prompts)

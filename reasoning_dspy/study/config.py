@@ -34,6 +34,8 @@ class StudyConfig(BaseModel):
     program: Literal["cot", "predict", "chat"] = Field("cot", description=(
         "dspy.ChainOfThought or dspy.Predict (question -> answer), or chat: the question and CHAT_SUFFIX "
         "as one user message straight to the SteeredLM, for models too small to follow DSPy's field format"))
+    instruction: str | None = Field(None, description=(
+        "the program's signature instructions (None: DSPy's default for question -> answer); unused by chat"))
     max_tokens: int = Field(160, ge=8, description="tokens generated per trace")
     batch_size: int = Field(32, ge=1, description="rows the engine decodes together")
     extra_texts: list[str] = Field(["bundled-traces"], description=(

@@ -166,7 +166,8 @@ def write_report(study: Any, summary: dict[str, Any]) -> Path:
         f"# Study: reasoning features of {study.loaded.model_spec.name}",
         "",
         f"Model `{study.loaded.model_spec.name}` ({study.loaded.model_spec.n_layers} layers, d_model "
-        f"{study.loaded.model_spec.d_model}), layer {study.layer}; program `{cfg.program}` through `SteeredLM`; "
+        f"{study.loaded.model_spec.d_model}), layer {study.layer}; program `{cfg.program}`"
+        + (f" with the instruction \"{cfg.instruction}\"" if cfg.instruction else "") + " through `SteeredLM`; "
         f"{len(study.train)} training problems, {summary['n_problems']} held-out test problems; "
         f"{cfg.max_tokens} tokens per trace; strengths in `{cfg.units}` units; seed {cfg.seed}.",
         "",

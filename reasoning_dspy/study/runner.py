@@ -92,7 +92,8 @@ class Study:
         todo = [p for p in problems if p.id not in done]
         bar = tqdm(total=len(problems), initial=len(rows), desc=desc, disable=not self.progress, unit="problem")
         for start in range(0, len(todo), CHUNK):
-            rows += solve(lm, todo[start:start + CHUNK], program=self.cfg.program, steering=steering,
+            rows += solve(lm, todo[start:start + CHUNK], program=self.cfg.program,
+                          instruction=self.cfg.instruction, steering=steering,
                           threads=self.cfg.batch_size, on_done=bar.update)
             _write_jsonl(path, rows)
         bar.close()
