@@ -282,6 +282,30 @@ def reasoner_eval(
     Console().print(table)
 
 
+@reasoner_app.command("ship")
+def reasoner_ship(
+    adapter: Path | None = typer.Option(None, help="an adapter folder from `reasoner train` (OUT/adapter)"),
+    study: Path | None = typer.Option(None, help="a finished study folder: its SAE and ReasonScore table"),
+    dest: Path | None = typer.Option(None, help="target folder (default: the package's data/smollm2-reasoner)"),
+) -> None:
+    """Copy a trained adapter and/or a study's SAE and scores into the package, so that
+    load_model/load_sae("smollm2-reasoner") use them (after checking that they load)."""
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.reasoner.finetune_files import AdapterError
+    from reasoning_dspy.reasoner.ship import ship_adapter, ship_study
+    from reasoning_dspy.sae import SAEFileError
+
+    if adapter is None and study is None:
+        _fail("nothing to ship: pass --adapter and/or --study")
+    try:
+        if adapter is not None:
+            typer.echo(f"adapter -> {ship_adapter(adapter, dest)}")
+        if study is not None:
+            typer.echo(f"SAE and scores -> {ship_study(study, dest)}")
+    except (FileNotFoundError, AdapterError, ModelLoadError, SAEFileError, ValueError) as err:
+        _fail(str(err))
+
+
 def _sae_and_scores(sae: Path, scores: Path | None) -> tuple[Any, Any]:
     from reasoning_dspy.features.reasonscore import FeatureScores
     from reasoning_dspy.sae import load_sae

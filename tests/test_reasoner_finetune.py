@@ -429,3 +429,23 @@ def test_the_shipped_reasoner_name_says_how_to_rebuild_when_its_files_are_missin
     monkeypatch.setattr(merged, "resources", type("R", (), {"files": staticmethod(lambda _: tmp_path)}))
     with pytest.raises(ModelLoadError, match="reasoner train experiments/configs/reasoner-smollm2.yaml"):
         load_model("smollm2-reasoner")
+
+
+def test_ship_copies_a_loadable_adapter_and_refuses_an_incomplete_one(straight, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from reasoning_dspy.cli import app
+    from reasoning_dspy.reasoner.ship import ship_adapter
+
+    monkeypatch.setenv("REASONING_DSPY_CACHE", str(tmp_path / "cache"))
+    result, out = straight
+    dest = ship_adapter(out, tmp_path / "shipped")
+    assert sorted(p.name for p in dest.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        "reasoner.json"]
+    loaded = load_model(dest)
+    torch.testing.assert_close(logits_of(loaded.model, loaded.tokenizer), logits_of(result.model, loaded.tokenizer),
+                               rtol=1e-4, atol=1e-4)
+    bad = CliRunner().invoke(app, ["reasoner", "ship", "--adapter", str(out / "checkpoint"), "--dest",
+                                   str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "adapter_config.json" in bad.output
+    assert CliRunner().invoke(app, ["reasoner", "ship"]).exit_code == 2

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from reasoning_dspy.cli import app
@@ -116,3 +117,17 @@ def test_the_programs_instruction_reaches_the_model(tmp_path):
 
         engine_of(lm).close()
     assert len(prompts) == 2 and all("Check every step." in p for p in prompts)
+
+
+def test_ship_copies_the_studys_sae_and_scores_so_they_load(study_dir, tmp_path):
+    from reasoning_dspy.features.reasonscore import FeatureScores
+    from reasoning_dspy.reasoner.ship import ship_study
+    from reasoning_dspy.sae import load_sae
+
+    folder = ship_study(study_dir, tmp_path / "shipped")
+    assert folder == tmp_path / "shipped" / "sae"
+    assert torch.equal(load_sae(folder).W_dec, load_sae(study_dir / "sae").W_dec)
+    assert torch.equal(FeatureScores.load(folder / "scores").reason_score,
+                       FeatureScores.load(study_dir / "scores").reason_score)
+    with pytest.raises(FileNotFoundError, match="scores"):
+        ship_study(tmp_path / "shipped", tmp_path / "again")

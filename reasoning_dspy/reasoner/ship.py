@@ -1,0 +1,68 @@
+"""Copy a trained adapter, and the SAE and ReasonScore table of a study on it, into the package.
+
+This is the last step of rebuilding `smollm2-reasoner` from the repository alone:
+
+    reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml
+    reasoning-dspy reasoner ship --adapter runs/reasoner-smollm2/adapter
+    reasoning-dspy study experiments/configs/study-smollm2-reasoner.yaml
+    reasoning-dspy reasoner ship --study runs/study-smollm2-reasoner
+
+Only what loading needs is copied (the adapter's three files; the SAE's weights and config; the
+scores' tensors and tables), each file atomically, after checking that it loads.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from reasoning_dspy._io import atomic_write_bytes
+from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE)
+SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training_config.json")
+SCORE_FILES = ("scores.safetensors", "features.json", "features.csv", "top_features.json", "analysis.json")
+
+
+def package_folder(name: str = "smollm2-reasoner") -> Path:
+    """Where a shipped model's files live inside the installed package."""
+    return Path(str(resources.files("reasoning_dspy") / "data" / name))
+
+
+def ship_adapter(adapter: str | Path, dest: str | Path | None = None) -> Path:
+    """Copy an adapter folder written by `reasoner train` (checked to load onto its base) to `dest`."""
+    from reasoning_dspy.models import load_model
+    from reasoning_dspy.reasoner.finetune_files import adapter_info, load_adapter
+
+    adapter, dest = Path(adapter), Path(dest) if dest is not None else package_folder()
+    _require(adapter, ADAPTER_FILES, "an adapter folder (reasoner train writes OUT/adapter)")
+    load_adapter(load_model(adapter_info(adapter)["base_model"], dtype="float32"), adapter)  # refuses a bad one
+    _copy(adapter, dest, ADAPTER_FILES)
+    return dest
+
+
+def ship_study(study: str | Path, dest: str | Path | None = None) -> Path:
+    """Copy a finished study's SAE (to `dest/sae`) and ReasonScore table (to `dest/sae/scores`)."""
+    from reasoning_dspy.features.reasonscore import FeatureScores
+    from reasoning_dspy.sae import load_sae
+
+    study, dest = Path(study), Path(dest) if dest is not None else package_folder()
+    _require(study / "sae", SAE_FILES, "a study's SAE folder (run the study to the end first)")
+    _require(study / "scores", SCORE_FILES, "a study's scores folder (run the study to the end first)")
+    sae, scores = load_sae(study / "sae"), FeatureScores.load(study / "scores")
+    if scores.d_sae != sae.d_sae:
+        raise ValueError(f"{study}: the scores cover {scores.d_sae} features but the SAE has {sae.d_sae}")
+    _copy(study / "sae", dest / "sae", SAE_FILES)
+    _copy(study / "scores", dest / "sae" / "scores", SCORE_FILES)
+    return dest / "sae"
+
+
+def _require(folder: Path, names: tuple[str, ...], what: str) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{str(folder)!r} is not {what}: {', '.join(missing)} missing")
+
+
+def _copy(src: Path, dest: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        atomic_write_bytes(dest / name, (src / name).read_bytes())
