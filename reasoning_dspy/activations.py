@@ -179,7 +179,7 @@ def iter_residuals(
         keep = mask.bool()
         if not keep_special_tokens:
             keep &= ~torch.isin(ids, special)
-            keep &= ~attention_sinks(acts, keep).cpu()
+            keep &= ~attention_sinks(acts, keep)
         b_idx, pos = keep.nonzero(as_tuple=True)
         yield s, min(s + batch_size, len(prompts)), {
             "acts": acts[keep.to(acts.device)],

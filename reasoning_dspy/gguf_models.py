@@ -165,7 +165,7 @@ def cached_folder(name: str, fingerprint: str, write, *, source: str) -> Path:
     with this `fingerprint` of its source. Atomic: a half-written folder is never picked up, and a
     concurrent builder of the same model is tolerated. GGUF conversions and merged adapters use it."""
     folder = cache_root() / "models" / name
-    if folder.is_dir() and _matches(folder, fingerprint):
+    if _matches(folder, fingerprint):
         return folder
     if (folder / "source.json").is_file():
         logger.warning("%s changed since it was converted; converting it again", source)

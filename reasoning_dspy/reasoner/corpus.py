@@ -163,13 +163,13 @@ def _example(problem: Problem, rng: random.Random, names: list[str], weights: li
 # -- DSPy rendering ------------------------------------------------------------------------------
 def build_program(program: str, instruction: str) -> Any:
     """The DSPy module the corpus is rendered for: `ChainOfThought` or `Predict` on
-    `question -> answer`, with `instruction` as the signature's instructions."""
-    import dspy
+    `question -> answer`, with `instruction` as the signature's instructions. It is
+    `evaluation.make_program`, the module inference runs, so training and inference prompts agree."""
+    from reasoning_dspy.evaluation import make_program
 
     if program not in PROGRAMS:
         raise CorpusError(f"program must be one of {', '.join(PROGRAMS)}, got {program!r}")
-    signature = dspy.Signature("question -> answer", instruction)
-    return dspy.ChainOfThought(signature) if program == "cot" else dspy.Predict(signature)
+    return make_program(program, instruction)
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,7 @@ class FinetuneConfig(BaseModel):
     max_seconds: float | None = Field(None, gt=0, description="stop this run after this many seconds, saving "
                                       "the adapter and a checkpoint; resume continues the same schedule")
     bucket: bool = Field(True, description="group examples of similar length into batches (less padding); "
-                         "the order is still drawn from the seed")
+                         "the order is drawn from `seed`")
     fast_loss: bool = Field(True, description="LM head and loss only at answer positions; off = full-sequence "
                             "logits (the reference path)")
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(

@@ -23,11 +23,16 @@ SHIPPED_ADAPTERS: tuple[str, ...] = ("smollm2-reasoner",)
 REBUILD = {"smollm2-reasoner": "reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml"}
 
 
+def package_folder(name: str = "smollm2-reasoner") -> Path:
+    """Where a shipped model's files live inside the installed package."""
+    return Path(str(resources.files("reasoning_dspy") / "data" / name))
+
+
 def shipped_adapter(name: str) -> Path:
     """The folder of a shipped adapter, with a clear error when the package lacks its files."""
     from reasoning_dspy.models import ModelLoadError
 
-    folder = Path(str(resources.files("reasoning_dspy") / "data" / name))
+    folder = package_folder(name)
     missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE) if not (folder / f).is_file()]
     if missing:
         raise ModelLoadError(f"{name!r} is shipped as a LoRA adapter in {folder}, but {', '.join(missing)} "

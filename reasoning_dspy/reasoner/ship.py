@@ -13,20 +13,15 @@ scores' tensors and tables), each file atomically, after checking that it loads.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from reasoning_dspy._io import atomic_write_bytes
 from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+from reasoning_dspy.reasoner.merged import package_folder
 
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE)
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training_config.json")
 SCORE_FILES = ("scores.safetensors", "features.json", "features.csv", "top_features.json", "analysis.json")
-
-
-def package_folder(name: str = "smollm2-reasoner") -> Path:
-    """Where a shipped model's files live inside the installed package."""
-    return Path(str(resources.files("reasoning_dspy") / "data" / name))
 
 
 def ship_adapter(adapter: str | Path, dest: str | Path | None = None) -> Path:

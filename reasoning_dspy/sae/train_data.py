@@ -4,7 +4,7 @@ served as deterministic shuffled batches.
 A source is an `ActivationCache` (or its folder) or a `[n_tokens, d_in]` tensor. The held-out slice
 is made of whole prompts (caches: `seq_ids`) or whole contiguous blocks of rows (tensors, whose rows
 usually come in sequence order), so no held-out token sits next to a training token of the same
-prompt. Which units are held out is a fixed function of the seed and the sources.
+prompt. Which units are held out is a fixed function of `seed` and the sources.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ DSPy's field format, `chat`: the question and `CHAT_SUFFIX` as one user message.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +24,9 @@ from reasoning_dspy.study.conditions import Condition, build_conditions
 from reasoning_dspy.study.config import StudyConfig, StudyConfigError
 
 console = Console(stderr=True)
-logger = logging.getLogger(__name__)
 
 #: Problems generated between two atomic saves of a condition's results.
 CHUNK = 64
-
 
 
 def default_layer(n_layers: int) -> int:
