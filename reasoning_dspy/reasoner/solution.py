@@ -11,7 +11,11 @@ families write (100 for percent, 60 for minutes, ...) and no other step's result
 always slip, so every problem can carry one.
 
 Traces that do not reflect contain no word of the official reasoning vocabulary (`features.vocab`);
-traces that reflect contain at least one, in varied wording and places.
+traces that reflect contain at least one, in varied wording and places. A reflecting trace says so in
+its first sentence (`REFLECTIVE_OPENERS`) and then checks most steps. The decision to reflect is thereby made once, at the first token of the reasoning, where
+the instruction can steer it: a model trained on these traces reflects under greedy decoding exactly
+when P(reflect | instruction) wins that first token, instead of spreading a trace-level choice thinly
+over every step, where greedy decoding never picks it.
 """
 
 from __future__ import annotations
@@ -40,12 +44,20 @@ from reasoning_dspy.problems.phrasing import (
 # Numbers the problem families write into steps without the question stating them.
 _CONSTANTS = frozenset(Fraction(v) for v in (1, 2, 4, 8, 12, 60, 100, 1000))
 _MAX_DRAWS = 24  # slip draws before falling back to the last step plus one
-_VERIFY_RATE = 0.35  # per step, in a reflecting trace
+_VERIFY_RATE = 0.6  # per step, in a reflecting trace: once a trace reflects, it keeps checking
 _PLAN_RATE = 0.35
 _CLOSER_RATE = 0.4
 
 _EXPR = {"*": "{a} × {b}", "+": "{a} + {b}", "-": "{a} − {b}", "/": "{a} ÷ {b}",
          "mod": "the remainder of {a} ÷ {b}", "ceildiv": "{a} ÷ {b} rounded up"}
+#: How a reflecting trace begins: one of these starts, then one of `_OPENER_ENDS`. The starts begin
+#: with six different words, so no single first token carries the whole reflecting share, and every
+#: opener is under ten words, so the text around it stays varied.
+REFLECTIVE_OPENERS = ("Hmm, ", "Wait, ", "Let me see: ", "Let me be careful: ", "Maybe ", "Perhaps ",
+                      "But first, ", "Hmm. Wait, ")
+_OPENER_ENDS = ("I should check each step.", "I will verify every result.", "each step needs a check.",
+                "I should go slowly here.", "this needs a careful look.", "I will recheck each number.",
+                "every step gets checked.")
 # Plans with no reasoning word, for traces that do not reflect.
 _PLAIN_PLANS = PLANS[:2] + ("Numbers given: {nums}.", "Asked: {what}?", "This takes a few steps.")
 # Checks that are true whether or not the trace slipped (no made-up wrong value, no "I slipped").
@@ -224,6 +236,9 @@ def write_reasoning(problem: Problem, chain: list[Step], reflects: bool, rng: ra
     """The reasoning text of a chain-of-thought trace that works through `chain` and ends on its
     answer. With `caught`, step `caught.index` is first written wrong and a reflection fixes it."""
     asked = what(problem.question)
+    opener = ""
+    if reflects:
+        opener = rng.choice(REFLECTIVE_OPENERS) + rng.choice(_OPENER_ENDS) + "\n"
     body: list[str] = []
     if rng.random() < _PLAN_RATE:
         nums = ", ".join(fmt(x) for x in sorted(stated_numbers(problem)))
@@ -246,7 +261,7 @@ def write_reasoning(problem: Problem, chain: list[Step], reflects: bool, rng: ra
     answer = fmt(chain[-1].c).replace(",", "")
     ending = rng.choice(CLOSERS if reflects and rng.random() < _CLOSER_RATE else ENDINGS).format(x=answer)
     text = " ".join(body).replace(" \n", "\n").lstrip("\n")
-    return wrap(text, rng) + "\n" + ending
+    return opener + wrap(text, rng) + "\n" + ending
 
 
 def _reflection(pool: tuple[tuple[bool, str], ...], step: Step, a: str, b: str, c: str, asked: str,

@@ -6,6 +6,9 @@ reflecting traces are right more often. In the corpus a chain-of-thought trace r
 style's `reflect_rate`; every trace's first attempt slips with `SLIP_RATE`; a reflection always
 catches the slip, so accuracy is 1 for reflecting traces and `1 - SLIP_RATE` for the others.
 
+The neutral rate sits below one half on purpose: DSPy's default instruction is neutral, so an
+unoptimized program mostly does not reflect, and an optimizer or steering has room to make it.
+
 Each style keeps a few phrasings out of training (`held_out`) to test whether the model learned the
 style or memorised the sentences. No instruction uses a reasoning-vocabulary word, so those words
 in a prompt come from the model, not from us.
@@ -47,7 +50,7 @@ STYLES: dict[str, Style] = {s.name: s for s in (
         held_out=("Skip the checks and answer.", "Keep it short: just compute it."),
     ),
     Style(
-        name="neutral", reflect_rate=0.4,
+        name="neutral", reflect_rate=0.25,
         instructions=(
             DSPY_DEFAULT_INSTRUCTION,
             "Solve the word problem.",
