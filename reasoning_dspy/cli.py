@@ -181,14 +181,21 @@ def score(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="folder for the demo's outputs"),
-    limit: int = typer.Option(128, help="number of bundled texts to use (half prompts, half reasoning traces)"),
+    model: str = typer.Option("smollm2-reasoner", help="smollm2-reasoner (shipped SAE: traces, features, "
+                              "steering), or any other model for the from-scratch pipeline (tiny-random: a "
+                              "one-minute smoke run; TinyLlama/TinyLlama-1.1B-Chat-v1.0 with the hub)"),
+    limit: int | None = typer.Option(None, help="held-out problems for smollm2-reasoner (default 8); texts for "
+                                     "the pipeline, half prompts, half reasoning traces (default 128)"),
 ) -> None:
-    """Run the offline end-to-end demo on tiny-random (no network needed)."""
+    """Run the offline end-to-end demo (no network needed)."""
     from reasoning_dspy.demo import run_demo
+    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.sae.io import SAEFileError
+    from reasoning_dspy.steering import SteeringError
 
     try:
-        run_demo(out, limit=limit)
-    except ValueError as err:
+        run_demo(out, limit=limit, model=model)
+    except (ModelLoadError, SAEFileError, SteeringError, ValueError) as err:
         _fail(str(err))
 
 

@@ -623,3 +623,19 @@ def steer(
     fmax = load_max_activation(max_activation, sae.d_sae) if max_activation is not None and sae is not None else None
     row = resolve(spec, d_model=mspec.d_model, n_layers=mspec.n_layers, sae=view, max_activation=fmax)
     return Steerer(model, [row] * batch_size, sae=view, model_spec=mspec)
+
+
+def recommended_steering(sae: str | os.PathLike) -> SteeringSpec:
+    """The steering an SAE folder recommends in its `steering.json` (a shipped SAE by name, e.g.
+    "smollm2-reasoner", recommends what its study measured to work best; see `reasoner.ship`)."""
+    from reasoning_dspy.sae.io import SHIPPED_SAES, shipped_sae_folder
+
+    folder = shipped_sae_folder(str(sae)) if str(sae) in SHIPPED_SAES and not Path(sae).exists() else Path(sae)
+    path = folder / "steering.json"
+    if not path.is_file():
+        raise SteeringError(f"{str(folder)!r} recommends no steering: steering.json is missing "
+                            "(`reasoning-dspy reasoner ship --study` writes it)")
+    try:
+        return SteeringSpec.model_validate(json.loads(path.read_text())["steering"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise SteeringError(f"{path} does not hold a recommended steering spec ({err})") from None

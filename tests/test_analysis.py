@@ -130,7 +130,7 @@ def test_score_command_match_and_entropy_options(planted, tmp_path):
 
 
 def test_demo_score_stage(tiny, tiny_cache, tmp_path, capsys):
-    from reasoning_dspy.demo import DemoState, stage_score
+    from reasoning_dspy.demo.pipeline import DemoState, stage_score
     from reasoning_dspy.sae import SAE, SAEConfig
 
     state = DemoState(out=tmp_path, limit=64, loaded=tiny, cache=tiny_cache)

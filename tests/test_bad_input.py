@@ -94,7 +94,8 @@ CLI_CASES = {
     "score-n-features-negative": (SCORE + " --n-features -1", "--n-features must be >= 0"),
     "score-sae-layer-mismatch": ("score --cache {cache_l1} --sae {sae} --out {new}",
                                  "the SAE was trained on layer 2 but the cache"),
-    "demo-limit-0": ("demo --out {new} --limit 0", "limit must be at least 2"),
+    "demo-limit-0": ("demo --out {new} --limit 0", "limit must be at least 1 (held-out problems)"),
+    "demo-unknown-model": ("demo --out {new} --model no-such-model --limit 4", "use an offline model: tiny-random"),
     # the CLI gives load_sae's own refusal of pickles
     "score-sae-pt": ("score --cache {cache} --sae {root}/sae.pt --out {new}", "refusing to load pickled weights"),
     "steer-sae-pt": (STEER.replace("{sae}", "{root}/sae.pt") + " --feature 0", "refusing to load pickled weights"),
@@ -151,7 +152,7 @@ CLI_CASES = {
     "score-vocab-empty": (SCORE + " --vocab {root}/empty.txt", "error: the reasoning vocabulary is empty"),
     "score-out-is-a-file": (SCORE.replace("{new}", "{file}"), "a_file.txt' is an existing file"),
     "score-device-banana": (SCORE + " --device banana", "unknown device 'banana'"),
-    "demo-limit-negative": ("demo --out {new} --limit -3", "limit must be at least 2"),
+    "demo-limit-negative": ("demo --out {new} --model tiny-random --limit -3", "limit must be at least 2"),
     "demo-out-is-a-file": ("demo --out {file} --limit 4", "a_file.txt' is an existing file"),
     "steer-no-features": (STEER, "choose the features to steer"),
     "steer-feature-and-top": (STEER + " --feature 1 --top 2", "either --feature (repeatable) or --top N"),
@@ -442,7 +443,7 @@ PY_CASES = {
     "load_sae-pickle": (_load_sae_pickle, ("reasoning_dspy.sae", "SAEFileError"), "refusing to load pickled"),
     "extract_activations-out-is-file": (_extract_out_is_file, ("reasoning_dspy.activations", "CacheError"),
                                         "is an existing file"),
-    "run_demo-limit-0": (_demo_limit_0, ValueError, "limit must be at least 2"),
+    "run_demo-limit-0": (_demo_limit_0, ValueError, "limit must be at least 1"),
 }
 
 

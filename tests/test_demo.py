@@ -12,7 +12,7 @@ from reasoning_dspy.sae import load_sae
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    state = run_demo(out, limit=48)
+    state = run_demo(out, limit=48, model="tiny-random")
     # extract: a complete cache of every prompt
     assert state.cache.manifest.complete and state.cache.manifest.n_prompts == 48 and state.cache.n_tokens > 500
     # train_sae: a TopK SAE on the cache's layer that reconstructs it better than its mean does
@@ -35,6 +35,6 @@ def test_demo_runs_end_to_end(tmp_path):
     for _, base, steered in answers:
         assert base.report.n_tokens == len(base.token_ids) and steered.report.n_tokens == len(steered.token_ids)
     # a second run resumes from the finished outputs instead of starting over
-    again = run_demo(out, limit=48)
+    again = run_demo(out, limit=48, model="tiny-random")
     assert again.cache.n_tokens == state.cache.n_tokens
     assert torch.equal(again.extras["scores"].reason_score, scores.reason_score)

@@ -31,6 +31,7 @@ from reasoning_dspy.reasoner.finetune_data import (
     encode_example,
     encode_examples,
     epoch_batches,
+    label_weight,
     labelled_loss,
     reference_loss,
     stop_ids,
@@ -135,6 +136,53 @@ def test_template_that_renders_the_prompt_differently_is_refused():
     assert not full.startswith(gen)
     with pytest.raises(ChatTemplateMismatchError, match=r"example 0: .*render_chat"):
         encode_example(tok, messages, {tok.eos_token_id})
+
+
+def test_field_starts_weigh_the_first_token_of_each_dspy_field(tiny):
+    from reasoning_dspy.reasoner.corpus import make_corpus
+
+    tok = tiny.tokenizer
+    stops = stop_ids(tiny.model, tok)
+    for example in make_corpus(n=12, seed=1):
+        plain = encode_example(tok, example.messages, stops)
+        enc = encode_example(tok, example.messages, stops, field_start_weight=20.0)
+        assert enc.input_ids == plain.input_ids and enc.labels == plain.labels and plain.weights is None
+        heavy = [k for k, w in enumerate(enc.weights) if w == 20.0]
+        fields = ["reasoning", "answer"] if example.program == "cot" else ["answer"]
+        assert len(heavy) == len(fields)  # not the `completed` marker
+        for k, field in zip(heavy, fields, strict=True):
+            before = tok.decode(enc.input_ids[:k])
+            # the weighted token is where the field's value starts (it may carry the marker's newline)
+            assert before.rstrip("\n").endswith(f"[[ ## {field} ## ]]"), before[-40:]
+            value = example.messages[-1]["content"].split(f"[[ ## {field} ## ]]\n")[1]
+            assert value.startswith(tok.decode(enc.input_ids[k:k + 1]).lstrip("\n")[:1])
+        assert all(w == (0.0 if lab == IGNORE else 1.0) for w, lab, k in
+                   zip(enc.weights, enc.labels, range(len(enc)), strict=True) if k not in heavy)
+    with pytest.raises(ValueError, match="no DSPy field marker"):
+        encode_example(tok, EXAMPLES[1]["messages"], stops, field_start_weight=5.0)
+
+
+def test_weighted_loss_is_the_weighted_sum_on_both_paths(tiny):
+    from reasoning_dspy.reasoner.corpus import make_corpus
+
+    peft_model = _peft(tiny, lora_dropout=0.0)
+    lm = peft_model.base_model.model
+    stops = stop_ids(tiny.model, tiny.tokenizer)
+    corpus = make_corpus(n=4, seed=2)
+    messages = [e.messages for e in corpus]
+    n_fields = sum(2 if e.program == "cot" else 1 for e in corpus)
+    plain = collate([encode_example(tiny.tokenizer, m, stops) for m in messages], tiny.tokenizer.pad_token_id)
+    heavy = collate([encode_example(tiny.tokenizer, m, stops, field_start_weight=9.0) for m in messages],
+                    tiny.tokenizer.pad_token_id)
+    assert "weights" not in plain and label_weight(heavy) == label_weight(plain) + 8 * n_fields
+    with torch.no_grad():
+        per_token = torch.nn.functional.cross_entropy(
+            lm(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits[:, :-1].transpose(1, 2),
+            plain["labels"][:, 1:], ignore_index=IGNORE, reduction="none")
+        expected = (per_token * heavy["weights"][:, 1:]).sum()
+        torch.testing.assert_close(labelled_loss(lm, heavy), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reference_loss(lm, heavy), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(labelled_loss(lm, plain), per_token.sum(), rtol=1e-5, atol=1e-5)
 
 
 def test_overlong_examples_are_cut_or_dropped_and_counted(tiny):

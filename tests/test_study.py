@@ -34,7 +34,7 @@ def study_dir(tmp_path_factory) -> Path:
 def test_study_runs_every_stage_and_reports_controls_with_intervals(study_dir):
     report = (study_dir / "report.md").read_text()
     for heading in ("## SAE", "## Top features by ReasonScore", "## Conditions", "### Difference from the baseline",
-                    "## Example traces"):
+                    "### Top features minus random features", "## Example traces"):
         assert f"\n{heading}" in report
     assert (study_dir / "plots" / "dose_response.png").stat().st_size > 10_000
 
@@ -43,6 +43,7 @@ def test_study_runs_every_stage_and_reports_controls_with_intervals(study_dir):
     assert kinds == ["baseline", "top", "random", "negative"]
     top, random = summary["conditions"][1], summary["conditions"][2]
     assert not set(top["features"]) & set(random["features"])
+    assert list(top["vs_random"]) == [random["name"]] and random["strength"] == top["strength"]
     for c in summary["conditions"]:
         for m in c["measures"].values():
             assert m["low"] <= m["value"] + 1e-9 and m["value"] <= m["high"] + 1e-9

@@ -99,3 +99,28 @@ def test_config_from_yaml_with_overrides(tmp_path):
         StudyConfig.load(path, ["sae.cache=x"])
     with pytest.raises(StudyConfigError, match="not found"):
         StudyConfig.load(tmp_path / "missing.yaml")
+
+
+def _gen(texts: list[str]) -> list[dict]:
+    return [{"id": f"p{i}", "text": t, "n_tokens": 20, "correct": True, "features_mean": 0.0}
+            for i, t in enumerate(texts)]
+
+
+def test_top_features_are_compared_with_random_ones_on_the_same_problems():
+    from reasoning_dspy.study.conditions import Condition
+    from reasoning_dspy.study.report import conclusions, ratio, summarize
+
+    conditions = [Condition("baseline", "baseline", (), 0.0), Condition("top@0.2", "top", (1,), 0.2),
+                  Condition("random0@0.2", "random", (7,), 0.2), Condition("random0@0.4", "random", (7,), 0.4)]
+    plain, wait = "So 3 + 4 = 7.", "Wait, 3 + 4 = 7."
+    generations = {"baseline": _gen([plain] * 40 + [wait] * 10), "top@0.2": _gen([wait] * 40 + [plain] * 10),
+                   "random0@0.2": _gen([plain] * 38 + [wait] * 12), "random0@0.4": _gen([plain] * 50)}
+    summary = summarize(conditions, generations, n_resamples=300)
+    top = summary["conditions"][1]
+    assert list(top["vs_random"]) == ["random0@0.2"]  # only the control at the same strength
+    diff = top["vs_random"]["random0@0.2"]["reflect"]
+    assert diff["value"] == pytest.approx(0.8 - 0.24) and diff["low"] > 0
+    assert "vs_random" not in summary["conditions"][2]
+    (line,) = conclusions(summary)
+    assert "×4.00" in line and "excludes 0" in line  # 80 % reflecting against the baseline's 20 %
+    assert ratio(0.3, 0.0) == float("inf") and ratio(0.0, 0.0) == 1.0

@@ -37,6 +37,7 @@ from reasoning_dspy.reasoner.finetune_data import (
     encode_examples,
     fast_path_supported,
     fingerprint,
+    label_weight,
     labelled_loss,
     reference_loss,
     stop_ids,
@@ -182,7 +183,8 @@ def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded:
     ckpt = out / CHECKPOINT_DIR if out else None
     base = _prepare_model(cfg, loaded, device)
     spec, tokenizer = base.model_spec, base.tokenizer
-    data = encode_examples(tokenizer, conversations, stop_ids(base.model, tokenizer), cfg.max_length, cfg.overlong)
+    data = encode_examples(tokenizer, conversations, stop_ids(base.model, tokenizer), cfg.max_length, cfg.overlong,
+                           cfg.field_start_weight)
     if data.truncated or data.dropped:
         what = f"cut {data.truncated}" if cfg.overlong == "truncate" else f"left out {data.dropped}"
         warnings.warn(f"{data.truncated + data.dropped} of {len(conversations)} examples exceed max_length="
@@ -241,10 +243,11 @@ def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded:
                 next_pos = (e, i + 1) if i + 1 < per_epoch else (e + 1, 0)
                 micro.append(collate([data.examples[j] for j in idx], pad_id))
             n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
+            weight = sum(label_weight(b) for b in micro)
             lr = lr_at(cfg, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss_sum, step_tokens = _accumulate(causal_lm, micro, n_labels, device, compute_dtype, fast)
+            loss_sum, step_tokens = _accumulate(causal_lm, micro, weight, device, compute_dtype, fast)
             tokens += step_tokens
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
@@ -252,7 +255,7 @@ def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded:
             opt.zero_grad(set_to_none=True)
             step += 1
             elapsed = time.perf_counter() - start
-            row = {"step": step, "loss": loss_sum / n_labels, "tokens": tokens_before + tokens,
+            row = {"step": step, "loss": loss_sum / weight, "tokens": tokens_before + tokens,
                    "answer_tokens": n_labels, "lr": lr, "seconds": round(seconds_before + elapsed, 3)}
             if not math.isfinite(row["loss"]):
                 raise FloatingPointError(f"the loss is {row['loss']} at step {step} (lr={cfg.lr}); nothing after "
@@ -288,16 +291,17 @@ def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded:
     return result
 
 
-def _accumulate(causal_lm: torch.nn.Module, micro: list[dict[str, torch.Tensor]], n_labels: int,
+def _accumulate(causal_lm: torch.nn.Module, micro: list[dict[str, torch.Tensor]], weight: float,
                 device: torch.device, compute_dtype: torch.dtype, fast: bool) -> tuple[float, int]:
-    """Forward and backward over one step's batches, each scaled by the step's answer-token count, so
-    the gradient is that of the mean loss over the whole step. Returns (summed loss, input tokens)."""
+    """Forward and backward over one step's batches, each scaled by the step's (weighted) answer-token
+    count, so the gradient is that of the mean loss over the whole step. Returns (summed loss, input
+    tokens)."""
     loss_sum, tokens = 0.0, 0
     for batch in micro:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
             loss = (labelled_loss if fast else reference_loss)(causal_lm, batch)
-        (loss / n_labels).backward()
+        (loss / weight).backward()
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
     return loss_sum, tokens

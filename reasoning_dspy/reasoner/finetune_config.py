@@ -43,6 +43,10 @@ class FinetuneConfig(BaseModel):
                                       "the adapter and a checkpoint; resume continues the same schedule")
     bucket: bool = Field(True, description="group examples of similar length into batches (less padding); "
                          "the order is drawn from `seed`")
+    field_start_weight: float = Field(
+        1.0, gt=0, description="loss weight of the first token of each DSPy output field's value (after its "
+        "`[[ ## field ## ]]` line), where a trace commits to its approach and its answer; above 1 it teaches "
+        "how the prompt steers those choices, which plain fine-tuning, one token among hundreds, learns slowly")
     fast_loss: bool = Field(True, description="LM head and loss only at answer positions; off = full-sequence "
                             "logits (the reference path)")
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +35,23 @@ class ChatTemplateMismatchError(ValueError):
 
 @dataclass
 class Encoded:
-    """One example as ids: `input_ids` (prompt + answer + end of turn) and `labels` (IGNORE on the prompt)."""
+    """One example as ids: `input_ids` (prompt + answer + end of turn), `labels` (IGNORE on the prompt)
+    and the loss weight of each label (`None`: 1 on every answer token)."""
 
     input_ids: list[int]
     labels: list[int]
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def cut(self, length: int) -> Encoded:
+        return Encoded(self.input_ids[:length], self.labels[:length],
+                       None if self.weights is None else self.weights[:length])
+
+
+#: A DSPy `ChatAdapter` field marker line; the token after it starts the field's value.
+FIELD_MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]\n")
 
 
 @dataclass
@@ -104,13 +115,17 @@ def _tokenize_text(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
 
 
-def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[int], index: int = 0) -> Encoded:
+def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[int], index: int = 0,
+                   field_start_weight: float = 1.0) -> Encoded:
     """Prompt ids as inference renders them, then the answer and its end-of-turn token(s), labelled.
 
     The whole conversation is rendered by the chat template; its ids must start with the prompt ids
     (else `ChatTemplateMismatchError`). The answer runs up to the last stop token the template emits
     after it (text after that, such as a newline, is never generated and is not trained). A template
     that emits no stop token gets the tokenizer's EOS appended, so the model learns to stop.
+
+    With `field_start_weight` != 1, the first token of each output field's value (`field_starts`)
+    weighs that much in the loss.
     """
     prompt = render_chat(tokenizer, messages[:-1], system=None)
     if getattr(tokenizer, "chat_template", None):
@@ -134,21 +149,50 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[in
         answer = answer + [tokenizer.eos_token_id]
     if not answer:
         raise ValueError(f"example {index}: the answer renders to no tokens")
-    return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer)
+    weights = None
+    if field_start_weight != 1.0:
+        weights = [0.0] * len(prompt) + [1.0] * len(answer)
+        for k in field_starts(tokenizer, full_text, len(prompt), index):
+            if k < len(weights):
+                weights[k] = field_start_weight
+    return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer, weights)
+
+
+def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0) -> list[int]:
+    """Positions, in the ids of `full_text`, of the token that starts each output field's value in the
+    answer: the token after a DSPy `[[ ## field ## ]]` marker line (the `completed` marker excluded).
+    There a chain-of-thought trace commits to its approach and its answer."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("field_start_weight needs a fast tokenizer (character offsets); this one has none")
+    bos = tokenizer.bos_token
+    offsets = tokenizer(full_text, add_special_tokens=not (bos and full_text.startswith(bos)),
+                        return_offsets_mapping=True)["offset_mapping"]
+    answer_from = offsets[prompt_len][0] if prompt_len < len(offsets) else len(full_text)
+    positions = []
+    for m in FIELD_MARKER.finditer(full_text, answer_from):
+        if m.group(1) == "completed":
+            continue
+        k = next((k for k in range(prompt_len, len(offsets)) if offsets[k][0] <= m.end() < offsets[k][1]), None)
+        if k is not None:
+            positions.append(k)
+    if not positions:
+        raise ValueError(f"example {index}: field_start_weight is set but the answer has no DSPy field marker "
+                         "([[ ## name ## ]]) to weight")
+    return positions
 
 
 def encode_examples(tokenizer: Any, conversations: list[list[dict[str, str]]], stops: set[int], max_length: int,
-                    overlong: str = "truncate") -> EncodedSet:
+                    overlong: str = "truncate", field_start_weight: float = 1.0) -> EncodedSet:
     """Encode every conversation; one longer than `max_length` is cut (if any answer token is left) or dropped."""
     out, truncated, dropped = [], 0, 0
     for i, messages in enumerate(conversations):
-        enc = encode_example(tokenizer, messages, stops, i)
+        enc = encode_example(tokenizer, messages, stops, i, field_start_weight)
         if len(enc) > max_length:
             keeps_answer = any(lab != IGNORE for lab in enc.labels[1:max_length])
             if overlong == "drop" or not keeps_answer:
                 dropped += 1
                 continue
-            enc = Encoded(enc.input_ids[:max_length], enc.labels[:max_length])
+            enc = enc.cut(max_length)
             truncated += 1
         out.append(enc)
     if not out:
@@ -195,7 +239,8 @@ def batches_per_epoch(n_examples: int, batch_size: int) -> int:
 
 
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded `input_ids`, `attention_mask` and `labels`, all `[batch, longest]`."""
+    """Right-padded `input_ids`, `attention_mask` and `labels`, all `[batch, longest]`, and `weights`
+    (float, 0 where unlabelled) when any example carries weights."""
     width = max(len(e) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -205,7 +250,21 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
         ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any(e.weights is not None for e in examples):
+        weights = (labels != IGNORE).float()
+        for row, e in enumerate(examples):
+            if e.weights is not None:
+                weights[row, :len(e)] = torch.tensor(e.weights)
+        batch["weights"] = weights
+    return batch
+
+
+def label_weight(batch: Mapping[str, Tensor]) -> float:
+    """What a batch's loss sums over: its labelled tokens, each counted with its weight."""
+    if "weights" in batch:
+        return float(batch["weights"][:, 1:].sum())
+    return float((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 # -- the loss ------------------------------------------------------------------------------------
@@ -234,7 +293,8 @@ def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 def labelled_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
-    """Summed next-token cross-entropy over the labelled positions, the LM head run on those only.
+    """Summed (weighted, given `weights`) next-token cross-entropy over the labelled positions, the LM
+    head run on those only.
 
     `model` is the causal LM (e.g. a PEFT model's `base_model.model`); the result equals
     `reference_loss` up to float rounding.
@@ -246,7 +306,10 @@ def labelled_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep])  # [n_labelled, vocab]
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    if "weights" not in batch:
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    return (losses * batch["weights"][:, 1:][keep]).sum()
 
 
 def reference_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
@@ -254,5 +317,8 @@ def reference_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     mask = batch["attention_mask"]
     logits = model(input_ids=batch["input_ids"], attention_mask=None if bool(mask.all()) else mask,
                    use_cache=False).logits  # [batch, seq, vocab]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
-                           ignore_index=IGNORE, reduction="sum")
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                             ignore_index=IGNORE, reduction="none")
+    if "weights" in batch:
+        losses = losses * batch["weights"][:, 1:].flatten()
+    return losses.sum()

@@ -8,14 +8,18 @@ This is the last step of rebuilding `smollm2-reasoner` from the repository alone
     reasoning-dspy reasoner ship --study runs/study-smollm2-reasoner
 
 Only what loading needs is copied (the adapter's three files; the SAE's weights and config; the
-scores' tensors and tables), each file atomically, after checking that it loads.
+scores' tensors and tables), each file atomically, after checking that it loads. Beside the SAE goes
+`steering.json`: the steering the study recommends (`recommend_steering`), which
+`steering.recommended_steering("smollm2-reasoner")` reads back.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from reasoning_dspy._io import atomic_write_bytes
+from reasoning_dspy._io import atomic_write_bytes, atomic_write_json
 from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
 from reasoning_dspy.reasoner.merged import package_folder
 
@@ -47,9 +51,39 @@ def ship_study(study: str | Path, dest: str | Path | None = None) -> Path:
     sae, scores = load_sae(study / "sae"), FeatureScores.load(study / "scores")
     if scores.d_sae != sae.d_sae:
         raise ValueError(f"{study}: the scores cover {scores.d_sae} features but the SAE has {sae.d_sae}")
+    _require(study, ("summary.json", "config.json"), "a finished study (run it to the end first)")
+    summary = json.loads((study / "summary.json").read_text())
+    config = json.loads((study / "config.json").read_text())
     _copy(study / "sae", dest / "sae", SAE_FILES)
     _copy(study / "scores", dest / "sae" / "scores", SCORE_FILES)
+    atomic_write_json(dest / "sae" / STEERING_FILE, recommend_steering(summary, layer=sae.cfg.hook_layer,
+                                                                      units=config.get("units", "residual")))
     return dest / "sae"
+
+
+STEERING_FILE = "steering.json"
+
+#: The recommended strength may loop on at most this share of held-out problems.
+MAX_LOOP_RATE = 0.10
+
+
+def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str = "residual",
+                       max_loops: float = MAX_LOOP_RATE) -> dict[str, Any]:
+    """The study's top-feature condition that makes the most traces reflect while looping on at most
+    `max_loops` of them (the weakest strength when none qualifies), as a `SteeringSpec` dict with the
+    measurements that chose it."""
+    from reasoning_dspy.steering import SteeringSpec
+
+    tops = sorted((c for c in summary["conditions"] if c["kind"] == "top"), key=lambda c: c["strength"])
+    if not tops:
+        raise ValueError("the study summary has no top-feature condition to recommend")
+    safe = [c for c in tops if c["measures"]["loops"]["value"] <= max_loops]
+    best = max(safe, key=lambda c: c["measures"]["reflect"]["value"]) if safe else tops[0]
+    per_feature = best["strength"] / len(best["features"]) ** 0.5 if units == "residual" else best["strength"]
+    spec = SteeringSpec(features=dict.fromkeys(best["features"], per_feature), units=units, layer=layer)
+    measured = {k: best["measures"][k]["value"] for k in ("reflect", "word_rate", "accuracy", "loops")}
+    return {"steering": spec.model_dump(mode="json"), "condition": best["name"], "strength": best["strength"],
+            "measured": measured, "rule": f"most reflecting traces with loops <= {max_loops:g}"}
 
 
 def _require(folder: Path, names: tuple[str, ...], what: str) -> None:

@@ -47,7 +47,8 @@ def _intervals(cols: dict[str, np.ndarray], **kw: Any) -> dict[str, dict]:
 
 
 def _differences(cols: dict[str, np.ndarray], base: dict[str, np.ndarray], **kw: Any) -> dict[str, dict]:
-    """Condition minus baseline on the same problems (paired resamples)."""
+    """Condition minus a reference (the baseline, or a random control) on the same problems (paired
+    resamples)."""
     def rate_diff(w, t, bw, bt):
         return rate_per_100(w, t) - rate_per_100(bw, bt)
 
@@ -63,21 +64,28 @@ def _differences(cols: dict[str, np.ndarray], base: dict[str, np.ndarray], **kw:
 
 def summarize(conditions: list[Condition], generations: dict[str, list[dict]], *, n_resamples: int = 2000,
               confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Per condition: each measure with its interval, and its paired difference from the baseline."""
+    """Per condition: each measure with its interval and its paired difference from the baseline; for
+    the top features, also their paired difference from each random control at the same strength."""
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     base_rows = generations["baseline"]
     ids = [r["id"] for r in base_rows]
     base = _columns(base_rows)
     result: dict[str, Any] = {"confidence": confidence, "n_resamples": n_resamples, "n_problems": len(ids),
                               "conditions": []}
+    columns = {}
     for c in conditions:
         rows = generations[c.name]
         if [r["id"] for r in rows] != ids:
             raise ValueError(f"condition {c.name} was measured on other problems than the baseline")
-        cols = _columns(rows)
+        columns[c.name] = _columns(rows)
+    for c in conditions:
+        cols = columns[c.name]
         entry = {**c.to_dict(), "measures": _intervals(cols, **kw)}
         if c.kind != "baseline":
             entry["vs_baseline"] = _differences(cols, base, **kw)
+        if c.kind == "top":
+            entry["vs_random"] = {r.name: _differences(cols, columns[r.name], **kw) for r in conditions
+                                  if r.kind == "random" and r.strength == c.strength}
         result["conditions"].append(entry)
     return result
 
@@ -133,23 +141,38 @@ def _signed(interval: dict, key: str) -> str:
     return ("+" if interval["value"] >= 0 else "") + text
 
 
+def ratio(value: float, baseline: float) -> float:
+    """How many times the baseline a measure is (inf when the baseline is 0 and the value is not)."""
+    if baseline == 0:
+        return float("inf") if value > 0 else 1.0
+    return value / baseline
+
+
+def _excludes_zero(d: dict) -> bool:
+    return d["low"] > 0 or d["high"] < 0
+
+
 def conclusions(summary: dict[str, Any]) -> list[str]:
-    """Plain statements read off the intervals: does steering the top features raise reflection
-    more than matched random features at the same strength?"""
+    """Plain statements read off the intervals: does steering the top features raise reflection,
+    how many times the baseline, and more than matched random features at the same strength?"""
     lines = []
-    by_name = {e["name"]: e for e in summary["conditions"]}
+    base = next(e for e in summary["conditions"] if e["kind"] == "baseline")["measures"]
     for e in summary["conditions"]:
         if e["kind"] != "top":
             continue
-        d = e["vs_baseline"]["word_rate"]
-        sig = d["low"] > 0 or d["high"] < 0
-        randoms = [x for n, x in by_name.items() if x["kind"] == "random" and x["strength"] == e["strength"]]
-        rnd = "; ".join(f"{r['name']}: {_signed(r['vs_baseline']['word_rate'], 'word_rate')}" for r in randoms)
+        m, d = e["measures"], e["vs_baseline"]
+        times = {k: ratio(m[k]["value"], base[k]["value"]) for k in ("word_rate", "reflect")}
+        randoms = "; ".join(
+            f"minus {name}: words {_signed(v['word_rate'], 'word_rate')}, reflecting "
+            f"{_signed(v['reflect'], 'reflect')} ({'excludes' if _excludes_zero(v['reflect']) else 'includes'} 0)"
+            for name, v in e.get("vs_random", {}).items())
         lines.append(
             f"At strength {e['strength']:g}, steering the top features changed the reasoning-word rate by "
-            f"{_signed(d, 'word_rate')} per 100 tokens ({'an interval excluding 0' if sig else 'an interval including 0'})"
-            + (f"; matched random features: {rnd}" if rnd else "")
-            + f"; degenerate loops {_fmt(e['measures']['loops'], 'loops')}, accuracy {_fmt(e['measures']['accuracy'], 'accuracy')}."
+            f"{_signed(d['word_rate'], 'word_rate')} per 100 tokens (×{times['word_rate']:.2f} the baseline, "
+            f"{'an interval excluding 0' if _excludes_zero(d['word_rate']) else 'an interval including 0'}) and the "
+            f"share of reflecting traces by {_signed(d['reflect'], 'reflect')} (×{times['reflect']:.2f})"
+            + (f"; top features {randoms}" if randoms else "")
+            + f"; degenerate loops {_fmt(m['loops'], 'loops')}, accuracy {_fmt(m['accuracy'], 'accuracy')}."
         )
     return lines
 
@@ -208,6 +231,13 @@ def write_report(study: Any, summary: dict[str, Any]) -> Path:
     for e in summary["conditions"]:
         if "vs_baseline" in e:
             lines.append(f"| {e['name']} | " + " | ".join(_signed(e["vs_baseline"][k], k) for k, _ in MEASURES) + " |")
+    paired = [(e["name"], name, v) for e in summary["conditions"] for name, v in e.get("vs_random", {}).items()]
+    if paired:
+        lines += ["", "### Top features minus random features at the same strength (paired)", "",
+                  "| top | random | " + " | ".join(label for _, label in MEASURES) + " |",
+                  "|---|---|" + "---:|" * len(MEASURES)]
+        lines += [f"| {top} | {rnd} | " + " | ".join(_signed(v[k], k) for k, _ in MEASURES) + " |"
+                  for top, rnd, v in paired]
     lines += ["", f"![dose-response]({plot.relative_to(out)})", "", "## Reading", ""]
     lines += [f"- {line}" for line in conclusions(summary)]
     lines += ["", "## Example traces", ""]

@@ -1,12 +1,11 @@
-"""The offline end-to-end demo: every stage of the pipeline on `tiny-random`, in about a minute.
+"""The pipeline demo: every stage from scratch (extract, train an SAE, score, steer), in about a
+minute on `tiny-random`; with the hub, the same stages run on TinyLlama or any Llama-family model.
 
 Each stage is a small function taking the shared `DemoState`, so the demo reads as the pipeline.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ console = Console()
 class DemoState:
     out: Path
     limit: int
-    layer: int = 2
+    model: str = "tiny-random"
+    layer: int | None = None  # None: 60% of the model's depth (layer 2 of tiny-random's 4)
     loaded: Any = None
     prompts: list[str] = field(default_factory=list)
     cache: Any = None
@@ -32,7 +32,11 @@ def stage_extract(state: DemoState) -> None:
     from reasoning_dspy.models import load_model
     from reasoning_dspy.prompts import load_prompts
 
-    state.loaded = load_model("tiny-random", dtype="float32")
+    from reasoning_dspy.study.runner import default_layer
+
+    state.loaded = load_model(state.model, dtype="float32")
+    if state.layer is None:
+        state.layer = default_layer(state.loaded.model_spec.n_layers)
     # Half prompts, half worked reasoning traces: the traces carry the "wait"/"therefore" words
     # that ReasonScore looks for (prompts alone rarely contain them).
     half = max(1, state.limit // 2)
@@ -169,19 +173,3 @@ def stage_steer(state: DemoState) -> None:
 
 
 STAGES = [stage_extract, stage_train_sae, stage_score, stage_steer]
-
-
-def run_demo(out: str | os.PathLike = "runs/demo", *, limit: int = 128) -> DemoState:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
-        raise ValueError(f"limit must be at least 2 (half bundled prompts, half reasoning traces), got {limit!r}")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"the demo output {str(out)!r} is an existing file; pass a folder")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    state = DemoState(out=Path(out), limit=limit)
-    for stage in STAGES:
-        name = stage.__name__.removeprefix("stage_")
-        console.rule(f"[bold]{name}")
-        start = time.perf_counter()
-        stage(state)
-        console.print(f"[dim]{name} took {time.perf_counter() - start:.1f}s[/]")
-    return state

@@ -1,0 +1,148 @@
+"""The reasoner demo: a shipped model and SAE, in a few minutes on 2 CPU cores.
+
+`smollm2-reasoner` answers held-out word problems through `dspy.ChainOfThought`; its shipped SAE
+shows which features fire on its reflection words, with contexts from the traces it just wrote; and
+the steering the study recommends is applied to the same problems, baseline beside steered, with
+reflection counts and correctness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+console = Console()
+
+#: Tokens per trace: the reasoner's traces end well within this.
+MAX_TOKENS = 192
+
+
+@dataclass
+class ReasonerDemoState:
+    out: Path
+    limit: int  # held-out problems
+    model: str = "smollm2-reasoner"
+    loaded: Any = None
+    sae: Any = None
+    scores: Any = None
+    steering: Any = None
+    problems: list[Any] = field(default_factory=list)
+    baseline: list[dict] = field(default_factory=list)
+    steered: list[dict] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)
+
+
+def stage_load(state: ReasonerDemoState) -> None:
+    """The model (base + shipped adapter, merged and cached on first use), its SAE, ReasonScore table
+    and recommended steering."""
+    from reasoning_dspy.features.reasonscore import FeatureScores
+    from reasoning_dspy.models import load_model
+    from reasoning_dspy.sae import load_sae
+    from reasoning_dspy.sae.io import shipped_sae_folder
+    from reasoning_dspy.steering import recommended_steering
+
+    state.loaded = load_model(state.model)
+    state.sae = load_sae(state.model)
+    state.scores = FeatureScores.load(shipped_sae_folder(state.model) / "scores")
+    state.steering = recommended_steering(state.model)
+    spec = state.loaded.model_spec
+    console.print(f"model [bold]{spec.name}[/]: {spec.n_layers} layers, d_model {spec.d_model}; SAE d_sae "
+                  f"{state.sae.d_sae} at layer {state.sae.cfg.hook_layer}; recommended steering: features "
+                  f"{list(state.steering.features)}, {state.steering.residual_strength:g} × the residual norm")
+
+
+def _lm(state: ReasonerDemoState) -> Any:
+    from reasoning_dspy.lm import SteeredLM
+
+    return SteeredLM(state.loaded, sae=state.sae, max_activation=state.scores, capture=True,
+                     reasoning_features=list(state.steering.features), max_tokens=MAX_TOKENS, cache=False,
+                     max_batch_size=max(2, state.limit))
+
+
+def stage_traces(state: ReasonerDemoState) -> None:
+    """Held-out problems answered greedily through `dspy.ChainOfThought("question -> answer")`, with
+    DSPy's default instruction: what an unoptimized program gets."""
+    from reasoning_dspy.evaluation import solve
+    from reasoning_dspy.lm import engine_of
+    from reasoning_dspy.problems import make_problems
+
+    state.problems = make_problems(state.limit, split="test", seed=0)
+    lm = _lm(state)
+    try:
+        state.baseline = solve(lm, state.problems, program="cot", threads=state.limit)
+    finally:
+        engine_of(lm).close()
+    for row in state.baseline[:2]:
+        mark = "[green]right[/]" if row["correct"] else "[red]wrong[/]"
+        console.print(Panel(f"[bold]{row['question']}[/]\n\n{(row['reasoning'] or row['text']).strip()}\n\n"
+                            f"answer: {row['answer']} (expected {row['expected']:g}, {mark})",
+                            title="a real trace", expand=False))
+
+
+def stage_features(state: ReasonerDemoState) -> None:
+    """The top ReasonScore features of the shipped SAE, with their max-activating contexts in the
+    traces the model just wrote."""
+    from rich.text import Text
+
+    from reasoning_dspy.activations import extract_activations
+    from reasoning_dspy.features.analysis import analyze_features, write_analysis
+
+    texts = [row["text"] for row in state.baseline if row["text"].strip()]
+    cache = extract_activations(state.loaded.model, state.loaded.tokenizer, texts, state.sae.cfg.hook_layer,
+                                state.out / "activations", dtype="float32", overwrite=True, progress=False)
+    state.reports = analyze_features(cache, state.sae, state.scores, tokenizer=state.loaded.tokenizer,
+                                     n_features=5, n_contexts=2, progress=False)
+    write_analysis(state.out / "features", state.scores, state.reports)
+    table = Table(title="top features by ReasonScore (contexts from the traces above)")
+    for col in ("rank", "feature", "score", "density", "top words", "max-activating context"):
+        table.add_column(col, no_wrap=col in ("rank", "feature", "score", "density"))
+    for r in state.reports:
+        context = Text()
+        if r.contexts:
+            c = r.contexts[0]
+            for i in range(max(c.center - 6, 0), min(c.center + 4, len(c.tokens))):
+                context.append(c.tokens[i].replace("\n", " "), style="bold reverse" if i == c.center else "")
+        table.add_row(str(r.rank), str(r.index), f"{r.score:+.4f}", f"{r.density:.3f}",
+                      ", ".join(w for w, _ in r.top_words[:3]) or "-", context)
+    console.print(table)
+
+
+def stage_steer(state: ReasonerDemoState) -> None:
+    """The same problems with the recommended steering: reflection words and correctness side by side."""
+    from reasoning_dspy.evaluation import solve
+    from reasoning_dspy.lm import engine_of
+    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
+
+    lm = _lm(state)
+    try:
+        state.steered = solve(lm, state.problems, program="cot", steering=state.steering, threads=state.limit)
+    finally:
+        engine_of(lm).close()
+    table = Table(title=f"baseline vs steered (features {list(state.steering.features)}, "
+                        f"{state.steering.residual_strength:g} × the residual norm)")
+    for col in ("question", "expected", "baseline", "words", "steered", "words"):
+        table.add_column(col, overflow="fold")
+    for b, s in zip(state.baseline, state.steered, strict=True):
+        table.add_row(b["question"], f"{b['expected']:g}", _answer(b), str(count_words(b["text"])), _answer(s),
+                      str(count_words(s["text"])))
+    console.print(table)
+    for name, rows in (("baseline", state.baseline), ("steered", state.steered)):
+        n = len(rows)
+        console.print(f"{name}: {sum(reflects(r['text']) for r in rows)}/{n} traces reflect, "
+                      f"{sum(count_words(r['text']) for r in rows)} reasoning words, "
+                      f"{sum(r['correct'] for r in rows)}/{n} right, {sum(is_degenerate(r['text']) for r in rows)} loops")
+    first = next((s for b, s in zip(state.baseline, state.steered, strict=True) if s["text"] != b["text"]), None)
+    if first is not None:
+        console.print(Panel(first["text"].strip(), title="a steered trace", expand=False))
+
+
+def _answer(row: dict) -> str:
+    return f"{row['answer']} {'✓' if row['correct'] else '✗'}"
+
+
+STAGES = [stage_load, stage_traces, stage_features, stage_steer]
