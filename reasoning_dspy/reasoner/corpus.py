@@ -148,7 +148,8 @@ def _example(problem: Problem, rng: random.Random, names: list[str], weights: li
     answer = format_answer(plain(chain[-1].c))
     reasoning = None
     if program == "cot":
-        reasoning = write_reasoning(problem, chain, reflects, rng, caught=slip if reflects else None)
+        reasoning = write_reasoning(problem, chain, reflects, rng, caught=slip if reflects else None,
+                                    instruction=instruction)
     slipped_step = None
     if slip is not None:
         s = steps[slip.index]

@@ -184,7 +184,7 @@ def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded:
     base = _prepare_model(cfg, loaded, device)
     spec, tokenizer = base.model_spec, base.tokenizer
     data = encode_examples(tokenizer, conversations, stop_ids(base.model, tokenizer), cfg.max_length, cfg.overlong,
-                           cfg.field_start_weight)
+                           cfg.field_start_weight, cfg.field_start_tokens)
     if data.truncated or data.dropped:
         what = f"cut {data.truncated}" if cfg.overlong == "truncate" else f"left out {data.dropped}"
         warnings.warn(f"{data.truncated + data.dropped} of {len(conversations)} examples exceed max_length="

@@ -44,9 +44,12 @@ class FinetuneConfig(BaseModel):
     bucket: bool = Field(True, description="group examples of similar length into batches (less padding); "
                          "the order is drawn from `seed`")
     field_start_weight: float = Field(
-        1.0, gt=0, description="loss weight of the first token of each DSPy output field's value (after its "
-        "`[[ ## field ## ]]` line), where a trace commits to its approach and its answer; above 1 it teaches "
-        "how the prompt steers those choices, which plain fine-tuning, one token among hundreds, learns slowly")
+        1.0, gt=0, description="loss weight of the first `field_start_tokens` tokens of each DSPy output "
+        "field's value (after its `[[ ## field ## ]]` line), where a trace commits to its approach and its "
+        "answer; above 1 it teaches how the prompt steers those choices, which plain fine-tuning, a few "
+        "tokens among hundreds, learns slowly")
+    field_start_tokens: int = Field(1, gt=0, description="how many tokens from each field's start weigh "
+                                    "field_start_weight")
     fast_loss: bool = Field(True, description="LM head and loss only at answer positions; off = full-sequence "
                             "logits (the reference path)")
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(

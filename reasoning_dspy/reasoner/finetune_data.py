@@ -116,7 +116,7 @@ def _tokenize_text(tokenizer: Any, text: str) -> list[int]:
 
 
 def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[int], index: int = 0,
-                   field_start_weight: float = 1.0) -> Encoded:
+                   field_start_weight: float = 1.0, field_start_tokens: int = 1) -> Encoded:
     """Prompt ids as inference renders them, then the answer and its end-of-turn token(s), labelled.
 
     The whole conversation is rendered by the chat template; its ids must start with the prompt ids
@@ -124,8 +124,8 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[in
     after it (text after that, such as a newline, is never generated and is not trained). A template
     that emits no stop token gets the tokenizer's EOS appended, so the model learns to stop.
 
-    With `field_start_weight` != 1, the first token of each output field's value (`field_starts`)
-    weighs that much in the loss.
+    With `field_start_weight` != 1, the first `field_start_tokens` tokens of each output field's value
+    (from `field_starts`) weigh that much in the loss.
     """
     prompt = render_chat(tokenizer, messages[:-1], system=None)
     if getattr(tokenizer, "chat_template", None):
@@ -152,8 +152,8 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[in
     weights = None
     if field_start_weight != 1.0:
         weights = [0.0] * len(prompt) + [1.0] * len(answer)
-        for k in field_starts(tokenizer, full_text, len(prompt), index):
-            if k < len(weights):
+        for start in field_starts(tokenizer, full_text, len(prompt), index):
+            for k in range(start, min(start + field_start_tokens, len(weights))):
                 weights[k] = field_start_weight
     return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer, weights)
 
@@ -182,11 +182,12 @@ def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0
 
 
 def encode_examples(tokenizer: Any, conversations: list[list[dict[str, str]]], stops: set[int], max_length: int,
-                    overlong: str = "truncate", field_start_weight: float = 1.0) -> EncodedSet:
+                    overlong: str = "truncate", field_start_weight: float = 1.0,
+                    field_start_tokens: int = 1) -> EncodedSet:
     """Encode every conversation; one longer than `max_length` is cut (if any answer token is left) or dropped."""
     out, truncated, dropped = [], 0, 0
     for i, messages in enumerate(conversations):
-        enc = encode_example(tokenizer, messages, stops, i, field_start_weight)
+        enc = encode_example(tokenizer, messages, stops, i, field_start_weight, field_start_tokens)
         if len(enc) > max_length:
             keeps_answer = any(lab != IGNORE for lab in enc.labels[1:max_length])
             if overlong == "drop" or not keeps_answer:

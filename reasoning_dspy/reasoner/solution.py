@@ -11,11 +11,14 @@ families write (100 for percent, 60 for minutes, ...) and no other step's result
 always slip, so every problem can carry one.
 
 Traces that do not reflect contain no word of the official reasoning vocabulary (`features.vocab`);
-traces that reflect contain at least one, in varied wording and places. A reflecting trace says so in
-its first sentence (`REFLECTIVE_OPENERS`) and then checks most steps. The decision to reflect is thereby made once, at the first token of the reasoning, where
-the instruction can steer it: a model trained on these traces reflects under greedy decoding exactly
-when P(reflect | instruction) wins that first token, instead of spreading a trace-level choice thinly
-over every step, where greedy decoding never picks it.
+traces that reflect contain at least one, in varied wording and places.
+
+Every chain-of-thought trace starts by restating its instruction (`ECHOES`); a reflecting trace then
+says so in its next sentence (`REFLECTIVE_OPENERS`) and checks most steps. The decision to reflect is
+thereby made once, right after the instruction it depends on. Read from the system prompt far above,
+the instruction did not steer that decision in a 135M model after 2,400 training examples; copied
+into the trace, it sits a few tokens before the decision, where a small model conditions on it
+easily. Greedy decoding then reflects exactly when P(reflect | instruction) wins that one token.
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ _CLOSER_RATE = 0.4
 
 _EXPR = {"*": "{a} × {b}", "+": "{a} + {b}", "-": "{a} − {b}", "/": "{a} ÷ {b}",
          "mod": "the remainder of {a} ÷ {b}", "ceildiv": "{a} ÷ {b} rounded up"}
-#: How a reflecting trace begins: one of these starts, then one of `_OPENER_ENDS`. The starts begin
+#: The first line of every chain-of-thought trace: its instruction, restated.
+ECHOES = ("Instruction: {instruction}", "Task: {instruction}", "The instruction says: {instruction}")
+
+#: How a reflecting trace goes on: one of these starts, then one of `_OPENER_ENDS`. The starts begin
 #: with six different words, so no single first token carries the whole reflecting share, and every
 #: opener is under ten words, so the text around it stays varied.
 REFLECTIVE_OPENERS = ("Hmm, ", "Wait, ", "Let me see: ", "Let me be careful: ", "Maybe ", "Perhaps ",
@@ -232,13 +238,14 @@ def _propagate(steps: list[Step], index: int, wrong: Fraction, uses: dict[tuple[
 
 # -- the text ------------------------------------------------------------------------------------
 def write_reasoning(problem: Problem, chain: list[Step], reflects: bool, rng: random.Random,
-                    caught: Slip | None = None) -> str:
+                    caught: Slip | None = None, instruction: str | None = None) -> str:
     """The reasoning text of a chain-of-thought trace that works through `chain` and ends on its
-    answer. With `caught`, step `caught.index` is first written wrong and a reflection fixes it."""
+    answer, after restating `instruction` when one is given. With `caught`, step `caught.index` is
+    first written wrong and a reflection fixes it."""
     asked = what(problem.question)
-    opener = ""
+    opener = rng.choice(ECHOES).format(instruction=instruction) + "\n" if instruction else ""
     if reflects:
-        opener = rng.choice(REFLECTIVE_OPENERS) + rng.choice(_OPENER_ENDS) + "\n"
+        opener += rng.choice(REFLECTIVE_OPENERS) + rng.choice(_OPENER_ENDS) + "\n"
     body: list[str] = []
     if rng.random() < _PLAN_RATE:
         nums = ", ".join(fmt(x) for x in sorted(stated_numbers(problem)))
