@@ -157,8 +157,18 @@ def test_reflection_words_appear_exactly_in_reflecting_traces(corpus):
             assert not _VOCAB.search(instruction), instruction
 
 
+def test_every_trace_restates_its_instruction_first(corpus):
+    from reasoning_dspy.reasoner.solution import ECHOES
+
+    for e in corpus:
+        if e.program == "cot":
+            first = reasoning(e).split("\n", 1)[0]
+            assert first in {echo.format(instruction=e.instruction) for echo in ECHOES}, first
+
+
 def test_reflections_are_varied_not_one_template(corpus):
-    reflecting = [reasoning(e) for e in corpus if e.reflects]
+    # after the first line, the restated instruction, which is a copy by design
+    reflecting = [reasoning(e).split("\n", 1)[1] for e in corpus if e.reflects]
     ours = duplicate_window_fraction(reflecting)
     # the naive alternative: one fixed sentence per step and one fixed check
     rng = random.Random(0)

@@ -158,6 +158,8 @@ def test_field_starts_weigh_the_first_token_of_each_dspy_field(tiny):
             assert value.startswith(tok.decode(enc.input_ids[k:k + 1]).lstrip("\n")[:1])
         assert all(w == (0.0 if lab == IGNORE else 1.0) for w, lab, k in
                    zip(enc.weights, enc.labels, range(len(enc)), strict=True) if k not in heavy)
+        wide = encode_example(tok, example.messages, stops, field_start_weight=2.0, field_start_tokens=3)
+        assert [k for k, w in enumerate(wide.weights) if w == 2.0] == [k + j for k in heavy for j in range(3)]
     with pytest.raises(ValueError, match="no DSPy field marker"):
         encode_example(tok, EXAMPLES[1]["messages"], stops, field_start_weight=5.0)
 

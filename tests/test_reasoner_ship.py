@@ -1,0 +1,49 @@
+"""Shipping a study: the recommended steering is the study's best safe condition, and reads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reasoning_dspy.reasoner.ship import recommend_steering
+from reasoning_dspy.steering import SteeringError, SteeringSpec, recommended_steering
+
+
+def _condition(name: str, kind: str, strength: float, reflect: float, loops: float) -> dict:
+    value = lambda v: {"value": v, "low": v, "high": v}  # noqa: E731
+    return {"name": name, "kind": kind, "features": [4, 9], "strength": strength,
+            "measures": {"reflect": value(reflect), "word_rate": value(reflect * 3), "accuracy": value(0.2),
+                         "loops": value(loops)}}
+
+
+SUMMARY = {"conditions": [
+    _condition("baseline", "baseline", 0.0, 0.1, 0.0),
+    _condition("top@0.05", "top", 0.05, 0.3, 0.0),
+    _condition("top@0.1", "top", 0.1, 0.6, 0.08),
+    _condition("top@0.2", "top", 0.2, 0.9, 0.4),  # reflects most, but loops on 40 %
+    _condition("random0@0.1", "random", 0.1, 0.95, 0.0),
+]}
+
+
+def test_the_recommendation_reflects_most_within_the_loop_limit():
+    rec = recommend_steering(SUMMARY, layer=18)
+    assert rec["condition"] == "top@0.1" and rec["measured"]["loops"] == 0.08
+    spec = SteeringSpec.model_validate(rec["steering"])
+    # residual units: two features at 0.1/√2 each move every token by 0.1 × its norm
+    assert spec.units == "residual" and spec.layer == 18 and spec.residual_strength == pytest.approx(0.1)
+    unsafe = {"conditions": [c for c in SUMMARY["conditions"] if c["name"] != "top@0.1"]}
+    unsafe["conditions"][1]["measures"]["loops"]["value"] = 0.5
+    assert recommend_steering(unsafe, layer=18)["condition"] == "top@0.05"  # none safe: the weakest
+    with pytest.raises(ValueError, match="no top-feature condition"):
+        recommend_steering({"conditions": SUMMARY["conditions"][:1]}, layer=18)
+
+
+def test_recommended_steering_reads_the_file_and_names_what_is_wrong(tmp_path):
+    (tmp_path / "steering.json").write_text(json.dumps(recommend_steering(SUMMARY, layer=3)))
+    assert recommended_steering(tmp_path).features == pytest.approx({4: 0.1 / 2 ** 0.5, 9: 0.1 / 2 ** 0.5})
+    with pytest.raises(SteeringError, match="steering.json is missing"):
+        recommended_steering(tmp_path / "nowhere")
+    (tmp_path / "steering.json").write_text('{"steering": {"features": {"4": "lots"}}}')
+    with pytest.raises(SteeringError, match="does not hold a recommended steering spec"):
+        recommended_steering(tmp_path)
