@@ -25,7 +25,7 @@ def _rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("study")
-    result = _study(f"out={out}", "n_test=10")
+    result = _study(f"out={out}", "n_test=10", "trace_instructions=[Answer directly., Check every step.]")
     assert result.exit_code == 0, result.output
     return out
 
@@ -48,6 +48,11 @@ def test_study_runs_every_stage_and_reports_controls_with_intervals(study_dir):
         for m in c["measures"].values():
             assert m["low"] <= m["value"] + 1e-9 and m["value"] <= m["high"] + 1e-9
         assert len(_rows(study_dir / "generations" / f"{c['name']}.jsonl")) == 10
+    # the SAE's traces were answered under each trace instruction in turn; the test problems under none
+    traces = _rows(study_dir / "traces.jsonl")
+    dealt = [r["instruction"] for r in traces]
+    assert abs(dealt.count("Answer directly.") - dealt.count("Check every step.")) <= 1 and len(set(dealt)) == 2
+    assert "instruction" not in _rows(study_dir / "generations" / "baseline.jsonl")[0]
     sae = json.loads((study_dir / "sae" / "training_config.json").read_text())
     assert sae["val_tokens"] > 0 and 0 < sae["fvu_val"]  # FVU is measured on held-out tokens
 
@@ -63,7 +68,7 @@ def test_study_resumes_only_what_is_missing_and_refuses_other_settings(study_dir
     untouched = study_dir / "generations" / "top@0.2.jsonl"
     before = untouched.stat().st_mtime_ns
 
-    result = _study(f"out={study_dir}", "n_test=10")
+    result = _study(f"out={study_dir}", "n_test=10", "trace_instructions=[Answer directly., Check every step.]")
     assert result.exit_code == 0, result.output
     again = _rows(path)
     assert [r["id"] for r in again] == [r["id"] for r in rows]
@@ -73,7 +78,8 @@ def test_study_resumes_only_what_is_missing_and_refuses_other_settings(study_dir
     assert [r["features_mean"] for r in again] == pytest.approx([r["features_mean"] for r in rows], rel=1e-3)
     assert untouched.stat().st_mtime_ns == before  # finished conditions are not generated again
 
-    other = _study(f"out={study_dir}", "n_test=10", "top_features=1")
+    other = _study(f"out={study_dir}", "n_test=10", "trace_instructions=[Answer directly., Check every step.]",
+                   "top_features=1")
     assert other.exit_code == 2 and "different settings (top_features)" in other.output
 
 

@@ -36,6 +36,10 @@ class StudyConfig(BaseModel):
         "as one user message straight to the SteeredLM, for models too small to follow DSPy's field format"))
     instruction: str | None = Field(None, description=(
         "the program's signature instructions (None: DSPy's default for question -> answer); unused by chat"))
+    trace_instructions: list[str] | None = Field(None, description=(
+        "instructions dealt in turn to the training problems whose traces the SAE learns from (None: "
+        "`instruction`), so the SAE sees the model both reflecting and not; the test problems always use "
+        "`instruction`"))
     max_tokens: int = Field(160, ge=8, description="tokens generated per trace")
     batch_size: int = Field(32, ge=1, description="rows the engine decodes together")
     extra_texts: list[str] = Field(["bundled-traces"], description=(

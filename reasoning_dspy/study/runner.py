@@ -77,9 +77,11 @@ class Study:
         return SteeredLM(self.loaded, max_tokens=self.cfg.max_tokens, cache=False,
                          max_batch_size=self.cfg.batch_size, **kwargs)
 
-    def generate(self, lm: Any, problems: Sequence[Any], steering: Any, path: Path, desc: str) -> list[dict]:
+    def generate(self, lm: Any, problems: Sequence[Any], steering: Any, path: Path, desc: str,
+                 instructions: Sequence[str | None] | None = None) -> list[dict]:
         """Answer `problems` with the study's program on `lm` under `steering`, saving rows to `path`
-        every `CHUNK` problems; rows already in `path` are kept, not generated again."""
+        every `CHUNK` problems; rows already in `path` are kept, not generated again. `instructions`
+        are dealt to the problems in turn (default: the study's one instruction)."""
         from tqdm.auto import tqdm
 
         from reasoning_dspy.evaluation import solve
@@ -87,12 +89,16 @@ class Study:
         rows = _read_jsonl(path)
         done = {r["id"] for r in rows}
         todo = [p for p in problems if p.id not in done]
+        instructions = list(instructions or [self.cfg.instruction])
+        dealt = {p.id: instructions[i % len(instructions)] for i, p in enumerate(problems)}
         bar = tqdm(total=len(problems), initial=len(rows), desc=desc, disable=not self.progress, unit="problem")
-        for start in range(0, len(todo), CHUNK):
-            rows += solve(lm, todo[start:start + CHUNK], program=self.cfg.program,
-                          instruction=self.cfg.instruction, steering=steering,
-                          threads=self.cfg.batch_size, on_done=bar.update)
-            _write_jsonl(path, rows)
+        for instruction in instructions:
+            mine = [p for p in todo if dealt[p.id] == instruction]
+            for start in range(0, len(mine), CHUNK):
+                batch = solve(lm, mine[start:start + CHUNK], program=self.cfg.program, instruction=instruction,
+                              steering=steering, threads=self.cfg.batch_size, on_done=bar.update)
+                rows += [{**r, "instruction": instruction} for r in batch] if len(instructions) > 1 else batch
+                _write_jsonl(path, rows)
         bar.close()
         order = {p.id: i for i, p in enumerate(problems)}
         return sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
@@ -102,7 +108,8 @@ class Study:
         """Unsteered chain-of-thought traces on the training problems: the text the SAE learns from."""
         lm = self.lm()
         try:
-            self.traces = self.generate(lm, self.train, None, self.out / "traces.jsonl", "training traces")
+            self.traces = self.generate(lm, self.train, None, self.out / "traces.jsonl", "training traces",
+                                        self.cfg.trace_instructions)
         finally:
             _close(lm)
 
