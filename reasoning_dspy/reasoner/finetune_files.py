@@ -121,6 +121,11 @@ def save_adapter(peft_model: Any, out: Path, info: dict[str, Any]) -> None:
     try:
         # save_embedding_layers=False: embeddings are never trained here, and "auto" asks the hub about the base
         peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        # PEFT records where the base was read from (a path under this machine's cache); the base's
+        # name is what loads it anywhere, and `reasoner.json` is what this package reads
+        config = json.loads((tmp / ADAPTER_CONFIG).read_text())
+        config["base_model_name_or_path"] = info.get("base_model") or config.get("base_model_name_or_path")
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             os.replace(tmp / name, out / name)
     finally:
