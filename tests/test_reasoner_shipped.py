@@ -63,7 +63,7 @@ def test_the_demo_shows_traces_features_and_steering(tmp_path):
 
     state = run_demo(tmp_path / "demo", limit=4)
     assert state.model == "smollm2-reasoner" and len(state.baseline) == len(state.steered) == 4
-    assert sum(r["parsed"] for r in state.baseline) >= 3
+    assert sum(r["parsed"] for r in state.baseline) >= 3 and len(state.careful) == 4
     assert len(state.reports) == 5 and all(r.contexts for r in state.reports[:3])
     assert any(b["text"] != s["text"] for b, s in zip(state.baseline, state.steered, strict=True))
     assert (tmp_path / "demo" / "demo.json").is_file() and (tmp_path / "demo" / "features" / "analysis.json").is_file()

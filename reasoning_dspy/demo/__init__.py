@@ -67,6 +67,6 @@ def _write_summary(state: Any, timings: dict[str, float]) -> None:
     summary: dict[str, Any] = {"model": state.model, "limit": state.limit, "seconds": timings}
     if isinstance(state, ReasonerDemoState):
         summary |= {"steering": state.steering.model_dump(mode="json"), "baseline": state.baseline,
-                    "steered": state.steered}
+                    "careful": state.careful, "steered": state.steered}
     atomic_write_text(state.out / "demo.json", json.dumps(summary, indent=1, default=str) + "\n")
     console.print(f"results in {state.out}/")

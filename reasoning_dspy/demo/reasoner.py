@@ -1,8 +1,9 @@
 """The reasoner demo: a shipped model and SAE, in a few minutes on 2 CPU cores.
 
-`smollm2-reasoner` answers held-out word problems through `dspy.ChainOfThought`; its shipped SAE
-shows which features fire on its reflection words, with contexts from the traces it just wrote; and
-the steering the study recommends is applied to the same problems, baseline beside steered, with
+`smollm2-reasoner` answers held-out word problems through `dspy.ChainOfThought`, under DSPy's
+default instruction and under a careful one; its shipped SAE shows which features fire on its
+reflection words, with contexts from the traces it just wrote; and the steering the study
+recommends is applied to the default-instruction problems, baseline beside steered, with
 reflection counts and correctness.
 """
 
@@ -21,6 +22,9 @@ console = Console()
 #: Tokens per trace: the reasoner's traces end well within this.
 MAX_TOKENS = 192
 
+#: The careful instruction the reasoner was trained to reflect under (see `reasoner.styles`).
+CAREFUL = "Check every step before you answer."
+
 
 @dataclass
 class ReasonerDemoState:
@@ -33,6 +37,7 @@ class ReasonerDemoState:
     steering: Any = None
     problems: list[Any] = field(default_factory=list)
     baseline: list[dict] = field(default_factory=list)
+    careful: list[dict] = field(default_factory=list)
     steered: list[dict] = field(default_factory=list)
     reports: list[Any] = field(default_factory=list)
 
@@ -66,22 +71,28 @@ def _lm(state: ReasonerDemoState) -> Any:
 
 def stage_traces(state: ReasonerDemoState) -> None:
     """Held-out problems answered greedily through `dspy.ChainOfThought("question -> answer")`, with
-    DSPy's default instruction: what an unoptimized program gets."""
+    DSPy's default instruction (what an unoptimized program sends) and with a careful one."""
     from reasoning_dspy.evaluation import solve
     from reasoning_dspy.lm import engine_of
     from reasoning_dspy.problems import make_problems
+    from reasoning_dspy.study.measures import reflects
 
     state.problems = make_problems(state.limit, split="test", seed=0)
     lm = _lm(state)
     try:
         state.baseline = solve(lm, state.problems, program="cot", threads=state.limit)
+        state.careful = solve(lm, state.problems, program="cot", instruction=CAREFUL, threads=state.limit)
     finally:
         engine_of(lm).close()
-    for row in state.baseline[:2]:
+    for title, row in (("DSPy's default instruction", state.baseline[0]), (f'"{CAREFUL}"', state.careful[0])):
         mark = "[green]right[/]" if row["correct"] else "[red]wrong[/]"
         console.print(Panel(f"[bold]{row['question']}[/]\n\n{(row['reasoning'] or row['text']).strip()}\n\n"
                             f"answer: {row['answer']} (expected {row['expected']:g}, {mark})",
-                            title="a real trace", expand=False))
+                            title=f"a real trace: {title}", expand=False))
+    for name, rows in (("default instruction", state.baseline), ("careful instruction", state.careful)):
+        console.print(f"{name}: {sum(reflects(r['text']) for r in rows)}/{len(rows)} traces reflect, "
+                      f"{sum(r['correct'] for r in rows)}/{len(rows)} right, "
+                      f"{sum(r['parsed'] for r in rows)}/{len(rows)} parsed by DSPy's ChatAdapter")
 
 
 def stage_features(state: ReasonerDemoState) -> None:
@@ -92,7 +103,7 @@ def stage_features(state: ReasonerDemoState) -> None:
     from reasoning_dspy.activations import extract_activations
     from reasoning_dspy.features.analysis import analyze_features, write_analysis
 
-    texts = [row["text"] for row in state.baseline if row["text"].strip()]
+    texts = [row["text"] for row in state.baseline + state.careful if row["text"].strip()]
     cache = extract_activations(state.loaded.model, state.loaded.tokenizer, texts, state.sae.cfg.hook_layer,
                                 state.out / "activations", dtype="float32", overwrite=True, progress=False)
     state.reports = analyze_features(cache, state.sae, state.scores, tokenizer=state.loaded.tokenizer,
