@@ -147,9 +147,10 @@ def stage_steer(state: ReasonerDemoState) -> None:
         console.print(f"{name}: {sum(reflects(r['text']) for r in rows)}/{n} traces reflect, "
                       f"{sum(count_words(r['text']) for r in rows)} reasoning words, "
                       f"{sum(r['correct'] for r in rows)}/{n} right, {sum(is_degenerate(r['text']) for r in rows)} loops")
-    first = next((s for b, s in zip(state.baseline, state.steered, strict=True) if s["text"] != b["text"]), None)
-    if first is not None:
-        console.print(Panel(first["text"].strip(), title="a steered trace", expand=False))
+    changed = [s for b, s in zip(state.baseline, state.steered, strict=True) if s["text"] != b["text"]]
+    shown = next((s for s in changed if reflects(s["text"]) and not is_degenerate(s["text"])), None)
+    if shown is not None or changed:
+        console.print(Panel((shown or changed[0])["text"].strip(), title="a steered trace", expand=False))
 
 
 def _answer(row: dict) -> str:
