@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reasoning_dspy.demo.pipeline import STEER_PROMPTS, DemoState, console
 from reasoning_dspy.demo.pipeline import STAGES as PIPELINE_STAGES
+from reasoning_dspy.demo.pipeline import STEER_PROMPTS, DemoState, console
 from reasoning_dspy.demo.reasoner import STAGES as REASONER_STAGES
 from reasoning_dspy.demo.reasoner import ReasonerDemoState
 

@@ -31,7 +31,6 @@ def stage_extract(state: DemoState) -> None:
     from reasoning_dspy.activations import CacheError, extract_activations
     from reasoning_dspy.models import load_model
     from reasoning_dspy.prompts import load_prompts
-
     from reasoning_dspy.study.runner import default_layer
 
     state.loaded = load_model(state.model, dtype="float32")
