@@ -72,15 +72,14 @@ def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str
     """The study's top-feature condition that makes the most traces reflect while looping on at most
     `max_loops` of them (the weakest strength when none qualifies), as a `SteeringSpec` dict with the
     measurements that chose it."""
-    from reasoning_dspy.steering import SteeringSpec
+    from reasoning_dspy.study.conditions import Condition
 
     tops = sorted((c for c in summary["conditions"] if c["kind"] == "top"), key=lambda c: c["strength"])
     if not tops:
         raise ValueError("the study summary has no top-feature condition to recommend")
     safe = [c for c in tops if c["measures"]["loops"]["value"] <= max_loops]
     best = max(safe, key=lambda c: c["measures"]["reflect"]["value"]) if safe else tops[0]
-    per_feature = best["strength"] / len(best["features"]) ** 0.5 if units == "residual" else best["strength"]
-    spec = SteeringSpec(features=dict.fromkeys(best["features"], per_feature), units=units, layer=layer)
+    spec = Condition.from_dict(best).steering(units, layer)
     measured = {k: best["measures"][k]["value"] for k in ("reflect", "word_rate", "accuracy", "loops")}
     return {"steering": spec.model_dump(mode="json"), "condition": best["name"], "strength": best["strength"],
             "measured": measured, "rule": f"most reflecting traces with loops <= {max_loops:g}"}

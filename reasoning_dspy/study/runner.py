@@ -169,16 +169,12 @@ class Study:
         atomic_write_json(path, [x.to_dict() for x in self.conditions])
 
     def stage_steer(self) -> None:
-        from reasoning_dspy.steering import SteeringSpec
-
         top = next(c.features for c in self.conditions if c.kind == "top")
         lm = self.lm(sae=self.sae, max_activation=self.scores, capture=True, reasoning_features=list(top))
         self.generations: dict[str, list[dict]] = {}
         try:
             for condition in self.conditions:
-                steering = None if condition.kind == "baseline" else SteeringSpec(
-                    features=dict.fromkeys(condition.features, _per_feature(condition, self.cfg.units)),
-                    units=self.cfg.units, layer=self.layer)
+                steering = condition.steering(self.cfg.units, self.layer)
                 path = self.out / "generations" / f"{condition.name}.jsonl"
                 self.generations[condition.name] = self.generate(lm, self.test, steering, path, condition.name)
         finally:
@@ -208,11 +204,6 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> Path:
     """Run (or resume) the study `cfg` describes; returns the path of `report.md`."""
     return Study(cfg, progress=progress).run()
 
-
-def _per_feature(condition: Condition, units: str) -> float:
-    """Each feature's γ. In residual units the perturbation's size is ‖γ‖₂, so m features at
-    s/√m add a perturbation of norm s·‖x‖ whatever m is; in f_max units each feature gets s."""
-    return condition.strength / len(condition.features) ** 0.5 if units == "residual" else condition.strength
 
 
 def _feature_row(report: Any) -> dict:
