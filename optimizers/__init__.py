@@ -1,1 +1,15 @@
-"""DSPy teleprompter loops driven by ReasonScore (built on the reasoning_dspy core)."""
+"""DSPy teleprompters that tune prompts and steering so a model's reasoning features fire.
+
+>>> from optimizers import ReasoningOptimizer
+>>> compiled = ReasoningOptimizer(features=scores, n_trials=16).compile(program, trainset=train)
+>>> compiled.save("best.json")          # the instruction and the steering, together
+"""
+
+from optimizers.instructions import LIBRARY, InstructionPool
+from optimizers.program import SteeredProgram
+from optimizers.reasoning_optimizer import ReasoningOptimizer
+from optimizers.space import Candidate, SearchSpace
+from optimizers.trials import TrialRecord, best_trial, pareto_front, read_journal
+
+__all__ = ["LIBRARY", "Candidate", "InstructionPool", "ReasoningOptimizer", "SearchSpace", "SteeredProgram",
+           "TrialRecord", "best_trial", "pareto_front", "read_journal"]

@@ -218,6 +218,28 @@ def study(
     typer.echo(str(report))
 
 
+@app.command()
+def optimize(
+    args: list[str] | None = typer.Argument(None, metavar="CONFIG.yaml [KEY=VALUE]...",
+                                             help="an experiment config, then overrides such as optimizer.n_trials=8"),
+    new: bool = typer.Option(False, "--new", help="start a new run instead of resuming the latest unfinished one"),
+) -> None:
+    """Tune a DSPy program's instruction and steering for reasoning activation (ReasoningOptimizer,
+    COPRO or MIPROv2); writes OUT/NAME/TIMESTAMP/ with trials.jsonl, program.json and report.md.
+    Re-running the same config resumes an interrupted run."""
+    from experiments import ExperimentConfigError, load_experiment, run_experiment
+    from reasoning_dspy.models import ModelLoadError
+
+    config_file, overrides = _config_args(args)
+    if config_file is None:
+        _fail("name an experiment config, e.g. experiments/configs/optimize-tiny.yaml")
+    try:
+        folder = run_experiment(load_experiment(config_file, overrides), new=new)
+    except (ExperimentConfigError, ModelLoadError) as err:
+        _fail(str(err))
+    typer.echo(str(folder / "report.md"))
+
+
 reasoner_app = typer.Typer(help="smollm2-reasoner: build the reflective corpus and fine-tune on it.",
                            no_args_is_help=True)
 app.add_typer(reasoner_app, name="reasoner")

@@ -10,7 +10,7 @@ import torch
 from test_reasonscore_synthetic import EVERYWHERE, WAIT_ONLY, WINDOW, planted_cache, planted_sae
 from typer.testing import CliRunner
 
-from reasoning_dspy.features.analysis import analyze_features, write_analysis
+from reasoning_dspy.features.analysis import analyze_features, load_analysis, write_analysis
 from reasoning_dspy.features.reasonscore import FeatureScores, score_features
 from reasoning_dspy.features.vocab import token_pieces
 from reasoning_dspy.sae import save_sae
@@ -72,6 +72,15 @@ def test_write_analysis_outputs(planted, tiny, tmp_path):
     assert meta["features"][0]["contexts"][0]["text"].count("[[") == 1
     rows = list(csv.DictReader(paths["contexts.csv"].open()))
     assert {int(r["feature"]) for r in rows} == {r.index for r in reports if r.contexts} and rows[0]["rank"] == "1"
+    assert load_analysis(tmp_path) == reports  # the saved reports read back exactly
+
+
+def test_load_analysis_names_a_missing_or_foreign_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no feature analysis at .*reasoning-dspy score"):
+        load_analysis(tmp_path)
+    (tmp_path / "analysis.json").write_text('{"features": [{"index": 3}]}')
+    with pytest.raises(ValueError, match="not a feature analysis written by write_analysis"):
+        load_analysis(tmp_path / "analysis.json")
 
 
 def test_width_mismatch_between_scores_and_sae(planted, tiny):

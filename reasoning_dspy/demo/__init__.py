@@ -66,7 +66,12 @@ def _write_summary(state: Any, timings: dict[str, float]) -> None:
 
     summary: dict[str, Any] = {"model": state.model, "limit": state.limit, "seconds": timings}
     if isinstance(state, ReasonerDemoState):
-        summary |= {"steering": state.steering.model_dump(mode="json"), "baseline": state.baseline,
-                    "careful": state.careful, "steered": state.steered}
+        from reasoning_dspy.features.kinds import feature_kind
+
+        features = [{"feature": r.index, "rank": r.rank, "score": r.score, "kind": feature_kind(r),
+                     "top_words": [w for w, _ in r.top_words], "contexts": [c.text for c in r.contexts]}
+                    for r in state.reports]
+        summary |= {"steering": state.steering.model_dump(mode="json"), "features": features,
+                    "baseline": state.baseline, "careful": state.careful, "steered": state.steered}
     atomic_write_text(state.out / "demo.json", json.dumps(summary, indent=1, default=str) + "\n")
     console.print(f"results in {state.out}/")

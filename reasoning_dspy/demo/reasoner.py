@@ -102,6 +102,7 @@ def stage_features(state: ReasonerDemoState) -> None:
 
     from reasoning_dspy.activations import extract_activations
     from reasoning_dspy.features.analysis import analyze_features, write_analysis
+    from reasoning_dspy.features.kinds import feature_kind
 
     texts = [row["text"] for row in state.baseline + state.careful if row["text"].strip()]
     cache = extract_activations(state.loaded.model, state.loaded.tokenizer, texts, state.sae.cfg.hook_layer,
@@ -110,17 +111,20 @@ def stage_features(state: ReasonerDemoState) -> None:
                                      n_features=5, n_contexts=2, progress=False)
     write_analysis(state.out / "features", state.scores, state.reports)
     table = Table(title="top features by ReasonScore (contexts from the traces above)")
-    for col in ("rank", "feature", "score", "density", "top words", "max-activating context"):
-        table.add_column(col, no_wrap=col in ("rank", "feature", "score", "density"))
+    for col in ("rank", "feature", "score", "density", "kind", "top words", "max-activating context"):
+        table.add_column(col, no_wrap=col in ("rank", "feature", "score", "density", "kind"))
     for r in state.reports:
         context = Text()
         if r.contexts:
             c = r.contexts[0]
             for i in range(max(c.center - 6, 0), min(c.center + 4, len(c.tokens))):
                 context.append(c.tokens[i].replace("\n", " "), style="bold reverse" if i == c.center else "")
-        table.add_row(str(r.rank), str(r.index), f"{r.score:+.4f}", f"{r.density:.3f}",
+        table.add_row(str(r.rank), str(r.index), f"{r.score:+.4f}", f"{r.density:.3f}", feature_kind(r),
                       ", ".join(w for w, _ in r.top_words[:3]) or "-", context)
     console.print(table)
+    kinds = [feature_kind(r) for r in state.reports]
+    console.print(f"{kinds.count('reflection')} of the top {len(kinds)} features are reflection features "
+                  "(they fire hardest on words in reflective sentences, carried by more than one token)")
 
 
 def stage_steer(state: ReasonerDemoState) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import heapq
 import io
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,6 +178,22 @@ def write_analysis(folder: str | os.PathLike, scores: FeatureScores, reports: li
     paths["top_features.png"] = plot_top_features(scores, folder / "top_features.png",
                                                   n=max(len(reports), 1))
     return paths
+
+
+def load_analysis(path: str | os.PathLike) -> list[FeatureReport]:
+    """The reports `write_analysis` saved (`analysis.json`, or the folder holding it)."""
+    path = Path(path)
+    path = path / "analysis.json" if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+        return [FeatureReport(**{**f, "top_words": [(w["word"], w["mean_activation"]) for w in f["top_words"]],
+                                 "contexts": [Context(**{k: v for k, v in c.items() if k != "text"})
+                                              for c in f["contexts"]]})
+                for f in data["features"]]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no feature analysis at {path}: run `reasoning-dspy score` first") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a feature analysis written by write_analysis: {e}") from None
 
 
 def _csv(header: list[str], rows) -> str:

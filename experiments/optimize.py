@@ -1,0 +1,85 @@
+"""The optimizer step of an experiment: our `ReasoningOptimizer`, or DSPy's COPRO or MIPROv2 with
+the same objective, the same instruction pool and the same candidate budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from experiments.runner import Setup
+from optimizers.trials import TrialRecord, best_trial
+
+
+def optimize(setup: Setup, journal: Path, *, progress: bool = True) -> tuple[Any, list[TrialRecord]]:
+    """Run the configured optimizer; returns the compiled `SteeredProgram` (with `best_trial`) and
+    every trial. DSPy's optimizers keep no journal of their own, so they rerun from the start."""
+    cfg = setup.cfg
+    o = cfg.optimizer
+    pool = _pool(setup)
+    if o.name == "reasoning":
+        from optimizers import ReasoningOptimizer
+
+        optimizer = ReasoningOptimizer(
+            pool=pool, features=setup.features, n_features=cfg.steering.n_features, modes=cfg.steering.modes,
+            add_strength=cfg.steering.add_strength, clamp_strength=cfg.steering.clamp_strength, steer=o.steer,
+            top_features=len(setup.features), objective=cfg.metric.objective,
+            multi_objective=cfg.metric.multi_objective, accuracy_margin=cfg.metric.accuracy_margin,
+            n_trials=o.n_trials, batch_trials=o.batch_trials, seed=cfg.seed, journal=journal,
+            vocabulary=cfg.vocabulary, progress=progress, **o.settings)
+        compiled = optimizer.compile(setup.program(), trainset=setup.train)
+        return compiled, compiled.trials
+    return _dspy_optimizer(setup, pool, journal, progress=progress)
+
+
+def _pool(setup: Setup) -> Any:
+    from optimizers import InstructionPool
+
+    o = setup.cfg.optimizer
+    proposer = None
+    if o.proposer:
+        import dspy
+
+        proposer = dspy.LM(o.proposer, api_base=o.proposer_api_base) if o.proposer_api_base else dspy.LM(o.proposer)
+    return InstructionPool(o.instructions, library=o.library, proposer=proposer, n_proposals=o.n_proposals)
+
+
+def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -> tuple[Any, list[TrialRecord]]:
+    import dspy
+
+    from optimizers import recipes
+    from optimizers.instructions import current_instruction
+    from optimizers.recording import RecordingMetric
+    from optimizers.trials import append_journal
+    from reasoning_dspy.adapter import LenientChatAdapter
+
+    cfg = setup.cfg
+    o = cfg.optimizer
+    student = setup.program()
+    metric = RecordingMetric(cfg.metric.objective, vocabulary=cfg.vocabulary)
+    prompt_model = pool.proposer  # None offline: the recipes fall back to the pool
+    offline_pool = recipes.pool_lm(pool, student) if prompt_model is None else prompt_model
+    lm = dspy.settings.lm
+    with dspy.context(adapter=LenientChatAdapter()):
+        if o.name == "copro":
+            depth = o.settings.get("depth", 2)
+            breadth = o.settings.get("breadth", max(2, o.n_trials // depth))
+            compiled = recipes.copro(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
+                                     breadth=breadth, depth=depth)
+        else:
+            compiled = recipes.miprov2(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
+                                       num_candidates=o.settings.get("num_candidates", o.n_trials),
+                                       num_trials=o.settings.get("num_trials", o.n_trials - 1),
+                                       valset=setup.train, seed=cfg.seed)
+    trials = metric.records()
+    baseline = next((r.accuracy for r in trials if r.candidate.instruction == current_instruction(student)),
+                    trials[0].accuracy)
+    margin = cfg.metric.accuracy_margin
+    trials = [r.model_copy(update={"feasible": margin is None or r.accuracy >= baseline - margin - 1e-9})
+              for r in trials]
+    if journal.exists():
+        journal.unlink()  # a DSPy optimizer reruns from the start: its earlier partial journal is stale
+    append_journal(journal, trials)
+    chosen = current_instruction(compiled.program)
+    compiled.best_trial = next((r for r in trials if r.candidate.instruction == chosen), best_trial(trials))
+    compiled.trials = trials
+    return compiled, trials

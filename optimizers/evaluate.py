@@ -1,0 +1,138 @@
+"""Score candidates on examples, many at once, through the micro-batched engine.
+
+All (candidate, example) calls of a batch run from parallel threads, so the `SteeredEngine`
+decodes them together, each row with its own steering. For every call the engine reports the
+reasoning activation of what was generated (read before any steering is added, so steering counts
+only through the text it makes the model write); the text gives reflection and reasoning-word
+counts, the task metric correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from optimizers.instructions import with_instruction
+from optimizers.program import SteeredProgram
+from optimizers.space import Candidate
+
+#: What the optimizer maximises: the mean reasoning activation of the generated tokens, the share
+#: of answers that reflect, or reasoning words per 100 generated tokens.
+Objective = Literal["activation", "reflect", "word_rate"]
+OBJECTIVES: tuple[str, ...] = ("activation", "reflect", "word_rate")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Scores:
+    """Per-example measurements of one candidate, and their means."""
+
+    activation: list[float] = field(default_factory=list)
+    correct: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    reflects: list[bool] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    def summary(self) -> dict[str, float]:
+        tokens = float(np.sum(self.tokens))
+        return {
+            "activation": float(np.mean(self.activation)) if self.activation else 0.0,
+            "accuracy": float(np.mean(self.correct)) if self.correct else 0.0,
+            "tokens": float(np.mean(self.tokens)) if self.tokens else 0.0,
+            "reflect": float(np.mean(self.reflects)) if self.reflects else 0.0,
+            "word_rate": 100.0 * float(np.sum(self.words)) / tokens if tokens else 0.0,
+        }
+
+
+def answer_correct(example: Any, pred: Any, trace: Any = None) -> float:
+    """Numeric answers match within rounding (word problems); other answers match exactly."""
+    from reasoning_dspy.evaluation import is_correct
+    from reasoning_dspy.metrics import exact_match
+
+    expected = getattr(example, "answer", None)
+    try:
+        value = float(expected)
+    except (TypeError, ValueError):
+        return exact_match(example, pred)
+    return float(is_correct(getattr(pred, "answer", None), "", value))
+
+
+def evaluate_candidates(program: Any, lm: Any, candidates: Sequence[Candidate], examples: Sequence[Any],
+                        **kwargs: Any) -> tuple[list[Scores], float]:
+    """`evaluate_programs` on `program` with each candidate's instruction and steering."""
+    programs = [SteeredProgram(with_instruction(program, c.instruction), c.steering()) for c in candidates]
+    return evaluate_programs(programs, lm, examples, labels=[c.label() for c in candidates], **kwargs)
+
+
+def evaluate_programs(
+    programs: Sequence[SteeredProgram],
+    lm: Any,
+    examples: Sequence[Any],
+    *,
+    task_metric: Callable[..., Any] = answer_correct,
+    threads: int = 64,
+    labels: Sequence[str] | None = None,
+    vocabulary: Sequence[str] | None = None,
+) -> tuple[list[Scores], float]:
+    """Run every program on every example in one parallel batch; returns per-program `Scores` and
+    the batch's wall time in seconds. A call that fails scores zero (and counts as wrong); the
+    first failure is logged."""
+    import dspy
+    from dspy.utils.parallelizer import ParallelExecutor
+
+    from reasoning_dspy.adapter import LenientChatAdapter
+    from reasoning_dspy.evaluation import quiet_truncation
+    from reasoning_dspy.lm import engine_of
+    from reasoning_dspy.metrics import _as_float
+    from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
+
+    engine = engine_of(lm)
+    if engine.sae is None:
+        raise ValueError("optimizing reasoning activation needs an SAE: build the LM with SteeredLM(..., sae=...)")
+    if not engine.reasoning_features:
+        raise ValueError("the LM has no reasoning features to measure: SteeredLM(..., reasoning_features=[...])")
+    labels = list(labels) if labels is not None else [f"program {i}" for i in range(len(programs))]
+    jobs = [(i, example) for i in range(len(programs)) for example in examples]
+    failures: list[str] = []
+
+    def run(job: tuple[int, Any]) -> tuple[float, float, int, str]:
+        i, example = job
+        try:
+            pred = programs[i](**example.inputs())
+        except Exception as err:  # noqa: BLE001 - a candidate that breaks the program scores zero
+            failures.append(f"{labels[i]}: {type(err).__name__}: {err}")
+            return 0.0, 0.0, 0, ""
+        return (float(getattr(pred, "reasoning_activation", None) or 0.0),
+                _as_float(task_metric(example, pred, None)), int(getattr(pred, "n_tokens", 0) or 0),
+                str(getattr(pred, "completion", "") or ""))
+
+    start = time.perf_counter()
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()), quiet_truncation():
+        executor = ParallelExecutor(num_threads=threads, disable_progress_bar=True, max_errors=len(jobs) + 1,
+                                    timeout=10**6)
+        results = executor.execute(run, jobs)
+    wall = time.perf_counter() - start
+    if failures:
+        logger.warning("%d of %d calls failed and scored zero; the first: %s", len(failures), len(jobs), failures[0])
+    scores = [Scores() for _ in programs]
+    for (i, _), result in zip(jobs, results, strict=True):
+        activation, correct, tokens, text = result if result is not None else (0.0, 0.0, 0, "")
+        s = scores[i]
+        s.activation.append(activation)
+        s.correct.append(correct)
+        s.tokens.append(tokens)
+        s.reflects.append(reflects(text))
+        s.words.append(count_words(text, vocabulary or REASONING_WORDS))
+        s.texts.append(text)
+    return scores, wall

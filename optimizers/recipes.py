@@ -1,0 +1,192 @@
+"""DSPy's own optimizers with the reasoning metric: one call each.
+
+Each recipe runs the real DSPy optimizer on `SteeredProgram(student)`, whose predictions carry the
+engine's measured `reasoning_activation`, so `ReasoningActivationMetric` scores them without a
+second forward pass (and GEPA gets its feedback form of the same metric).
+
+The prompt (or reflection) model is `prompt_model=`: any `dspy.LM`, e.g. an OpenAI-compatible
+endpoint. **Offline** (no `prompt_model`), proposals come from the instruction pool through
+`pool_lm`, an LM that answers every proposal request with the next unused pool instruction; pass
+`prompt_model=lm` to use the local model itself instead.
+
+>>> from optimizers import recipes
+>>> compiled = recipes.copro(program, trainset, lm=lm, breadth=4, depth=2)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+
+from optimizers.evaluate import answer_correct
+from optimizers.instructions import LIBRARY, InstructionPool
+from optimizers.program import SteeredProgram
+from reasoning_dspy.metrics import ReasoningActivationMetric
+
+_OUTPUT_FIELDS = re.compile(r"Your output fields are:\s*(.*?)(?:\n\n|\Z)", re.S)
+_FIELD = re.compile(r"^\s*\d+\.\s*`(\w+)`\s*(?:\(([^)]*)\))?", re.M)
+
+
+class PoolEngine:
+    """A `dspy.LM` engine that proposes instructions from a fixed pool, in order, never twice.
+
+    It reads the requested output fields from DSPy's ChatAdapter system message, writes the next
+    pool instruction into every field whose name mentions "instruction" and a short neutral text
+    into the others, so any DSPy proposer signature parses."""
+
+    def __init__(self, instructions: Sequence[str]):
+        if not instructions:
+            raise ValueError("the pool has no instructions to propose")
+        self.instructions = list(instructions)
+        self._next = itertools.cycle(self.instructions)
+        self._lock = threading.Lock()
+
+    def complete(self, request: Any) -> Any:
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or [])
+        block = _OUTPUT_FIELDS.search(system or "")
+        with self._lock:
+            instruction = next(self._next)
+        if block is None:  # a raw prompt (GEPA's reflection): the instruction in a code fence
+            text = f"```\n{instruction}\n```"
+        else:
+            text = "".join(f"[[ ## {name} ## ]]\n{_value(name, kind, instruction)}\n\n"
+                           for name, kind in _FIELD.findall(block.group(1))) + "[[ ## completed ## ]]\n"
+        return Response(id=None, model="pool", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0))
+
+    def stream(self, request: Any) -> Any:
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+def _value(name: str, kind: str, instruction: str) -> str:
+    """The instruction for instruction fields; a neutral value of the field's type for the others,
+    so proposers parse the answer and change nothing but the instruction."""
+    if "instruction" in name:
+        return json.dumps([instruction]) if kind.startswith("list") else instruction
+    if kind.startswith("dict"):
+        return "{}"
+    if kind.startswith("list"):
+        return "[]"
+    return "Answer:" if "prefix" in name else "(offline proposer: no text)"
+
+
+def pool_lm(pool: InstructionPool | Sequence[str] | None = None, program: Any = None) -> Any:
+    """An offline proposer LM that hands out the pool's instructions (the library by default)."""
+    if pool is None:
+        instructions = [x for texts in LIBRARY.values() for x in texts]
+    elif isinstance(pool, InstructionPool):
+        instructions = pool.candidates(program)
+    else:
+        instructions = list(pool)
+    return dspy.LM("pool/instructions", engine=PoolEngine(instructions), cache=False, num_retries=0)
+
+
+def reasoning_metric(task_metric: Any = answer_correct, **kwargs: Any) -> ReasoningActivationMetric:
+    """The reasoning metric the recipes use by default: correctness × reasoning activation.
+
+    Pass `task_metric=None` to score activation alone; other keyword arguments go to
+    `ReasoningActivationMetric` (e.g. `target=` to normalise activation to [0, 1])."""
+    return ReasoningActivationMetric(task_metric, **kwargs)
+
+
+def _student(program: Any) -> SteeredProgram:
+    return program if isinstance(program, SteeredProgram) else SteeredProgram(program)
+
+
+def _prompt_model(prompt_model: Any, pool: Any, program: Any) -> Any:
+    return prompt_model if prompt_model is not None else pool_lm(pool, program)
+
+
+def copro(program: Any, trainset: list, *, lm: Any, metric: Any = None, prompt_model: Any = None, pool: Any = None,
+          breadth: int = 4, depth: int = 2, threads: int = 64, **kwargs: Any) -> SteeredProgram:
+    """DSPy's COPRO: instruction search by a prompt model, `breadth` candidates for `depth` rounds."""
+    from dspy.teleprompt import COPRO
+
+    optimizer = COPRO(prompt_model=_prompt_model(prompt_model, pool, program), metric=metric or reasoning_metric(),
+                      breadth=breadth, depth=depth, **kwargs)
+    with dspy.context(lm=lm):
+        return optimizer.compile(_student(program), trainset=trainset,
+                                 eval_kwargs={"num_threads": threads, "display_progress": False})
+
+
+def miprov2(program: Any, trainset: list, *, lm: Any, metric: Any = None, prompt_model: Any = None, pool: Any = None,
+            num_candidates: int = 6, num_trials: int = 8, max_demos: int = 0, valset: list | None = None,
+            threads: int = 64, seed: int = 0, **kwargs: Any) -> SteeredProgram:
+    """DSPy's MIPROv2: proposed instructions (and, with `max_demos`, bootstrapped demos) searched
+    with optuna's TPE. Offline, the proposer's data/program/tip grounding is switched off (the pool
+    does not read it)."""
+    from dspy.teleprompt import MIPROv2
+
+    offline = prompt_model is None
+    optimizer = MIPROv2(metric=metric or reasoning_metric(), prompt_model=_prompt_model(prompt_model, pool, program),
+                        task_model=lm, auto=None, num_candidates=num_candidates, max_bootstrapped_demos=max_demos,
+                        max_labeled_demos=max_demos, num_threads=threads, seed=seed, verbose=False, **kwargs)
+    with dspy.context(lm=lm):
+        return optimizer.compile(_student(program), trainset=trainset, valset=valset, num_trials=num_trials,
+                                 minibatch=False, requires_permission_to_run=False,
+                                 program_aware_proposer=not offline, data_aware_proposer=not offline,
+                                 tip_aware_proposer=not offline, fewshot_aware_proposer=not offline)
+
+
+def bootstrap_fewshot(program: Any, trainset: list, *, lm: Any, metric: Any = None, max_demos: int = 4,
+                      threshold: float | None = None, **kwargs: Any) -> SteeredProgram:
+    """DSPy's BootstrapFewShot: keep the demos whose traces score at least `threshold` on the metric."""
+    from dspy.teleprompt import BootstrapFewShot
+
+    optimizer = BootstrapFewShot(metric=metric or reasoning_metric(), metric_threshold=threshold,
+                                 max_bootstrapped_demos=max_demos, max_labeled_demos=max_demos, **kwargs)
+    with dspy.context(lm=lm):
+        return optimizer.compile(_student(program), trainset=trainset)
+
+
+def bootstrap_random_search(program: Any, trainset: list, *, lm: Any, metric: Any = None, max_demos: int = 4,
+                            num_candidates: int = 4, valset: list | None = None, threads: int = 64,
+                            **kwargs: Any) -> SteeredProgram:
+    """DSPy's BootstrapFewShotWithRandomSearch over `num_candidates` demo sets."""
+    from dspy.teleprompt import BootstrapFewShotWithRandomSearch
+
+    optimizer = BootstrapFewShotWithRandomSearch(metric=metric or reasoning_metric(), max_bootstrapped_demos=max_demos,
+                                                 max_labeled_demos=max_demos, num_candidate_programs=num_candidates,
+                                                 num_threads=threads, **kwargs)
+    with dspy.context(lm=lm):
+        return optimizer.compile(_student(program), trainset=trainset, valset=valset)
+
+
+def gepa(program: Any, trainset: list, *, lm: Any, metric: Any = None, reflection_lm: Any = None, pool: Any = None,
+         max_metric_calls: int = 64, valset: list | None = None, threads: int = 64, seed: int = 0,
+         **kwargs: Any) -> SteeredProgram:
+    """DSPy's GEPA with the metric's feedback form (`ReasoningActivationMetric.gepa`); the reflection
+    LM rewrites instructions from that feedback (offline: the pool)."""
+    from dspy.teleprompt import GEPA
+
+    metric = metric or reasoning_metric()
+    optimizer = GEPA(metric=getattr(metric, "gepa", metric), reflection_lm=_prompt_model(reflection_lm, pool, program),
+                     max_metric_calls=max_metric_calls, num_threads=threads, seed=seed, **kwargs)
+    with dspy.context(lm=lm):
+        return optimizer.compile(_student(program), trainset=trainset, valset=valset or trainset)
+
+
+def simba(program: Any, trainset: list, *, lm: Any, metric: Any = None, prompt_model: Any = None, pool: Any = None,
+          batch_size: int = 8, num_candidates: int = 4, max_steps: int = 2, threads: int = 64, seed: int = 0,
+          **kwargs: Any) -> SteeredProgram:
+    """DSPy's SIMBA: mini-batch ascent that appends rules and demos from the prompt model's introspection."""
+    from dspy.teleprompt import SIMBA
+
+    optimizer = SIMBA(metric=metric or reasoning_metric(), bsize=batch_size, num_candidates=num_candidates,
+                      max_steps=max_steps, prompt_model=_prompt_model(prompt_model, pool, program),
+                      num_threads=threads, **kwargs)
+    with dspy.context(lm=lm):
+        return optimizer.compile(_student(program), trainset=trainset, seed=seed)

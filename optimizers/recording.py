@@ -1,0 +1,72 @@
+"""Trial records for DSPy's own optimizers: a metric that scores and remembers.
+
+DSPy's optimizers call the metric once per (candidate, example) and keep their trials to
+themselves. `RecordingMetric` scores each prediction of a `SteeredProgram` by the same objective
+`ReasoningOptimizer` uses, and groups the calls by the instruction that produced them, so every
+optimizer's trials land in the same `TrialRecord` form: instruction, metric, reasoning activation,
+accuracy, tokens and wall time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from optimizers.evaluate import Objective, Scores, answer_correct
+from optimizers.instructions import library_kind
+from optimizers.space import Candidate
+from optimizers.trials import TrialRecord
+
+
+class RecordingMetric:
+    """`metric(example, pred, trace=None) -> float` by `objective`, recording every call."""
+
+    def __init__(self, objective: Objective = "activation", task_metric: Callable[..., Any] = answer_correct,
+                 vocabulary: Sequence[str] | None = None):
+        self.objective, self.task_metric, self.vocabulary = objective, task_metric, vocabulary
+        self._groups: dict[str, tuple[Scores, list[float]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
+                 ) -> Any:
+        from reasoning_dspy.metrics import _as_float
+        from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
+
+        text = str(getattr(pred, "completion", "") or "")
+        activation = float(getattr(pred, "reasoning_activation", None) or 0.0)
+        tokens = int(getattr(pred, "n_tokens", 0) or 0)
+        words = count_words(text, self.vocabulary or REASONING_WORDS)
+        value = {"activation": activation, "reflect": float(reflects(text)),
+                 "word_rate": 100.0 * words / tokens if tokens else 0.0}[self.objective]
+        with self._lock:
+            scores, times = self._groups.setdefault(str(getattr(pred, "instruction", "")), (Scores(), []))
+            scores.activation.append(activation)
+            scores.correct.append(_as_float(self.task_metric(example, pred, None)))
+            scores.tokens.append(tokens)
+            scores.reflects.append(reflects(text))
+            scores.words.append(words)
+            times.append(time.perf_counter())
+        if pred_name is not None or pred_trace is not None:  # GEPA's feedback form
+            import dspy
+
+            return dspy.Prediction(score=value, feedback=f"Reasoning metric ({self.objective}) {value:.3f}.")
+        return value
+
+    def records(self) -> list[TrialRecord]:
+        """One record per instruction the optimizer tried, in the order it first tried them."""
+        out = []
+        with self._lock:
+            groups = list(self._groups.items())
+        previous_end = None
+        for number, (instruction, (scores, times)) in enumerate(groups):
+            m = scores.summary()
+            start = previous_end if previous_end is not None else times[0]
+            out.append(TrialRecord(
+                number=number, params={"instruction": instruction}, candidate=Candidate(instruction=instruction),
+                kind=library_kind(instruction), score=m[self.objective], activation=m["activation"],
+                accuracy=m["accuracy"], tokens=m["tokens"], reflect=m["reflect"], word_rate=m["word_rate"],
+                n=scores.n, wall_s=round(max(times) - start, 3)))
+            previous_end = max(times)
+        return out

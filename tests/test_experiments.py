@@ -1,0 +1,84 @@
+"""`reasoning-dspy optimize`: configs validated before anything is written, a full run on tiny-random
+with the planted SAE, and a killed run that resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from experiments import ExperimentConfigError, load_experiment, run_experiment
+from reasoning_dspy.cli import app
+from reasoning_dspy.sae import planted
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "optimize-tiny.yaml"
+
+
+def _run(tmp_path: Path, *overrides: str) -> Path:
+    return run_experiment(load_experiment(TINY, [f"out={tmp_path}", *overrides]), progress=False)
+
+
+@pytest.mark.parametrize(("override", "field", "message"), [
+    ("optimizer.name=anneal", "optimizer.name", "Input should be 'reasoning', 'copro' or 'miprov2'"),
+    ("dataset.name=missing.jsonl", "dataset", "dataset file 'missing.jsonl' does not exist"),
+    ("dataset.name=gsm9k", "dataset", "unknown dataset 'gsm9k'"),
+    ("dataset.n_train=many", "dataset.n_train", "valid integer"),
+    ("metric.accuracy_margin=-1", "metric.accuracy_margin", "greater than or equal to 0"),
+    ("seed=[1, 2]", "seed", "valid integer"),
+    ("dataset.test_split=train", "dataset", "must be one the optimizer never sees"),
+    ("surprise=1", "surprise", "Extra inputs are not permitted"),
+])
+def test_a_bad_config_names_the_field(tmp_path, override, field, message):
+    with pytest.raises(ExperimentConfigError) as err:
+        load_experiment(TINY, [f"out={tmp_path}", override])
+    assert field in str(err.value) and message in str(err.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_feature_outside_the_sae_is_refused_before_anything_is_written(tmp_path):
+    cfg = load_experiment(TINY, [f"out={tmp_path}", "steering.features=[3, 99]"])
+    with pytest.raises(ExperimentConfigError, match=r"steering.features: \[99\] are outside the SAE \(d_sae=16"):
+        run_experiment(cfg, progress=False)
+    assert not any(tmp_path.iterdir())
+    result = CliRunner().invoke(app, ["optimize", str(TINY), f"out={tmp_path}", "optimizer.name=anneal"])
+    assert result.exit_code != 0 and "optimizer.name" in result.output and not any(tmp_path.iterdir())
+
+
+def test_a_run_writes_config_trials_program_and_report(tmp_path):
+    folder = _run(tmp_path)
+    assert folder.parent == tmp_path / "optimize-tiny"
+    for name in ("config.yaml", "trials.jsonl", "program.json", "heldout.json", "result.json", "report.md",
+                 "trials.png", "pareto.png", "heldout.png"):
+        assert (folder / name).is_file(), name
+    assert yaml.safe_load((folder / "config.yaml").read_text())["optimizer"]["n_trials"] == 12
+    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 12 and {"candidate", "score", "activation", "accuracy", "tokens", "wall_s"} <= set(trials[0])
+    program = json.loads((folder / "program.json").read_text())
+    assert str(planted.PUSH) in program["steering"]["features"]
+    held = json.loads((folder / "heldout.json").read_text())["summary"]
+    # held out, the steered program's reasoning activation is far above the baseline's, CI above 0
+    assert held["steered"]["minus_baseline"]["activation"]["low"] > 0.05
+    report = (folder / "report.md").read_text()
+    assert "Best trial" in report and "![Pareto front](pareto.png)" in report
+    assert (folder / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_killed_run_resumes_from_its_journal(tmp_path):
+    whole = _run(tmp_path / "a")
+    folder = _run(tmp_path / "b")
+    # what a kill in the second batch leaves behind: four trials, half a line, no program or report
+    lines = (folder / "trials.jsonl").read_text().splitlines(keepends=True)
+    (folder / "trials.jsonl").write_text("".join(lines[:4]) + lines[4][:50])
+    for name in ("program.json", "heldout.json", "result.json", "report.md"):
+        (folder / name).unlink()
+    again = _run(tmp_path / "b")
+    assert again == folder  # the unfinished run was resumed, not started anew
+    strip = lambda f: [{k: v for k, v in json.loads(x).items() if k != "wall_s"}  # noqa: E731
+                       for x in (f / "trials.jsonl").read_text().splitlines()]
+    assert strip(again) == strip(whole)
+    assert (again / "program.json").read_text() == (whole / "program.json").read_text()
+    fresh = run_experiment(load_experiment(TINY, [f"out={tmp_path / 'b'}"]), new=True, progress=False)
+    assert fresh != folder

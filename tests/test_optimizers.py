@@ -1,0 +1,159 @@
+"""ReasoningOptimizer on tiny-random with a planted answer: it finds the feature that makes the
+model write a reasoning word, honours the accuracy constraint, and is reproducible and resumable."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from optimizers import InstructionPool, ReasoningOptimizer, SteeredProgram, read_journal
+from optimizers.instructions import LIBRARY, current_instruction
+from reasoning_dspy.adapter import LenientChatAdapter
+from reasoning_dspy.lm import SteeredLM, engine_of
+from reasoning_dspy.problems import as_dspy_examples, make_problems
+from reasoning_dspy.sae import planted
+from reasoning_dspy.steering import SteeringSpec
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    sae = planted.planted_sae(tiny.model, tiny.tokenizer)
+    lm = SteeredLM(tiny, sae=sae, reasoning_features=planted.REASONING, max_tokens=12, cache=False, max_batch_size=64)
+    yield lm
+    engine_of(lm).close()
+
+
+@pytest.fixture(scope="module")
+def train():
+    return as_dspy_examples(make_problems(6, split="train"))
+
+
+def program():
+    return dspy.ChainOfThought("question -> answer")
+
+
+def optimizer(**kwargs):
+    settings = dict(features=planted.CANDIDATES, add_strength=(0.2, 2.0), n_trials=12, batch_trials=4,
+                    accuracy_margin=None, progress=False)
+    return ReasoningOptimizer(**{**settings, **kwargs})
+
+
+def compile_with(lm, train, **kwargs):
+    with dspy.context(lm=lm):
+        return optimizer(**kwargs).compile(program(), trainset=train)
+
+
+def _comparable(trials):
+    return [t.model_dump(exclude={"wall_s"}) for t in trials]
+
+
+def test_the_planted_feature_is_found(lm, train):
+    compiled = compile_with(lm, train)
+    baseline, best = compiled.trials[0], compiled.best_trial
+    assert baseline.candidate.steering() is None and baseline.number == 0
+    assert baseline.candidate.instruction == current_instruction(program())
+    # only trials that steer the planted feature make the model write " wait", where the metric fires
+    assert planted.PUSH in best.candidate.features and best.score > 20 * baseline.score
+    assert compiled.steering is not None and planted.PUSH in compiled.steering.features
+    assert best.word_rate > 50 and baseline.word_rate == 0
+    for t in compiled.trials:
+        if planted.PUSH not in t.candidate.features:
+            assert t.score < 0.5 * best.score  # nothing else comes close
+    assert all(t.n == len(train) and t.tokens > 0 for t in compiled.trials if not t.cached)
+    # the compiled program answers with its instruction and steering
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        pred = compiled(question="What is 3 + 4?")
+    assert "wait" in pred.completion and pred.reasoning_activation > 0.05
+    assert current_instruction(compiled.program) == best.candidate.instruction
+
+
+def test_instructions_only_never_steers(lm, train):
+    compiled = compile_with(lm, train, steer=False, n_trials=6)
+    assert compiled.steering is None and all(not t.candidate.features for t in compiled.trials)
+    assert {t.candidate.instruction for t in compiled.trials} <= {current_instruction(program())} | {
+        x for texts in LIBRARY.values() for x in texts}
+
+
+def test_the_accuracy_constraint_rules_out_what_breaks_answers(lm, train):
+    # a task metric under which writing " wait" is wrong: the planted steering now costs accuracy
+    no_wait = lambda example, pred, trace=None: float("wait" not in (pred.completion or ""))  # noqa: E731
+    compiled = compile_with(lm, train, task_metric=no_wait, accuracy_margin=0.0)
+    assert compiled.trials[0].accuracy == 1.0
+    assert any(not t.feasible for t in compiled.trials)  # the optimizer did try the planted steering
+    assert compiled.best_trial.feasible and compiled.best_trial.accuracy == 1.0
+    assert compiled.best_trial.score < 0.01
+
+
+def test_multi_objective_reports_a_pareto_front(lm, train):
+    from optimizers import pareto_front
+
+    compiled = compile_with(lm, train, multi_objective=True, n_trials=8)
+    front = pareto_front(compiled.trials)
+    assert compiled.best_trial in front
+    for r in front:  # nothing on the front is beaten on all three objectives
+        assert not any(t.score >= r.score and t.accuracy >= r.accuracy and t.tokens <= r.tokens and
+                       (t.score, t.accuracy, t.tokens) != (r.score, r.accuracy, r.tokens) for t in compiled.trials)
+
+
+def test_same_seed_same_trials_and_program(lm, train, tmp_path):
+    a = compile_with(lm, train, seed=3)
+    b = compile_with(lm, train, seed=3)
+    assert _comparable(a.trials) == _comparable(b.trials)
+    a.save(str(tmp_path / "a.json"))
+    b.save(str(tmp_path / "b.json"))
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    c = compile_with(lm, train, seed=4)
+    assert _comparable(c.trials) != _comparable(a.trials)
+
+
+def test_a_killed_run_resumes_to_the_same_result(lm, train, tmp_path):
+    whole = compile_with(lm, train, journal=tmp_path / "whole.jsonl")
+    lines = (tmp_path / "whole.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 12
+    # what a kill during the second batch leaves: the first batch, and half a line
+    (tmp_path / "killed.jsonl").write_text("".join(lines[:4]) + lines[4][:40])
+    assert len(read_journal(tmp_path / "killed.jsonl")) == 4
+    resumed = compile_with(lm, train, journal=tmp_path / "killed.jsonl")
+    assert _comparable(resumed.trials) == _comparable(whole.trials)
+    assert resumed.best_trial.model_dump(exclude={"wall_s"}) == whole.best_trial.model_dump(exclude={"wall_s"})
+    assert _comparable(read_journal(tmp_path / "killed.jsonl")) == _comparable(whole.trials)
+    # a journal from another search is refused, not silently mixed in
+    with pytest.raises(ValueError, match="different search"):
+        compile_with(lm, train, journal=tmp_path / "whole.jsonl", features=[11, planted.PUSH, 3])
+
+
+def test_save_and_load_restore_instruction_and_steering(lm, tmp_path):
+    spec = SteeringSpec(features={planted.PUSH: 1.5}, units="residual")
+    saved = SteeredProgram(program(), spec)
+    saved.program.predict.signature = saved.program.predict.signature.with_instructions("Be brief.")
+    saved.save(str(tmp_path / "p.json"))
+    fresh = SteeredProgram(program())
+    fresh.load(str(tmp_path / "p.json"))
+    assert fresh.steering == spec and current_instruction(fresh.program) == "Be brief."
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        assert fresh(question="2 + 2?").completion == saved(question="2 + 2?").completion
+    program().save(str(tmp_path / "plain.json"))
+    with pytest.raises(ValueError, match="not saved from a SteeredProgram"):
+        SteeredProgram(program()).load(str(tmp_path / "plain.json"))
+
+
+def test_the_pool_and_a_proposer(lm):
+    from optimizers.recipes import pool_lm
+
+    pool = InstructionPool(["Plan first, then answer.", "Be brief."], proposer=pool_lm(["List the facts first."]),
+                           n_proposals=2)
+    candidates = pool.candidates(program())
+    assert candidates[0] == current_instruction(program())
+    assert candidates.count("Be brief.") == 1 and "Plan first, then answer." in candidates
+    assert candidates[-1] == "List the facts first."  # the proposer's, after the library and the user's
+    with pytest.raises(ValueError, match="non-empty strings"):
+        InstructionPool(["", "ok"])
+
+
+def test_bad_settings_are_named(lm, train):
+    with pytest.raises(ValueError, match="objective must be one of"):
+        ReasoningOptimizer(objective="loudness")
+    with pytest.raises(ValueError, match="outside the SAE"):
+        compile_with(lm, train, features=[3, 99])
+    with dspy.context(lm=lm), pytest.raises(ValueError, match="trainset is empty"):
+        optimizer().compile(program(), trainset=[])

@@ -1,0 +1,73 @@
+"""DSPy's own optimizers with the reasoning metric, one call each, offline (the pool proposes)."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from optimizers import SteeredProgram, recipes
+from optimizers.instructions import current_instruction
+from optimizers.recording import RecordingMetric
+from reasoning_dspy.adapter import LenientChatAdapter
+from reasoning_dspy.lm import SteeredLM, engine_of
+from reasoning_dspy.problems import as_dspy_examples, make_problems
+from reasoning_dspy.sae import planted
+
+POOL = ["Answer directly.", "Check every step before you answer.", "Be brief."]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    sae = planted.planted_sae(tiny.model, tiny.tokenizer)
+    lm = SteeredLM(tiny, sae=sae, reasoning_features=planted.REASONING, max_tokens=10, cache=False, max_batch_size=64)
+    yield lm
+    engine_of(lm).close()
+
+
+@pytest.fixture(scope="module")
+def train():
+    return as_dspy_examples(make_problems(4, split="train"))
+
+
+RECIPES = {
+    "copro": dict(breadth=3, depth=2, pool=POOL),
+    "miprov2": dict(num_candidates=3, num_trials=3, pool=POOL),
+    "bootstrap_fewshot": dict(max_demos=2),
+    "bootstrap_random_search": dict(max_demos=2, num_candidates=2),
+    "gepa": dict(max_metric_calls=24, pool=POOL),
+    "simba": dict(batch_size=4, num_candidates=2, max_steps=1, pool=POOL),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_each_recipe_is_one_call_and_scores_with_the_engine(lm, train, name):
+    metric = RecordingMetric("activation")
+    with dspy.context(adapter=LenientChatAdapter()):
+        compiled = getattr(recipes, name)(dspy.ChainOfThought("question -> answer"), train, lm=lm, metric=metric,
+                                          **RECIPES[name])
+    assert isinstance(compiled, SteeredProgram)
+    records = metric.records()
+    assert records and all(r.n > 0 and r.tokens > 0 for r in records)  # the engine measured every call
+    if "pool" in RECIPES[name] and name in ("copro", "miprov2"):
+        # offline, the candidates are the pool's instructions (and the program's own)
+        tried = {r.candidate.instruction for r in records}
+        assert tried - {current_instruction(dspy.ChainOfThought("question -> answer"))} <= set(POOL)
+        assert len(tried) > 1
+        assert current_instruction(compiled.program) in tried
+
+
+def test_the_default_metric_is_correctness_times_activation(lm, train):
+    metric = recipes.reasoning_metric()
+    pred = dspy.Prediction(answer=train[0].answer, reasoning_activation=0.25)
+    assert metric(train[0], pred) == pytest.approx(0.25)
+    assert metric(train[0], dspy.Prediction(answer="nonsense", reasoning_activation=0.25)) == 0.0
+    feedback = metric.gepa(train[0], pred)
+    assert feedback.score == pytest.approx(0.25) and "correct" in feedback.feedback
+
+
+def test_the_pool_lm_hands_out_each_instruction_in_turn():
+    lm = recipes.pool_lm(["One.", "Two."])
+    predict = dspy.Predict("task -> proposed_instruction, proposed_prefix_for_output_field")
+    with dspy.context(lm=lm):
+        got = [predict(task="x").proposed_instruction for _ in range(3)]
+    assert got == ["One.", "Two.", "One."]
