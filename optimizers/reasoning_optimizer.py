@@ -126,6 +126,9 @@ class ReasoningOptimizer(Teleprompter):
             raise ValueError("the optimizer needs training examples: trainset is empty")
         if engine.sae is not None:
             feature_indices(self.features, engine.sae.d_sae)
+        if self.features and "clamp" in self.modes and engine.max_activation is None:
+            raise ValueError("clamp sets features to multiples of their f_max, and the LM has none: build it with "
+                             "SteeredLM(..., max_activation=scores) or search modes=('add',) only")
         self.space = SearchSpace(instructions=self.pool.candidates(student, trainset), features=self.features,
                                  n_features=self.n_features if self.features else [0], modes=self.modes,
                                  add_strength=self.add_strength, clamp_strength=self.clamp_strength,

@@ -157,3 +157,29 @@ def test_bad_settings_are_named(lm, train):
         compile_with(lm, train, features=[3, 99])
     with dspy.context(lm=lm), pytest.raises(ValueError, match="trainset is empty"):
         optimizer().compile(program(), trainset=[])
+
+
+def test_the_search_space_gives_add_and_clamp_candidates():
+    import optuna
+
+    from optimizers import Candidate, SearchSpace
+
+    space = SearchSpace(instructions=["A.", "B."], features=[7, 2, 9], modes=["add", "clamp"])
+    add = space.suggest(optuna.trial.FixedTrial({"instruction": 1, "n_features": 2, "mode": "add",
+                                                 "add_strength": 0.2}))
+    assert add == Candidate(instruction="B.", features=(7, 2), strength=0.2, mode="add")
+    spec = add.steering()
+    assert spec.units == "residual" and spec.residual_strength == pytest.approx(0.2)  # split over the features
+    clamp = space.suggest(optuna.trial.FixedTrial({"instruction": 0, "n_features": 1, "mode": "clamp",
+                                                   "clamp_strength": 2.5}))
+    assert clamp.steering() == SteeringSpec(features={7: 2.5}, mode="clamp", units="fmax")
+    none = space.suggest(optuna.trial.FixedTrial({"instruction": 0, "n_features": 0}))
+    assert none.steering() is None and space.params_of(none) == {"instruction": 0, "n_features": 0}
+    assert space.suggest(optuna.trial.FixedTrial(space.params_of(clamp))) == clamp
+    with pytest.raises(ValueError, match="n_features"):
+        SearchSpace(instructions=["A."], features=[1], n_features=[0, 2])
+
+
+def test_clamp_needs_fmax(lm, train):
+    with pytest.raises(ValueError, match="clamp sets features to multiples of their f_max"):
+        compile_with(lm, train, modes=("add", "clamp"))
