@@ -94,7 +94,7 @@ def evaluate_programs(
     from reasoning_dspy.adapter import LenientChatAdapter
     from reasoning_dspy.evaluation import quiet_truncation
     from reasoning_dspy.lm import engine_of
-    from reasoning_dspy.metrics import _as_float
+    from reasoning_dspy.metrics import metric_value
     from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
 
     engine = engine_of(lm)
@@ -114,7 +114,7 @@ def evaluate_programs(
             failures.append(f"{labels[i]}: {type(err).__name__}: {err}")
             return 0.0, 0.0, 0, ""
         return (float(getattr(pred, "reasoning_activation", None) or 0.0),
-                _as_float(task_metric(example, pred, None)), int(getattr(pred, "n_tokens", 0) or 0),
+                metric_value(task_metric(example, pred, None)), int(getattr(pred, "n_tokens", 0) or 0),
                 str(getattr(pred, "completion", "") or ""))
 
     start = time.perf_counter()

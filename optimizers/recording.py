@@ -31,7 +31,7 @@ class RecordingMetric:
 
     def __call__(self, example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
                  ) -> Any:
-        from reasoning_dspy.metrics import _as_float
+        from reasoning_dspy.metrics import metric_value
         from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
 
         text = str(getattr(pred, "completion", "") or "")
@@ -43,7 +43,7 @@ class RecordingMetric:
         with self._lock:
             scores, times = self._groups.setdefault(str(getattr(pred, "instruction", "")), (Scores(), []))
             scores.activation.append(activation)
-            scores.correct.append(_as_float(self.task_metric(example, pred, None)))
+            scores.correct.append(metric_value(self.task_metric(example, pred, None)))
             scores.tokens.append(tokens)
             scores.reflects.append(reflects(text))
             scores.words.append(words)

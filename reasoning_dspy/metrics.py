@@ -28,7 +28,8 @@ def exact_match(example: Any, pred: Any, trace: Any = None, field: str = "answer
     return float(bool(gold) and gold == got)
 
 
-def _as_float(value: Any) -> float:
+def metric_value(value: Any) -> float:
+    """A metric's result as a float: a number, a bool, or a `dspy.Prediction` with `.score`."""
     if hasattr(value, "score"):
         value = value.score
     if isinstance(value, bool):
@@ -105,7 +106,7 @@ class ReasoningActivationMetric:
         return value
 
     def task(self, example: Any, pred: Any, trace: Any = None) -> float | None:
-        return None if self.task_metric is None else _as_float(self.task_metric(example, pred, trace))
+        return None if self.task_metric is None else metric_value(self.task_metric(example, pred, trace))
 
     def score(self, example: Any, pred: Any, trace: Any = None) -> tuple[float, float | None, float]:
         """`(score, task score or None, activation)`."""
