@@ -82,3 +82,15 @@ def test_a_killed_run_resumes_from_its_journal(tmp_path):
     assert (again / "program.json").read_text() == (whole / "program.json").read_text()
     fresh = run_experiment(load_experiment(TINY, [f"out={tmp_path / 'b'}"]), new=True, progress=False)
     assert fresh != folder
+
+
+@pytest.mark.parametrize("name", ["copro", "miprov2"])
+def test_dspy_optimizers_run_as_experiments_with_the_same_budget(tmp_path, name):
+    folder = _run(tmp_path, f"optimizer.name={name}", "optimizer.n_trials=6")
+    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    # offline, the pool proposes: every trial is an instruction from it, none steers
+    assert 1 < len(trials) <= 6 and all(not t["candidate"]["features"] for t in trials)
+    program = json.loads((folder / "program.json").read_text())
+    assert program["steering"] is None
+    assert program["program.predict"]["signature"]["instructions"] in {t["candidate"]["instruction"] for t in trials}
+    assert "optimizer `" + name + "`" in (folder / "report.md").read_text()
