@@ -9,7 +9,7 @@ from optimizers.instructions import LIBRARY, InstructionPool
 from optimizers.program import SteeredProgram
 from optimizers.reasoning_optimizer import ReasoningOptimizer
 from optimizers.space import Candidate, SearchSpace
-from optimizers.trials import TrialRecord, best_trial, pareto_front, read_journal
+from optimizers.trials import TrialRecord, best_trial, instruction_scores, pareto_front, read_journal
 
 __all__ = ["LIBRARY", "Candidate", "InstructionPool", "ReasoningOptimizer", "SearchSpace", "SteeredProgram",
-           "TrialRecord", "best_trial", "pareto_front", "read_journal"]
+           "TrialRecord", "best_trial", "instruction_scores", "pareto_front", "read_journal"]

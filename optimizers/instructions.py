@@ -65,10 +65,13 @@ class InstructionPool:
         proposer: any `dspy.LM` (an OpenAI-compatible model, or the local one) asked for
             `n_proposals` more; its answers are deduplicated and added last.
         n_proposals: how many proposals to ask for.
+        prompt_filter: a `reasoning_dspy.rag.PromptFilter`: invalid, near-duplicate and off-topic
+            candidates are dropped from the pool (the program's own instruction is always kept), and
+            `skipped` lists the filter's `Decision` for each, with its reason.
     """
 
     def __init__(self, extra: Sequence[str] = (), *, library: bool = True, proposer: Any = None,
-                 n_proposals: int = 4):
+                 n_proposals: int = 4, prompt_filter: Any = None):
         bad = [x for x in extra if not isinstance(x, str) or not x.strip()]
         if bad:
             raise ValueError(f"instructions must be non-empty strings, got {bad[:3]!r}")
@@ -78,17 +81,30 @@ class InstructionPool:
         self.library = library
         self.proposer = proposer
         self.n_proposals = n_proposals
+        self.prompt_filter = prompt_filter
+        self.skipped: list[Any] = []
+
+    def with_filter(self, prompt_filter: Any) -> InstructionPool:
+        """A copy of this pool that filters its candidates with `prompt_filter`."""
+        return InstructionPool(self.extra, library=self.library, proposer=self.proposer,
+                               n_proposals=self.n_proposals, prompt_filter=prompt_filter)
 
     def candidates(self, program: Any = None, examples: Sequence[Any] = ()) -> list[str]:
         """The program's current instruction first, then the library, the user's, and proposals;
-        each once, in that order (so a seeded search over indices is reproducible)."""
+        each once, in that order (so a seeded search over indices is reproducible). With a
+        `prompt_filter`, only the candidates it keeps; the others are in `skipped`."""
         out = [current_instruction(program)] if program is not None else []
         if self.library:
             out += [x for texts in LIBRARY.values() for x in texts]
         out += self.extra
         if self.proposer is not None and self.n_proposals:
             out += self.propose(program, examples, existing=_unique(out))
-        return _unique(x for x in out if x)
+        out = _unique(x for x in out if x)
+        if self.prompt_filter is None:
+            return out
+        decisions = self.prompt_filter.check(out, always_keep=out[:1] if program is not None else ())
+        self.skipped = [d for d in decisions if not d.kept]
+        return [d.prompt for d in decisions if d.kept]
 
     def propose(self, program: Any, examples: Sequence[Any], *, existing: Sequence[str]) -> list[str]:
         """Ask the proposer LM for new instructions grounded in `program`'s signature and `examples`."""

@@ -34,6 +34,10 @@ from optimizers.space import Candidate, SearchSpace, feature_indices
 from optimizers.trials import TrialRecord, append_journal, best_trial, read_journal
 
 
+#: Random draws tried for a new candidate when TPE proposes one already scored.
+DUPLICATE_TRIES = 16
+
+
 class ReasoningOptimizer(Teleprompter):
     """Tune a DSPy program's instruction and its steering for reasoning activation.
 
@@ -57,6 +61,11 @@ class ReasoningOptimizer(Teleprompter):
         task_metric: `(example, pred, trace) -> float`, correctness (default: the answer matches).
         vocabulary: reasoning words counted by `word_rate` (default: the paper's).
         journal: a JSONL file recording every trial; an existing one is resumed.
+        prompt_filter: a `reasoning_dspy.rag.PromptFilter` that drops invalid, near-duplicate and
+            off-topic instructions from the pool before any is evaluated; the compiled program's
+            `skipped` lists each dropped one's `Decision` (its `reason`, and for a near-duplicate
+            the reused score). Scores are not recorded into the filter automatically (a resumed
+            run must see the same pool): `prompt_filter.record_scores(instruction_scores(trials))`.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class ReasoningOptimizer(Teleprompter):
         journal: str | os.PathLike | None = None,
         vocabulary: Sequence[str] | None = None,
         progress: bool = True,
+        prompt_filter: Any = None,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -93,6 +103,8 @@ class ReasoningOptimizer(Teleprompter):
         if accuracy_margin is not None and accuracy_margin < 0:
             raise ValueError(f"accuracy_margin must be >= 0 (or None), got {accuracy_margin}")
         self.pool = pool if isinstance(pool, InstructionPool) else InstructionPool(list(pool or ()))
+        if prompt_filter is not None:
+            self.pool = self.pool.with_filter(prompt_filter)
         if hasattr(features, "top"):
             features = features.top(top_features)
         self.features = [int(f) for f in (features or [])][: max(top_features, 0)] if steer else []
@@ -108,13 +120,14 @@ class ReasoningOptimizer(Teleprompter):
         self.vocabulary = list(vocabulary) if vocabulary else None
         self.progress = progress
         self.trials: list[TrialRecord] = []
+        self.skipped: list[Any] = []
         self.space: SearchSpace | None = None
 
     # -- DSPy entry point ---------------------------------------------------------------------
     def compile(self, student: dspy.Module, *, trainset: list[Any], teacher: Any = None,
                 valset: list[Any] | None = None, lm: Any = None, **kwargs: Any) -> SteeredProgram:
         """Search, and return `student` with the best instruction and steering as a `SteeredProgram`
-        (its `trials` and `best_trial` attached)."""
+        (its `trials`, `best_trial` and `skipped` attached)."""
         from reasoning_dspy.lm import engine_of
 
         lm = lm or dspy.settings.lm
@@ -133,6 +146,7 @@ class ReasoningOptimizer(Teleprompter):
                                  n_features=self.n_features if self.features else [0], modes=self.modes,
                                  add_strength=self.add_strength, clamp_strength=self.clamp_strength,
                                  layer=self.steer_layer)
+        self.skipped = list(self.pool.skipped)
         self.trials = self._resume()
         baseline = Candidate(instruction=current_instruction(student), layer=self.steer_layer)
         bar = _progress(self.n_trials, self.progress)
@@ -150,7 +164,7 @@ class ReasoningOptimizer(Teleprompter):
         bar.close()
         best = best_trial(self.trials, multi=self.multi_objective)
         program = SteeredProgram(with_instruction(student, best.candidate.instruction), best.candidate.steering())
-        program.trials, program.best_trial = list(self.trials), best
+        program.trials, program.best_trial, program.skipped = list(self.trials), best, list(self.skipped)
         return program
 
     # -- parts ---------------------------------------------------------------------------------
@@ -187,11 +201,31 @@ class ReasoningOptimizer(Teleprompter):
         if not self.trials:
             study.enqueue_trial(self.space.params_of(baseline))
         params, candidates = [], []
-        for _ in range(k):
-            trial = study.ask()
-            candidates.append(self.space.suggest(trial))
+        seen = {r.candidate for r in self.trials}
+        for slot in range(k):
+            trial, candidate = self._ask_new(study, seen, slot)
+            seen.add(candidate)
+            candidates.append(candidate)
             params.append(dict(trial.params))
         return params, candidates
+
+    def _ask_new(self, study: optuna.Study, seen: set[Candidate], slot: int) -> tuple[Any, Candidate]:
+        """A trial whose candidate was not scored yet, so the budget buys new information: TPE's
+        proposal, or when TPE insists on a known one, a seeded random draw (a known candidate only
+        once `DUPLICATE_TRIES` draws found nothing new, i.e. the space is nearly exhausted)."""
+        trial = study.ask()
+        candidate = self.space.suggest(trial)
+        tpe = study.sampler
+        for attempt in range(DUPLICATE_TRIES):
+            if candidate not in seen:
+                break
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.sampler = optuna.samplers.RandomSampler(
+                seed=self.seed * 1_000_003 + len(self.trials) * 1_009 + slot * 31 + attempt)
+            trial = study.ask()
+            candidate = self.space.suggest(trial)
+        study.sampler = tpe
+        return trial, candidate
 
     def _score(self, student: Any, lm: Any, candidates: list[Candidate], examples: list[Any]
                ) -> tuple[list[Scores | None], float]:

@@ -83,6 +83,16 @@ def _drop_torn_line(path: Path) -> None:
             path.write_text(text[: text.rfind("\n") + 1])
 
 
+def instruction_scores(records: Sequence[TrialRecord], *, steered: bool = False) -> dict[str, float]:
+    """The best score each instruction reached, from trials without steering (what the instruction
+    alone did); `steered=True` counts every trial. For `PromptFilter.record_scores`."""
+    best: dict[str, float] = {}
+    for r in records:
+        if steered or r.candidate.steering() is None:
+            best[r.candidate.instruction] = max(r.score, best.get(r.candidate.instruction, float("-inf")))
+    return best
+
+
 def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     """Trials no other trial beats on all of score (higher), accuracy (higher) and tokens (lower)."""
     points = np.array([[r.score, r.accuracy, -r.tokens] for r in records], dtype=float).reshape(-1, 3)

@@ -68,8 +68,10 @@ def test_the_planted_feature_is_found(lm, train):
 
 
 def test_instructions_only_never_steers(lm, train):
-    compiled = compile_with(lm, train, steer=False, n_trials=6)
+    compiled = compile_with(lm, train, steer=False, n_trials=8)
     assert compiled.steering is None and all(not t.candidate.features for t in compiled.trials)
+    # the budget buys new candidates: TPE's repeats are replaced while new ones remain
+    assert len({t.candidate.instruction for t in compiled.trials}) == 8 and not any(t.cached for t in compiled.trials)
     assert {t.candidate.instruction for t in compiled.trials} <= {current_instruction(program())} | {
         x for texts in LIBRARY.values() for x in texts}
 
