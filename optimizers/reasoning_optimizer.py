@@ -33,7 +33,6 @@ from optimizers.program import SteeredProgram
 from optimizers.space import Candidate, SearchSpace, feature_indices
 from optimizers.trials import TrialRecord, append_journal, best_trial, read_journal
 
-
 #: Random draws tried for a new candidate when TPE proposes one already scored.
 DUPLICATE_TRIES = 16
 
