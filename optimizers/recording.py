@@ -55,18 +55,21 @@ class RecordingMetric:
         return value
 
     def records(self) -> list[TrialRecord]:
-        """One record per instruction the optimizer tried, in the order it first tried them."""
-        out = []
+        """One record per instruction the optimizer tried, in the order it first tried them. A
+        record's wall time is the time between each of its calls and the call before it (of any
+        instruction), so the records' times add up to the optimizer's time from its first call."""
         with self._lock:
             groups = list(self._groups.items())
-        previous_end = None
-        for number, (instruction, (scores, times)) in enumerate(groups):
+        calls = sorted((t, number) for number, (_, (_, times)) in enumerate(groups) for t in times)
+        wall = [0.0] * len(groups)
+        for (t, number), (before, _) in zip(calls[1:], calls[:-1], strict=True):
+            wall[number] += t - before
+        out = []
+        for number, (instruction, (scores, _)) in enumerate(groups):
             m = scores.summary()
-            start = previous_end if previous_end is not None else times[0]
             out.append(TrialRecord(
                 number=number, params={"instruction": instruction}, candidate=Candidate(instruction=instruction),
                 kind=library_kind(instruction), score=m[self.objective], activation=m["activation"],
                 accuracy=m["accuracy"], tokens=m["tokens"], reflect=m["reflect"], word_rate=m["word_rate"],
-                n=scores.n, wall_s=round(max(times) - start, 3)))
-            previous_end = max(times)
+                n=scores.n, wall_s=round(wall[number], 3)))
         return out

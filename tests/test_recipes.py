@@ -47,7 +47,7 @@ def test_each_recipe_is_one_call_and_scores_with_the_engine(lm, train, name):
                                           **RECIPES[name])
     assert isinstance(compiled, SteeredProgram)
     records = metric.records()
-    assert records and all(r.n > 0 and r.tokens > 0 for r in records)  # the engine measured every call
+    assert records and all(r.n > 0 and r.tokens > 0 and r.wall_s >= 0 for r in records)  # the engine measured every call
     if "pool" in RECIPES[name] and name in ("copro", "miprov2"):
         # offline, the candidates are the pool's instructions (and the program's own)
         tried = {r.candidate.instruction for r in records}
