@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reasoning_dspy.config_files import load_config
+from reasoning_dspy.tracking.config import TrackingConfig
 
 #: The bundled dataset; any other `dataset.name` is a JSONL file of {"question", "answer"} rows.
 WORD_PROBLEMS = "word-problems"
@@ -109,6 +110,9 @@ class ExperimentConfig(_Section):
     max_tokens: int = Field(192, ge=8, description="tokens generated per answer")
     batch_size: int = Field(64, ge=1, description="rows the engine decodes together")
     out: str = Field("runs", description="parent folder; the run goes to OUT/NAME/TIMESTAMP")
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(embedder="minilm"), description=(
+        "run tracking: database_url (None: $DATABASE_URL, else OUT/tracking.sqlite), mlflow; not part of the "
+        "saved config, so changing it never changes which run resumes"))
 
     @field_validator("vocabulary")
     @classmethod

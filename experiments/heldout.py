@@ -39,7 +39,8 @@ def evaluate_heldout(setup: Setup, lm: Any, compiled: Any, path: Path, *, progre
     if "steered" not in per_arm:  # the best program does not steer: steered is the optimized program
         per_arm["steered"] = per_arm["optimized"]
     rows = {arm: {"activation": s.activation, "correct": s.correct, "tokens": s.tokens,
-                  "reflects": [bool(x) for x in s.reflects], "words": s.words} for arm, s in per_arm.items()}
+                  "reflects": [bool(x) for x in s.reflects], "words": s.words, "texts": s.texts}
+            for arm, s in per_arm.items()}
     result = {"n": len(setup.test), "split": setup.cfg.dataset.test_split, "wall_s": round(wall, 1),
               "instruction": {"baseline": _instruction(baseline), "optimized": _instruction(compiled)},
               "steering": None if compiled.steering is None else compiled.steering.model_dump(mode="json"),

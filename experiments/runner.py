@@ -26,8 +26,8 @@ from reasoning_dspy._io import atomic_write_json, atomic_write_text
 
 console = Console(stderr=True)
 
-CONFIG_FILE, TRIALS_FILE, PROGRAM_FILE, HELDOUT_FILE, RESULT_FILE = (
-    "config.yaml", "trials.jsonl", "program.json", "heldout.json", "result.json")
+CONFIG_FILE, TRIALS_FILE, PROGRAM_FILE, HELDOUT_FILE, RESULT_FILE, TRACKING_FILE = (
+    "config.yaml", "trials.jsonl", "program.json", "heldout.json", "result.json", "tracking.jsonl")
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _examples(cfg: ExperimentConfig) -> tuple[list[Any], list[Any]]:
 
 # -- run folders ----------------------------------------------------------------------------
 def _resolved(cfg: ExperimentConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
+    return cfg.model_dump(mode="json", exclude={"tracking"})  # where a run is tracked is not what it computes
 
 
 def run_folder(cfg: ExperimentConfig, *, new: bool = False) -> tuple[Path, bool]:
@@ -171,21 +171,69 @@ def run_experiment(cfg: ExperimentConfig, *, new: bool = False, progress: bool =
         folder, resumed = run_folder(cfg, new=new)
     else:
         resumed = (folder / CONFIG_FILE).is_file()
+    tracker = open_tracker(cfg, folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / CONFIG_FILE, yaml.safe_dump(_resolved(cfg), sort_keys=False))
     console.print(f"{'resuming' if resumed else 'run'} {cfg.name} in {folder}")
-    lm = setup.lm()
+    run_id = tracker.start_run(cfg.name, kind="optimize", config=_resolved(cfg), folder=folder,
+                               run_id=run_identity(folder))
+    result: dict[str, Any] = {}
     try:
-        with dspy.context(lm=lm):
-            compiled, trials = optimize(setup, folder / TRIALS_FILE, progress=progress)
-        compiled.save(str(folder / PROGRAM_FILE))
-        heldout = evaluate_heldout(setup, lm, compiled, folder / HELDOUT_FILE, progress=progress)
-    finally:
-        from reasoning_dspy.lm import engine_of
+        lm = setup.lm()
+        try:
+            with dspy.context(lm=lm):
+                compiled, trials = optimize(setup, folder / TRIALS_FILE, progress=progress)
+            tracker.log_trials(run_id, trials)
+            compiled.save(str(folder / PROGRAM_FILE))
+            heldout = evaluate_heldout(setup, lm, compiled, folder / HELDOUT_FILE, progress=progress)
+            track_heldout(tracker, run_id, setup, heldout)
+        finally:
+            from reasoning_dspy.lm import engine_of
 
-        engine_of(lm).close()
-    report = write_report(folder, cfg, trials, heldout)
-    atomic_write_json(folder / RESULT_FILE, {"best": compiled.best_trial.model_dump(mode="json"),
-                                             "heldout": heldout["summary"], "report": str(report)})
+            engine_of(lm).close()
+        report = write_report(folder, cfg, trials, heldout)
+        result = {"best": compiled.best_trial.model_dump(mode="json"), "heldout": heldout["summary"],
+                  "report": str(report)}
+        atomic_write_json(folder / RESULT_FILE, result)
+    finally:
+        program = folder / PROGRAM_FILE
+        tracker.finish_run(run_id, status="finished" if result else "failed", result=result,
+                           artifacts=[program] if result and program.is_file() else [])
+        tracker.close()
     console.print(f"report: {report}")
     return folder
+
+
+# -- tracking ---------------------------------------------------------------------------------
+def open_tracker(cfg: ExperimentConfig, folder: Path) -> Any:
+    """The run's tracker (journal `folder/tracking.jsonl`); a database it cannot use is a config error,
+    raised before anything is written."""
+    from reasoning_dspy.tracking import Tracker, TrackingError
+
+    try:
+        return Tracker.open(folder / TRACKING_FILE, config=cfg.tracking,
+                            default_sqlite=Path(cfg.out) / "tracking.sqlite")
+    except TrackingError as err:
+        raise ExperimentConfigError(f"tracking: {err}") from None
+
+
+def run_identity(folder: Path) -> str:
+    """The same run folder always has the same tracking id, so a resumed run is recorded once."""
+    from reasoning_dspy.tracking.records import stable_id
+
+    return stable_id("experiment", folder.resolve())
+
+
+def track_heldout(tracker: Any, run_id: str, setup: Setup, heldout: dict[str, Any]) -> None:
+    """One generation per held-out example and arm: the question, the answer where heldout.json
+    keeps it, the arm's steering, reasoning activation and correctness."""
+    for arm, row in heldout["rows"].items():
+        texts = row.get("texts") or heldout.get("examples", {}).get(arm, [])
+        instruction = heldout["instruction"]["baseline" if arm == "baseline" else "optimized"]
+        for i, example in enumerate(setup.test):
+            tracker.log_generation(
+                run_id, example.question, texts[i] if i < len(texts) else None, label=f"heldout/{arm}", index=i,
+                steering=heldout["steering"] if arm == "steered" else None, reasoning_activation=row["activation"][i],
+                correct=row["correct"][i], tokens=row["tokens"][i],
+                extra={"answer": str(example.answer), "reflects": row["reflects"][i], "words": row["words"][i],
+                       "instruction": instruction})

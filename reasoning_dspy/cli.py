@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,79 @@ def optimize(
     typer.echo(str(folder / "report.md"))
 
 
+db_app = typer.Typer(help="A local PostgreSQL with pgvector for run tracking (127.0.0.1 only, data in runs/postgres).",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+_DB_ROOT = typer.Option(Path("runs/postgres"), "--root", help="folder of the server's data, log and port")
+
+
+@db_app.command("start")
+def db_start(
+    root: Path = _DB_ROOT,
+    port: int | None = typer.Option(None, help="TCP port on 127.0.0.1 (default: the one used before, else a free one)"),
+) -> None:
+    """Start the local PostgreSQL (created on first use) and print its URL, e.g.
+    `export DATABASE_URL=$(reasoning-dspy db start)`."""
+    from reasoning_dspy.tracking import LocalPostgres, TrackingError
+
+    try:
+        url = LocalPostgres(root).start(port)
+    except TrackingError as err:
+        _fail(str(err))
+    typer.echo(url)
+
+
+@db_app.command("stop")
+def db_stop(root: Path = _DB_ROOT) -> None:
+    """Stop the local PostgreSQL (its data stays in ROOT/data)."""
+    from reasoning_dspy.tracking import LocalPostgres, TrackingError
+
+    try:
+        stopped = LocalPostgres(root).stop()
+    except TrackingError as err:
+        _fail(str(err))
+    typer.echo("stopped" if stopped else f"not running ({root})")
+
+
+@db_app.command("status")
+def db_status(root: Path = _DB_ROOT) -> None:
+    """Whether the local PostgreSQL runs, with its URL and data folder; exit code 1 when it does not."""
+    from reasoning_dspy.tracking import LocalPostgres
+
+    status = LocalPostgres(root).status()
+    if status.running:
+        typer.echo(f"running  pid {status.pid}  {status.url}  data {status.data}")
+        return
+    typer.echo(f"not running  data {status.data}")
+    raise typer.Exit(code=1)
+
+
+@db_app.command("replay")
+def db_replay(
+    journals: list[Path] = typer.Argument(..., help="tracking journals (e.g. runs/NAME/TIMESTAMP/tracking.jsonl)"),
+    database_url: str | None = typer.Option(None, help="target database (default: $DATABASE_URL, else "
+                                            "runs/tracking.sqlite)"),
+    embedding_dim: int = typer.Option(384, help="prompt embedding length the journal was written with"),
+    activation_dim: int = typer.Option(64, help="feature-activation vector length the journal was written with"),
+) -> None:
+    """Write the records of journals that the database does not hold yet (safe to repeat: each
+    record is stored once)."""
+    from reasoning_dspy.tracking import Tracker, TrackingError
+
+    for journal in journals:
+        if not journal.is_file():
+            _fail(f"no journal at {str(journal)!r}")
+        try:
+            tracker = Tracker.open(journal, database_url, embedding_dim=embedding_dim, activation_dim=activation_dim)
+        except TrackingError as err:
+            _fail(str(err))
+        left = tracker.pending
+        tracker.close()
+        if left:
+            _fail(f"{journal}: {left} records could not be written; is the database running?")
+        typer.echo(f"{journal}: up to date in {tracker.store.where}")
+
+
 reasoner_app = typer.Typer(help="smollm2-reasoner: build the reflective corpus and fine-tune on it.",
                            no_args_is_help=True)
 app.add_typer(reasoner_app, name="reasoner")
@@ -379,6 +453,10 @@ def steer(
     device: str = typer.Option("cpu", help="torch device"),
     dtype: str | None = typer.Option(None, help="dtype to run the model in (default: checkpoint's)"),
     out: Path | None = typer.Option(None, help="also write one JSON line per prompt to this .jsonl file"),
+    track: bool = typer.Option(False, help="record the answers, steering and feature activations in the tracking "
+                               "database ($DATABASE_URL, else runs/tracking.sqlite; see docs/tracking.md)"),
+    database_url: str | None = typer.Option(None, help="with --track: the database (default: $DATABASE_URL, "
+                                            "else runs/tracking.sqlite)"),
 ) -> None:
     """Answer prompts with and without steering SAE features, side by side."""
     import math
@@ -419,6 +497,7 @@ def steer(
               "from `reasoning-dspy score`) or --max-activation")
     if out is not None and out.is_dir():
         _fail(f"--out {str(out)!r} is a folder; --out takes a .jsonl file path")
+    tracker = _steer_tracker(out, database_url) if track else None
     try:
         if prompts is not None:
             texts += load_prompts(prompts)
@@ -472,6 +551,39 @@ def steer(
         meta = {"model": model, "sae": str(sae), "steering": spec.model_dump(mode="json")}
         atomic_write_text(out, "".join(json.dumps({**row, **meta}) + "\n" for row in rows))
         typer.echo(f"wrote {len(rows)} rows to {out}")
+    if tracker is not None:
+        _track_steering(tracker, rows, spec, {"model": model, "sae": str(sae), "features": features})
+
+
+def _steer_tracker(out: Path | None, database_url: str | None) -> Any:
+    """The tracker of one `steer` call; its journal sits beside --out (else under runs/steer/)."""
+    import time
+
+    from reasoning_dspy.tracking import Tracker, TrackingError
+
+    journal = out.with_name(out.stem + ".tracking.jsonl") if out is not None else \
+        Path("runs") / "steer" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.tracking.jsonl"
+    try:
+        return Tracker.open(journal, database_url)
+    except TrackingError as err:
+        _fail(str(err))
+
+
+def _track_steering(tracker: Any, rows: list[dict], spec, config: dict) -> None:
+    """Baseline and steered answer of each prompt as generations, with their strongest features."""
+    with tracker:
+        run = tracker.start_run("steer", kind="steer", config={**config, "steering": spec.model_dump(mode="json")})
+        for i, row in enumerate(rows):
+            for arm in ("baseline", "steered"):
+                report = row[f"{arm}_activation"]
+                tracker.log_generation(
+                    run, row["prompt"], row[arm], label=arm, index=i,
+                    steering=spec.model_dump(mode="json") if arm == "steered" else None,
+                    reasoning_activation=report["features_mean"], tokens=report["n_tokens"],
+                    features={f: v for f, v in report["top_features"]},
+                    extra={"perturbation": row["steered_perturbation"]} if arm == "steered" else {})
+        tracker.finish_run(run)
+    typer.echo(f"tracked {2 * len(rows)} answers in {tracker.store.where} (journal {tracker.journal.path})")
 
 
 def _steer_rows(model: str, sae, fmax, features: list[int], spec, texts: list[str], *, dtype: str | None,

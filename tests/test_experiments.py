@@ -17,6 +17,13 @@ from reasoning_dspy.sae import planted
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "optimize-tiny.yaml"
 
 
+def _test_questions() -> list[str]:
+    cfg = load_experiment(TINY)
+    from reasoning_dspy.problems import make_problems
+
+    return [p.question for p in make_problems(cfg.dataset.n_test, split="test", seed=cfg.seed)]
+
+
 def _run(tmp_path: Path, *overrides: str) -> Path:
     return run_experiment(load_experiment(TINY, [f"out={tmp_path}", *overrides]), progress=False)
 
@@ -64,6 +71,14 @@ def test_a_run_writes_config_trials_program_and_report(tmp_path):
     report = (folder / "report.md").read_text()
     assert "Best trial" in report and "![Pareto front](pareto.png)" in report
     assert (folder / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # the run is tracked in SQLite with real sentence embeddings: a reworded held-out question finds its original
+    from reasoning_dspy.tracking import Tracker
+
+    question = _test_questions()[5]
+    reworded = "Please tell me: " + question.lower().rstrip("?") + "?"
+    with Tracker.open(tmp_path / "query.jsonl", f"sqlite:///{tmp_path / 'tracking.sqlite'}", embedder="minilm") as t:
+        best = t.similar_prompts(reworded, k=3)[0]
+    assert best.prompt == question and 0 < best.distance < 0.2
 
 
 def test_a_killed_run_resumes_from_its_journal(tmp_path):
