@@ -69,6 +69,9 @@ class OptimizerConfig(_Section):
     proposer: str | None = Field(None, description="a dspy.LM model name that proposes instructions (None: offline)")
     proposer_api_base: str | None = Field(None, description="its OpenAI-compatible endpoint")
     n_proposals: int = Field(4, ge=0, description="instructions asked of the proposer")
+    prompt_filter: bool = Field(False, description=(
+        "validate the candidate instructions and skip invalid, near-duplicate and off-topic ones before they "
+        "cost a model call (reasoning_dspy.rag, MiniLM embeddings; retrieval through the tracking database)"))
     settings: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the optimizer")
 
 

@@ -10,12 +10,15 @@ from experiments.runner import Setup
 from optimizers.trials import TrialRecord, best_trial
 
 
-def optimize(setup: Setup, journal: Path, *, progress: bool = True) -> tuple[Any, list[TrialRecord]]:
-    """Run the configured optimizer; returns the compiled `SteeredProgram` (with `best_trial`) and
-    every trial. DSPy's optimizers keep no journal of their own, so they rerun from the start."""
+def optimize(setup: Setup, journal: Path, *, progress: bool = True, prompt_index: Any = None
+             ) -> tuple[Any, list[TrialRecord]]:
+    """Run the configured optimizer; returns the compiled `SteeredProgram` (with `best_trial` and
+    `skipped`, the prompt filter's decisions for the candidates it dropped) and every trial. DSPy's
+    optimizers keep no journal of their own, so they rerun from the start. `prompt_index`: where the
+    prompt filter retrieves (the tracking database; None: in memory)."""
     cfg = setup.cfg
     o = cfg.optimizer
-    pool = _pool(setup)
+    pool = _pool(setup, prompt_index)
     if o.name == "reasoning":
         from optimizers import ReasoningOptimizer
 
@@ -27,12 +30,18 @@ def optimize(setup: Setup, journal: Path, *, progress: bool = True) -> tuple[Any
             n_trials=o.n_trials, batch_trials=o.batch_trials, seed=cfg.seed, journal=journal,
             vocabulary=cfg.vocabulary, progress=progress, **o.settings)
         compiled = optimizer.compile(setup.program(), trainset=setup.train)
-        return compiled, compiled.trials
-    return _dspy_optimizer(setup, pool, journal, progress=progress)
+        trials = compiled.trials
+    else:
+        compiled, trials = _dspy_optimizer(setup, pool, journal, progress=progress)
+    if pool.prompt_filter is not None:  # later runs skip what this one evaluated, and reuse its scores
+        from optimizers.trials import instruction_scores
+
+        pool.prompt_filter.record_scores(instruction_scores(trials))
+    return compiled, trials
 
 
-def _pool(setup: Setup) -> Any:
-    from optimizers import InstructionPool
+def _pool(setup: Setup, prompt_index: Any = None) -> Any:
+    from optimizers import LIBRARY, InstructionPool
 
     o = setup.cfg.optimizer
     proposer = None
@@ -40,7 +49,17 @@ def _pool(setup: Setup) -> Any:
         import dspy
 
         proposer = dspy.LM(o.proposer, api_base=o.proposer_api_base) if o.proposer_api_base else dspy.LM(o.proposer)
-    return InstructionPool(o.instructions, library=o.library, proposer=proposer, n_proposals=o.n_proposals)
+    prompt_filter = None
+    if o.prompt_filter:
+        from optimizers.instructions import current_instruction
+        from reasoning_dspy.rag import MiniLMEmbedder, PromptFilter, PromptValidator
+
+        # on-topic means: like the task instructions of the library, or the program's own
+        reference = [current_instruction(setup.program())] + [x for texts in LIBRARY.values() for x in texts]
+        prompt_filter = PromptFilter(MiniLMEmbedder(), validator=PromptValidator.for_model(setup.loaded),
+                                     reference=reference, index=prompt_index)
+    return InstructionPool(o.instructions, library=o.library, proposer=proposer, n_proposals=o.n_proposals,
+                           prompt_filter=prompt_filter)
 
 
 def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -> tuple[Any, list[TrialRecord]]:
@@ -81,5 +100,5 @@ def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -
     append_journal(journal, trials)
     chosen = current_instruction(compiled.program)
     compiled.best_trial = next((r for r in trials if r.candidate.instruction == chosen), best_trial(trials))
-    compiled.trials = trials
+    compiled.trials, compiled.skipped = trials, list(pool.skipped)
     return compiled, trials

@@ -134,6 +134,12 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
         lines.append(f"| {r.number} | {c.instruction} | {steer} | {r.score:.4g} | {r.activation:.4g} | "
                      f"{100 * r.accuracy:.1f} | {100 * r.reflect:.0f} | {r.tokens:.0f} | "
                      f"{'yes' if r.feasible else 'no'} | {r.wall_s:.1f} |")
+    skipped = folder / "skipped.json"
+    if skipped.is_file():
+        import json
+
+        lines += ["", "## Skipped before evaluation (prompt filter)", "", "| instruction | why |", "|---|---|"]
+        lines += [f"| {d['prompt']} | {d['reason']} |" for d in json.loads(skipped.read_text())]
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

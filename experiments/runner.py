@@ -26,8 +26,8 @@ from reasoning_dspy._io import atomic_write_json, atomic_write_text
 
 console = Console(stderr=True)
 
-CONFIG_FILE, TRIALS_FILE, PROGRAM_FILE, HELDOUT_FILE, RESULT_FILE, TRACKING_FILE = (
-    "config.yaml", "trials.jsonl", "program.json", "heldout.json", "result.json", "tracking.jsonl")
+CONFIG_FILE, TRIALS_FILE, PROGRAM_FILE, HELDOUT_FILE, RESULT_FILE, TRACKING_FILE, SKIPPED_FILE = (
+    "config.yaml", "trials.jsonl", "program.json", "heldout.json", "result.json", "tracking.jsonl", "skipped.json")
 
 
 @dataclass
@@ -182,8 +182,10 @@ def run_experiment(cfg: ExperimentConfig, *, new: bool = False, progress: bool =
         lm = setup.lm()
         try:
             with dspy.context(lm=lm):
-                compiled, trials = optimize(setup, folder / TRIALS_FILE, progress=progress)
+                compiled, trials = optimize(setup, folder / TRIALS_FILE, progress=progress,
+                                            prompt_index=prompt_index(tracker, cfg))
             tracker.log_trials(run_id, trials)
+            record_skipped(folder, tracker, run_id, compiled.skipped, first_number=len(trials))
             compiled.save(str(folder / PROGRAM_FILE))
             heldout = evaluate_heldout(setup, lm, compiled, folder / HELDOUT_FILE, progress=progress)
             track_heldout(tracker, run_id, setup, heldout)
@@ -215,6 +217,30 @@ def open_tracker(cfg: ExperimentConfig, folder: Path) -> Any:
                             default_sqlite=Path(cfg.out) / "tracking.sqlite")
     except TrackingError as err:
         raise ExperimentConfigError(f"tracking: {err}") from None
+
+
+def prompt_index(tracker: Any, cfg: ExperimentConfig) -> Any:
+    """Where the prompt filter stores and retrieves prompts: this run's tracking database (pgvector
+    on PostgreSQL, numpy on SQLite), under one prompt run per experiment name."""
+    if not cfg.optimizer.prompt_filter or tracker.store is None:
+        return None
+    from reasoning_dspy.tracking import TrackedPromptIndex
+    from reasoning_dspy.tracking.records import stable_id
+
+    run_id = tracker.start_run(f"{cfg.name}/prompts", kind="prompts", run_id=stable_id("prompts", cfg.name))
+    return TrackedPromptIndex(tracker, run_id)
+
+
+def record_skipped(folder: Path, tracker: Any, run_id: str, skipped: list[Any], *, first_number: int) -> None:
+    """The candidates the prompt filter dropped, with why: `skipped.json` in the run folder, and a
+    trial each in the tracking database (numbered after the evaluated ones, status "skipped")."""
+    if not skipped:
+        return
+    rows = [d.model_dump(mode="json") for d in skipped]
+    atomic_write_json(folder / SKIPPED_FILE, rows)
+    tracker.log_trials(run_id, [{"number": first_number + i, "candidate": {"instruction": row["prompt"]},
+                                 "score": row["score"], "feasible": False, "status": "skipped",
+                                 "reason": row["reason"], "verdict": row["verdict"]} for i, row in enumerate(rows)])
 
 
 def run_identity(folder: Path) -> str:

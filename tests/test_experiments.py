@@ -109,3 +109,31 @@ def test_dspy_optimizers_run_as_experiments_with_the_same_budget(tmp_path, name)
     assert program["steering"] is None
     assert program["program.predict"]["signature"]["instructions"] in {t["candidate"]["instruction"] for t in trials}
     assert "optimizer `" + name + "`" in (folder / "report.md").read_text()
+
+
+def test_the_prompt_filter_skips_candidates_and_says_why(tmp_path):
+    overrides = ["optimizer.prompt_filter=true", "optimizer.steer=false", "optimizer.n_trials=4",
+                 'optimizer.instructions=["Check every step before you answer!", "Write a poem about the sea."]']
+    first = _run(tmp_path, *overrides)
+    skipped = {d["prompt"]: d for d in json.loads((first / "skipped.json").read_text())}
+    assert skipped["Check every step before you answer!"]["verdict"] == "duplicate"
+    assert skipped["Write a poem about the sea."]["verdict"] == "off_topic"
+    trials = [json.loads(line) for line in (first / "trials.jsonl").read_text().splitlines()]
+    assert not {t["candidate"]["instruction"] for t in trials} & set(skipped)
+    assert "Skipped before evaluation" in (first / "report.md").read_text()
+    # a later run of the same experiment skips what the first evaluated, reusing its recorded score
+    second = run_experiment(load_experiment(TINY, [f"out={tmp_path}", *overrides]), new=True, progress=False)
+    again = {d["prompt"]: d for d in json.loads((second / "skipped.json").read_text())}
+    evaluated = {t["candidate"]["instruction"]: t["score"] for t in trials[1:]}
+    for instruction, score in evaluated.items():
+        assert again[instruction]["verdict"] == "duplicate" and again[instruction]["score"] == pytest.approx(score)
+    # and the tracking database holds each skipped candidate as a trial with its reason
+    from reasoning_dspy.tracking.store import Store
+    from reasoning_dspy.tracking.urls import resolve_url
+
+    store = Store.open(resolve_url(f"sqlite:///{tmp_path / 'tracking.sqlite'}"), embedding_dim=384, activation_dim=64)
+    with store.engine.connect() as conn:
+        rows = conn.execute(store.schema.trials.select()).mappings().all()
+    store.close()
+    reasons = [t["extra"]["reason"] for t in rows if t["extra"].get("status") == "skipped"]
+    assert any("off-topic" in r for r in reasons) and any("near-duplicate" in r for r in reasons)

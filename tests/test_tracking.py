@@ -390,3 +390,21 @@ def test_mlflow_gets_params_trial_metrics_and_the_program(tmp_path, monkeypatch)
     assert found.data.params["optimizer.n_trials"] == "2" and found.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(found.info.run_id, "score")] == [0, 1]
     assert [a.path for a in client.list_artifacts(found.info.run_id)] == ["program.json"]
+
+
+def test_the_prompt_filter_retrieves_through_the_database(tmp_path, db_url):
+    """The RAG filter's index on the tracking store (pgvector on PostgreSQL, numpy on SQLite): a
+    planted near-duplicate of a scored prompt is skipped with that prompt's score reused."""
+    from reasoning_dspy.rag import MiniLMEmbedder, PromptFilter
+    from reasoning_dspy.tracking import TrackedPromptIndex
+
+    with Tracker.open(tmp_path / "journal.jsonl", db_url, embedder="minilm") as tracker:
+        index = TrackedPromptIndex(tracker, tracker.start_run("prompts", kind="rag"))
+        prompt_filter = PromptFilter(MiniLMEmbedder(), index=index)
+        prompt_filter.record_scores({"Check every step before you answer.": 1.02, "Answer directly.": 0.17,
+                                     "Think step by step.": 1.13})
+        nearest = prompt_filter.nearest("Think it through step by step.", k=2)
+        assert nearest[0].prompt == "Think step by step." and nearest[0].score == pytest.approx(1.13)
+        decision, = prompt_filter.check(["Check every step before you answer!"])
+        assert decision.verdict == "duplicate" and decision.score == pytest.approx(1.02)
+        assert "Check every step before you answer." in decision.reason

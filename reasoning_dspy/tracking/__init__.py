@@ -20,15 +20,17 @@ if TYPE_CHECKING:
     from reasoning_dspy.tracking.embed import HashingEmbedder
     from reasoning_dspy.tracking.errors import StoreUnavailable, TrackingError
     from reasoning_dspy.tracking.local_postgres import LocalPostgres
+    from reasoning_dspy.tracking.prompt_index import TrackedPromptIndex
     from reasoning_dspy.tracking.search import Match
     from reasoning_dspy.tracking.tracker import Tracker
 
 _WHERE = {
     "Tracker": "tracker", "TrackingConfig": "config", "TrackingError": "errors", "StoreUnavailable": "errors",
     "HashingEmbedder": "embed", "LocalPostgres": "local_postgres", "Match": "search",
+    "TrackedPromptIndex": "prompt_index",
 }
-__all__ = ["HashingEmbedder", "LocalPostgres", "Match", "StoreUnavailable", "Tracker", "TrackingConfig",
-           "TrackingError"]
+__all__ = ["HashingEmbedder", "LocalPostgres", "Match", "StoreUnavailable", "TrackedPromptIndex", "Tracker",
+           "TrackingConfig", "TrackingError"]
 
 
 def __getattr__(name: str) -> Any:

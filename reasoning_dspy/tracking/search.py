@@ -26,6 +26,7 @@ class Match:
     output: str | None
     reasoning_activation: float | None
     correct: float | None
+    extra: dict[str, Any]
     distance: float
 
 
@@ -35,7 +36,8 @@ def _dim(schema: Schema, column: VectorColumn) -> int:
 
 def _rows(schema: Schema) -> Select[Any]:
     g = schema.generations
-    return select(g.c.id, g.c.run_id, g.c.label, g.c.prompt, g.c.output, g.c.reasoning_activation, g.c.correct)
+    return select(g.c.id, g.c.run_id, g.c.label, g.c.prompt, g.c.output, g.c.reasoning_activation, g.c.correct,
+                  g.c.extra)
 
 
 def _set_local(conn: Connection, settings: dict[str, str]) -> None:
