@@ -39,11 +39,12 @@ def make_program(program: str | Any, instruction: str | None = None) -> Any:
 def solve(lm: Any, problems: Sequence[Any], *, program: str | Any = "cot", instruction: str | None = None,
           steering: Any = None, threads: int = 32, on_done: Callable[[int], None] | None = None) -> list[dict]:
     """One row per problem, in order: `id, question, expected, answer, reasoning, text, n_tokens,
-    correct, parsed, features_mean`.
+    correct, parsed, features_mean, top_features`.
 
     `parsed` is True when DSPy's standard `ChatAdapter` parse of the completion succeeded (the
     `LenientChatAdapter` used here only steps in when it fails). `features_mean` is the engine's
-    activation of the LM's `reasoning_features` over the generated tokens (None without an SAE).
+    activation of the LM's `reasoning_features` over the generated tokens (None without an SAE),
+    `top_features` the SAE features most active over them, `[feature, mean activation]`.
     A generation that fails raises after the others finish, naming the first failed problem.
     """
     import dspy
@@ -75,6 +76,7 @@ def solve(lm: Any, problems: Sequence[Any], *, program: str | Any = "cot", instr
             "correct": is_correct(predicted, text, problem.answer),
             "parsed": prediction is not None and getattr(prediction, "salvaged", None) is None,
             "features_mean": None if activation is None else activation.features_mean,
+            "top_features": [] if activation is None else [[int(f), float(v)] for f, v in activation.top_features],
         }
 
     with dspy.context(lm=lm, adapter=LenientChatAdapter()), quiet_truncation():

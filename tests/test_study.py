@@ -59,6 +59,25 @@ def test_study_runs_every_stage_and_reports_controls_with_intervals(study_dir):
     # steering reached the model: the steered features fire more under positive than negative strength
     assert top["measures"]["activation"]["value"] > summary["conditions"][3]["measures"]["activation"]["value"]
 
+    # every generation is tracked (SQLite beside the study): traces and each condition, with top features
+    from reasoning_dspy.tracking.store import Store
+    from reasoning_dspy.tracking.urls import resolve_url
+
+    store = Store.open(resolve_url(f"sqlite:///{study_dir.parent / 'tracking.sqlite'}"), embedding_dim=384,
+                       activation_dim=64)
+    with store.engine.connect() as conn:
+        s = store.schema
+        run = conn.execute(s.runs.select().where(s.runs.c.folder == str(study_dir))).mappings().one()
+        generations = conn.execute(s.generations.select().where(s.generations.c.run_id == run["id"])).mappings().all()
+        n_features = conn.execute(s.feature_activations.select()).all()
+    store.close()
+    labels = [g["label"] for g in generations]
+    assert run["kind"] == "study" and run["status"] == "finished"
+    assert labels.count("training traces") == len(traces)
+    assert all(labels.count(c["name"]) == 10 for c in summary["conditions"])
+    steered = next(g for g in generations if g["label"] == top["name"])
+    assert steered["steering"]["features"] and steered["reasoning_activation"] is not None and n_features
+
 
 @pytest.mark.slow
 def test_study_resumes_only_what_is_missing_and_refuses_other_settings(study_dir):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reasoning_dspy.config_files import load_config
 from reasoning_dspy.sae.train_config import SAETrainConfig
+from reasoning_dspy.tracking.config import TrackingConfig
 
 
 class StudyConfigError(ValueError):
@@ -56,6 +57,10 @@ class StudyConfig(BaseModel):
     strengths: list[float] = Field([0.1, 0.2, 0.4], description="positive strength sweep")
     negative_strengths: list[float] = Field([-0.2], description="negative strengths for the top features")
     random_sets: int = Field(1, ge=0, description="matched random feature sets per strength (controls)")
+
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(embedder="minilm"), description=(
+        "run tracking (database_url: None means $DATABASE_URL, else a SQLite file beside OUT); every generation "
+        "is recorded with its steering, reasoning activation, correctness and top SAE features"))
 
     bootstrap_resamples: int = Field(2000, ge=100, description="bootstrap resamples for confidence intervals")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")

@@ -29,6 +29,12 @@ console = Console(stderr=True)
 CHUNK = 64
 
 
+def _stable_id(*parts: Any) -> str:
+    from reasoning_dspy.tracking.records import stable_id
+
+    return stable_id(*parts)
+
+
 def default_layer(n_layers: int) -> int:
     """60% of the depth: the paper steers layer 19 of DeepSeek-R1-Distill-Llama-8B's 32."""
     return round(0.6 * n_layers)
@@ -46,6 +52,9 @@ class Study:
         self.progress = progress
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_resume()
+        self.tracker = self._open_tracker()
+        self.run_id = self.tracker.start_run(self.out.name, kind="study", config=cfg.model_dump(exclude={"tracking"}),
+                                             folder=self.out, run_id=_stable_id("study", self.out.resolve()))
         self.loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         spec = self.loaded.model_spec
         self.layer = spec.check_layer(cfg.layer) if cfg.layer is not None else default_layer(spec.n_layers)
@@ -58,7 +67,8 @@ class Study:
     def _check_resume(self) -> None:
         """Refuse to mix two different studies in one folder (only where and how fast may change)."""
         path = self.out / "config.json"
-        mine = self.cfg.model_dump(exclude={"out", "device", "batch_size", "bootstrap_resamples", "confidence"})
+        mine = self.cfg.model_dump(exclude={"out", "device", "batch_size", "bootstrap_resamples", "confidence",
+                                            "tracking"})
         if path.is_file():
             theirs = json.loads(path.read_text())
             theirs = {k: v for k, v in theirs.items() if k in mine}
@@ -68,7 +78,31 @@ class Study:
                     f"{str(self.out)!r} holds a study with different settings ({', '.join(changed)}); "
                     "resume it with the same config, or pass another out="
                 )
-        atomic_write_json(path, self.cfg.model_dump())
+        atomic_write_json(path, self.cfg.model_dump(exclude={"tracking"}))  # where it is tracked is not what it is
+
+    def _open_tracker(self) -> Any:
+        """The study's tracker (journal OUT/tracking.jsonl; database: the config's, else $DATABASE_URL,
+        else a SQLite file beside OUT); a database it cannot use stops the study here."""
+        from reasoning_dspy.tracking import Tracker, TrackingError
+
+        try:
+            return Tracker.open(self.out / "tracking.jsonl", config=self.cfg.tracking,
+                                default_sqlite=self.out.parent / "tracking.sqlite")
+        except TrackingError as err:
+            raise StudyConfigError(f"tracking: {err}") from None
+
+    def track(self, label: str, rows: Sequence[dict], problems: Sequence[Any], steering: Any) -> None:
+        """Record generated rows: prompt, answer, steering, reasoning activation, correctness, and the
+        SAE features most active over the answer (stable ids: a resumed study records each once)."""
+        index = {p.id: i for i, p in enumerate(problems)}
+        spec = steering.model_dump(mode="json") if hasattr(steering, "model_dump") else steering
+        for r in rows:
+            self.tracker.log_generation(
+                self.run_id, r["question"], r["text"], label=label, index=index[r["id"]], steering=spec,
+                reasoning_activation=r.get("features_mean"), correct=float(r["correct"]), tokens=r["n_tokens"],
+                features={int(f): float(v) for f, v in r.get("top_features") or []},
+                extra={"problem": r["id"], "instruction": r.get("instruction", self.cfg.instruction),
+                       "parsed": r["parsed"], "answer": r["answer"]})
 
     # -- generation through DSPy -----------------------------------------------------------------
     def lm(self, **kwargs: Any) -> Any:
@@ -99,6 +133,7 @@ class Study:
                               steering=steering, threads=self.cfg.batch_size, on_done=bar.update)
                 rows += [{**r, "instruction": instruction} for r in batch] if len(instructions) > 1 else batch
                 _write_jsonl(path, rows)
+                self.track(desc, rows[-len(batch):], problems, steering)
         bar.close()
         order = {p.id: i for i, p in enumerate(problems)}
         return sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
@@ -192,11 +227,18 @@ class Study:
     STAGES = ("traces", "activations", "sae", "scores", "conditions", "steer", "report")
 
     def run(self) -> Path:
-        for name in self.STAGES:
-            console.rule(f"[bold]{name}")
-            start = time.perf_counter()
-            getattr(self, f"stage_{name}")()
-            console.print(f"[dim]{name} took {time.perf_counter() - start:.1f}s[/]")
+        finished = False
+        try:
+            for name in self.STAGES:
+                console.rule(f"[bold]{name}")
+                start = time.perf_counter()
+                getattr(self, f"stage_{name}")()
+                console.print(f"[dim]{name} took {time.perf_counter() - start:.1f}s[/]")
+            finished = True
+        finally:
+            self.tracker.finish_run(self.run_id, status="finished" if finished else "stopped",
+                                    result={"report": str(self.out / "report.md")} if finished else None)
+            self.tracker.close()
         return self.out / "report.md"
 
 
