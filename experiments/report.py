@@ -126,7 +126,7 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
                   f"{heldout['instruction']['optimized']!r}; steering: {heldout['steering'] or 'none'}.", "",
               "![score per trial](trials.png)", "", "![Pareto front](pareto.png)", "",
               "![held out](heldout.png)", "", "## Trials", "",
-              f"| # | instruction | steering | {objective} | activation | accuracy % | reflect % | tokens | "
+              f"| # | instruction | steering | score ({objective}) | activation | accuracy % | reflect % | tokens | "
               "feasible | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in trials:
         c = r.candidate
