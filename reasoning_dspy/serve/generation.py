@@ -1,0 +1,153 @@
+"""Running a request's rows on the engine: limits, admission, the queue, and clients that go away.
+
+Every row of a request (n choices × prompts) is admitted at once or the request gets 503. Rows are
+queued on the engine's micro-batcher, so concurrent requests — steered differently or not — share
+batched generates. A client that disconnects withdraws its rows still waiting in the queue; a row
+already in a running batch cannot be stopped mid-generate (the batch is one `model.generate`), so
+it finishes and its result is dropped. A request with a `seed` and temperature > 0 runs as a batch
+of its own with the RNG seeded, so it is reproducible (it is not batched with others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from reasoning_dspy.engine.generate import GenResult
+from reasoning_dspy.engine.jobs import GenerateJob
+from reasoning_dspy.serve.admission import Admission, QueueFullError
+from reasoning_dspy.serve.bridge import EngineBridge
+from reasoning_dspy.serve.config import ServeConfig
+from reasoning_dspy.serve.errors import APIError, bad_request, queue_full
+from reasoning_dspy.serve.metrics import Metrics
+from reasoning_dspy.steering import SteeringSpec
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready."""
+
+
+@dataclass
+class GenParams:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    n: int
+    seed: int | None
+
+    @property
+    def seeded(self) -> bool:
+        return self.seed is not None and self.temperature > 0
+
+
+def plan(config: ServeConfig, req, prompts: Sequence[Sequence[int]], context_length: int | None) -> GenParams:
+    """Check a request's sizes against the server's limits; the settings its rows run with."""
+    limit = config.max_prompt_tokens or ((context_length - 1) if context_length else None)
+    param = "messages" if hasattr(req, "messages") else "prompt"
+    for i, ids in enumerate(prompts):
+        if limit is not None and len(ids) > limit:
+            which = f"prompt {i} is" if len(prompts) > 1 else "the prompt is"
+            raise APIError(400, f"{which} {len(ids)} tokens but this server accepts at most {limit}; shorten it",
+                           code="context_length_exceeded", param=param)
+    asked = req.requested_max_tokens()
+    if asked is not None and asked > config.max_tokens_limit:
+        raise bad_request(f"max_tokens={asked} exceeds this server's limit of {config.max_tokens_limit}",
+                          code="max_tokens_too_large", param="max_tokens")
+    if req.n > config.max_n:
+        raise bad_request(f"n={req.n} exceeds this server's limit of {config.max_n}", code="n_too_large", param="n")
+    if not prompts:
+        raise bad_request("the prompt list is empty", code="invalid_request", param="prompt")
+    return GenParams(max_tokens=asked or config.default_max_tokens,
+                     temperature=0.0 if req.temperature is None else float(req.temperature),
+                     top_p=1.0 if req.top_p is None else float(req.top_p), stop=req.stop_tuple(), n=req.n,
+                     seed=req.seed)
+
+
+def make_jobs(bridge: EngineBridge, prompts: Sequence[Sequence[int]], spec: SteeringSpec | None,
+              params: GenParams) -> list[GenerateJob]:
+    """One job per choice: prompt 0's n choices first, then prompt 1's, ..."""
+    return [bridge.job(list(ids), spec, max_tokens=params.max_tokens, temperature=params.temperature,
+                       top_p=params.top_p, stop=params.stop, capture=True)
+            for ids in prompts for _ in range(params.n)]
+
+
+class Rows:
+    """A request's rows in flight: `await rows.results(request)` gives their `GenResult`s in order."""
+
+    def __init__(self, bridge: EngineBridge, admission: Admission, metrics: Metrics, jobs: list[GenerateJob],
+                 params: GenParams, retry_after_s: int):
+        self.bridge, self.admission, self.metrics, self.jobs, self.params = bridge, admission, metrics, jobs, params
+        try:
+            admission.acquire(len(jobs))
+        except QueueFullError:
+            raise queue_full(admission.capacity, retry_after_s) from None
+        self.futures: list[Future] = []
+        self._seeded: asyncio.Future | None = None
+        if params.seeded:
+            self._seeded = asyncio.ensure_future(asyncio.to_thread(bridge.run_seeded, jobs, params.seed))
+            self._seeded.add_done_callback(lambda _f: admission.release(len(jobs)))
+            return
+        try:
+            for job in jobs:
+                future = bridge.submit(job)
+                admission.release_when_done(future)
+                self.futures.append(future)
+        except BaseException:
+            admission.release(len(jobs) - len(self.futures))
+            self.cancel(count=False)
+            raise
+
+    async def results(self, request: Request | None = None) -> list[GenResult]:
+        """The rows' results; with `request`, a client that disconnects cancels them
+        (`ClientDisconnected`). Without it (streaming: Starlette cancels the stream's task), a
+        cancelled wait cancels the rows."""
+        waiting = asyncio.shield(self._seeded) if self._seeded is not None else asyncio.gather(
+            *(asyncio.wrap_future(f) for f in self.futures))
+        watcher = asyncio.ensure_future(_disconnected(request)) if request is not None else None
+        try:
+            if watcher is None:
+                results = await waiting
+            else:
+                done, _ = await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting not in done:
+                    raise ClientDisconnected()
+                results = waiting.result()
+        except (ClientDisconnected, asyncio.CancelledError):
+            self.cancel()
+            waiting.cancel()  # nobody reads it any more (rows already running finish unread)
+            raise
+        except BaseException:  # a row failed: drop the request's other rows too
+            self.cancel(count=False)
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        for job, res in zip(self.jobs, results, strict=True):
+            self.metrics.observe_tokens(len(job.row.prompt_ids), len(res.token_ids))
+        return list(results)
+
+    def cancel(self, count: bool = True) -> None:
+        """Withdraw the rows still queued; rows already running finish unread. `count`: record both
+        in the metrics as cancelled by the client."""
+        for future in self.futures:
+            if future.cancel():
+                if count:
+                    self.metrics.observe_cancel("queued")
+            elif not future.done() and count:
+                self.metrics.observe_cancel("running")
+        if self._seeded is not None and not self._seeded.done() and count:
+            self.metrics.observe_cancel("running")
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects. Once the body is read, the server's `receive` yields
+    nothing but `http.disconnect`, so waiting on it costs nothing while the rows run."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            return

@@ -1,0 +1,97 @@
+"""Response bodies and stream chunks in the OpenAI shape, plus this server's extra fields.
+
+Extras (ignored by OpenAI clients, readable as `response.model_extra` / `choice.model_extra`):
+`steering` on the response (what was applied, with feature labels) and `reasoning_dspy` on each
+choice (its reasoning activation, measured in the forward that generated it, and how far steering
+moved the residual).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from reasoning_dspy.engine.generate import GenResult
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def choice_extras(result: GenResult) -> dict[str, Any]:
+    report = result.report
+    return {"reasoning_dspy": {
+        "reasoning_activation": report.features_mean if report is not None else None,
+        "activation": report.to_dict() if report is not None else None,
+        "perturbation": result.perturbation.to_dict() if result.perturbation is not None else None,
+        "completion_tokens": len(result.token_ids),
+    }}
+
+
+def chat_completion(cid: str, model: str, fingerprint: str, results: Sequence[GenResult], prompt_tokens: int,
+                    steering: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                     "finish_reason": r.finish_reason, **choice_extras(r)} for i, r in enumerate(results)],
+        "usage": usage(prompt_tokens, sum(len(r.token_ids) for r in results)),
+        "steering": steering,
+    }
+
+
+def text_completion(cid: str, model: str, fingerprint: str, results: Sequence[GenResult], prompt_tokens: int,
+                    steering: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason,
+                     **choice_extras(r)} for i, r in enumerate(results)],
+        "usage": usage(prompt_tokens, sum(len(r.token_ids) for r in results)),
+        "steering": steering,
+    }
+
+
+def text_deltas(result: GenResult, decode: Callable[[list[int]], str]) -> Iterator[str]:
+    """The answer's text in one piece per generated token; the pieces join to exactly `result.text`."""
+    text, sent = result.text, ""
+    for i in range(1, len(result.token_ids) + 1):
+        now = decode(result.token_ids[:i])[: len(text)]
+        if len(now) > len(sent) and now.startswith(sent):
+            yield now[len(sent):]
+            sent = now
+    if sent != text:
+        yield text[len(sent):] if text.startswith(sent) else text
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+def chat_chunk(cid: str, created: int, model: str, fingerprint: str, index: int, delta: dict[str, Any],
+               finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": fingerprint,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason, **extra}]}
+
+
+def text_chunk(cid: str, created: int, model: str, fingerprint: str, index: int, text: str,
+               finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": cid, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": fingerprint,
+            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason, **extra}]}
+
+
+def usage_chunk(cid: str, created: int, model: str, fingerprint: str, obj: str, prompt_tokens: int,
+                completion_tokens: int) -> dict[str, Any]:
+    return {"id": cid, "object": obj, "created": created, "model": model, "system_fingerprint": fingerprint,
+            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
