@@ -44,6 +44,21 @@ class Scores:
     def n(self) -> int:
         return len(self.correct)
 
+    def add(self, activation: float, correct: float, tokens: int, text: str,
+            vocabulary: Sequence[str] | None = None) -> int:
+        """Record one example; returns its reasoning-word count."""
+        from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
+
+        words = count_words(text, vocabulary or REASONING_WORDS)
+        self.activation.append(activation)
+        self.correct.append(correct)
+        self.tokens.append(tokens)
+        self.reflects.append(reflects(text))
+        self.words.append(words)
+        self.texts.append(text)
+        return words
+
+
     def summary(self) -> dict[str, float]:
         tokens = float(np.sum(self.tokens))
         return {
@@ -53,6 +68,13 @@ class Scores:
             "reflect": float(np.mean(self.reflects)) if self.reflects else 0.0,
             "word_rate": 100.0 * float(np.sum(self.words)) / tokens if tokens else 0.0,
         }
+
+
+def measured(pred: Any) -> tuple[float, int, str]:
+    """What `SteeredProgram` attached to a prediction: (reasoning activation, tokens, completion);
+    zeros for a prediction without them."""
+    return (float(getattr(pred, "reasoning_activation", None) or 0.0), int(getattr(pred, "n_tokens", 0) or 0),
+            str(getattr(pred, "completion", "") or ""))
 
 
 def answer_correct(example: Any, pred: Any, trace: Any = None) -> float:
@@ -95,7 +117,6 @@ def evaluate_programs(
     from reasoning_dspy.evaluation import quiet_truncation
     from reasoning_dspy.lm import engine_of
     from reasoning_dspy.metrics import metric_value
-    from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
 
     engine = engine_of(lm)
     if engine.sae is None:
@@ -113,9 +134,8 @@ def evaluate_programs(
         except Exception as err:  # noqa: BLE001 - a candidate that breaks the program scores zero
             failures.append(f"{labels[i]}: {type(err).__name__}: {err}")
             return 0.0, 0.0, 0, ""
-        return (float(getattr(pred, "reasoning_activation", None) or 0.0),
-                metric_value(task_metric(example, pred, None)), int(getattr(pred, "n_tokens", 0) or 0),
-                str(getattr(pred, "completion", "") or ""))
+        activation, tokens, text = measured(pred)
+        return activation, metric_value(task_metric(example, pred, None)), tokens, text
 
     start = time.perf_counter()
     with dspy.context(lm=lm, adapter=LenientChatAdapter()), quiet_truncation():
@@ -127,12 +147,5 @@ def evaluate_programs(
         logger.warning("%d of %d calls failed and scored zero; the first: %s", len(failures), len(jobs), failures[0])
     scores = [Scores() for _ in programs]
     for (i, _), result in zip(jobs, results, strict=True):
-        activation, correct, tokens, text = result if result is not None else (0.0, 0.0, 0, "")
-        s = scores[i]
-        s.activation.append(activation)
-        s.correct.append(correct)
-        s.tokens.append(tokens)
-        s.reflects.append(reflects(text))
-        s.words.append(count_words(text, vocabulary or REASONING_WORDS))
-        s.texts.append(text)
+        scores[i].add(*(result if result is not None else (0.0, 0.0, 0, "")), vocabulary=vocabulary)
     return scores, wall

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from optimizers.evaluate import Objective, Scores, answer_correct
+from optimizers.evaluate import Objective, Scores, answer_correct, measured
 from optimizers.instructions import library_kind
 from optimizers.space import Candidate
 from optimizers.trials import TrialRecord
@@ -32,22 +32,16 @@ class RecordingMetric:
     def __call__(self, example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
                  ) -> Any:
         from reasoning_dspy.metrics import metric_value
-        from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
+        from reasoning_dspy.study.measures import reflects
 
-        text = str(getattr(pred, "completion", "") or "")
-        activation = float(getattr(pred, "reasoning_activation", None) or 0.0)
-        tokens = int(getattr(pred, "n_tokens", 0) or 0)
-        words = count_words(text, self.vocabulary or REASONING_WORDS)
-        value = {"activation": activation, "reflect": float(reflects(text)),
-                 "word_rate": 100.0 * words / tokens if tokens else 0.0}[self.objective]
+        activation, tokens, text = measured(pred)
+        correct = metric_value(self.task_metric(example, pred, None))
         with self._lock:
             scores, times = self._groups.setdefault(str(getattr(pred, "instruction", "")), (Scores(), []))
-            scores.activation.append(activation)
-            scores.correct.append(metric_value(self.task_metric(example, pred, None)))
-            scores.tokens.append(tokens)
-            scores.reflects.append(reflects(text))
-            scores.words.append(words)
+            words = scores.add(activation, correct, tokens, text, self.vocabulary)
             times.append(time.perf_counter())
+        value = {"activation": activation, "reflect": float(reflects(text)),
+                 "word_rate": 100.0 * words / tokens if tokens else 0.0}[self.objective]
         if pred_name is not None or pred_trace is not None:  # GEPA's feedback form
             import dspy
 
