@@ -85,3 +85,31 @@ def steer_fmax(tiny, steer_sae, bundled_prompts):
     from reasoning_dspy.steering import estimate_max_activation
 
     return estimate_max_activation(tiny.model, tiny.tokenizer, steer_sae, bundled_prompts[:16])
+
+
+@pytest.fixture(scope="session")
+def planted_sae(tiny):
+    """The `tiny-planted` SAE: steering feature 5 makes tiny-random write " wait", where feature 9 fires."""
+    from reasoning_dspy.sae import planted
+
+    return planted.planted_sae(tiny.model, tiny.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def planted_lm(tiny, planted_sae):
+    """`planted_lm(max_tokens)`: a SteeredLM on tiny-random with the planted SAE, measuring its
+    reasoning feature; closed when the module's tests are done."""
+    from reasoning_dspy.lm import SteeredLM, engine_of
+    from reasoning_dspy.sae import planted
+
+    made = []
+
+    def build(max_tokens: int):
+        lm = SteeredLM(tiny, sae=planted_sae, reasoning_features=planted.REASONING, max_tokens=max_tokens,
+                       cache=False, max_batch_size=64)
+        made.append(lm)
+        return lm
+
+    yield build
+    for lm in made:
+        engine_of(lm).close()

@@ -9,18 +9,14 @@ import pytest
 from optimizers import InstructionPool, ReasoningOptimizer, SteeredProgram, read_journal
 from optimizers.instructions import LIBRARY, current_instruction
 from reasoning_dspy.adapter import LenientChatAdapter
-from reasoning_dspy.lm import SteeredLM, engine_of
 from reasoning_dspy.problems import as_dspy_examples, make_problems
 from reasoning_dspy.sae import planted
 from reasoning_dspy.steering import SteeringSpec
 
 
 @pytest.fixture(scope="module")
-def lm(tiny):
-    sae = planted.planted_sae(tiny.model, tiny.tokenizer)
-    lm = SteeredLM(tiny, sae=sae, reasoning_features=planted.REASONING, max_tokens=12, cache=False, max_batch_size=64)
-    yield lm
-    engine_of(lm).close()
+def lm(planted_lm):
+    return planted_lm(max_tokens=12)
 
 
 @pytest.fixture(scope="module")

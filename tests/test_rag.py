@@ -244,24 +244,18 @@ def test_the_pool_drops_what_the_filter_skips_and_says_why(minilm):
     assert InstructionPool(["Think step-by-step."]).candidates(program)[-1] == "Think step-by-step."  # no filter
 
 
-def test_the_optimizer_skips_a_planted_duplicate_and_records_why(tiny, minilm):
-    from reasoning_dspy.lm import SteeredLM, engine_of
+def test_the_optimizer_skips_a_planted_duplicate_and_records_why(planted_lm, minilm):
     from reasoning_dspy.problems import as_dspy_examples, make_problems
-    from reasoning_dspy.sae import planted
 
     pf = prompt_filter(minilm)
     pf.record("Check every step before you answer.", 0.42)
     planted_duplicate = "Check each step before you answer."
-    lm = SteeredLM(tiny, sae=planted.planted_sae(tiny.model, tiny.tokenizer), reasoning_features=planted.REASONING,
-                   max_tokens=8, cache=False, max_batch_size=64)
+    lm = planted_lm(max_tokens=8)
     optimizer = ReasoningOptimizer(pool=[planted_duplicate, "Plan first, then answer."], prompt_filter=pf,
                                    steer=False, n_trials=4, batch_trials=4, accuracy_margin=None, progress=False)
-    try:
-        with dspy.context(lm=lm):
-            compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"),
-                                         trainset=as_dspy_examples(make_problems(2, split="train")))
-    finally:
-        engine_of(lm).close()
+    with dspy.context(lm=lm):
+        compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"),
+                                     trainset=as_dspy_examples(make_problems(2, split="train")))
     skipped = {d.prompt: d for d in compiled.skipped}
     assert set(skipped) == {planted_duplicate, "Check every step before you answer."}
     assert skipped[planted_duplicate].score == 0.42

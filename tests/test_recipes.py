@@ -9,19 +9,14 @@ from optimizers import SteeredProgram, recipes
 from optimizers.instructions import current_instruction
 from optimizers.recording import RecordingMetric
 from reasoning_dspy.adapter import LenientChatAdapter
-from reasoning_dspy.lm import SteeredLM, engine_of
 from reasoning_dspy.problems import as_dspy_examples, make_problems
-from reasoning_dspy.sae import planted
 
 POOL = ["Answer directly.", "Check every step before you answer.", "Be brief."]
 
 
 @pytest.fixture(scope="module")
-def lm(tiny):
-    sae = planted.planted_sae(tiny.model, tiny.tokenizer)
-    lm = SteeredLM(tiny, sae=sae, reasoning_features=planted.REASONING, max_tokens=10, cache=False, max_batch_size=64)
-    yield lm
-    engine_of(lm).close()
+def lm(planted_lm):
+    return planted_lm(max_tokens=10)
 
 
 @pytest.fixture(scope="module")
