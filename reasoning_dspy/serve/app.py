@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 try:
     from fastapi import FastAPI
@@ -107,23 +108,24 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         state.check_model(model_id)
         return model_card()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def generation_request(request: Request, schema: type) -> tuple[Any, Any, Any]:
+        """The checks both generation endpoints make, in order: key, body, model, options, steering."""
         state.authorize(request)
-        req = parse_body(await request.body(), ChatCompletionRequest)
+        req = parse_body(await request.body(), schema)
         state.check_model(req.model)
         req.check_supported()
         spec, echo = parse_steering(req.steering, served)
+        return req, spec, echo
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req, spec, echo = await generation_request(request, ChatCompletionRequest)
         prompt = await asyncio.to_thread(bridge.chat_prompt, req.chat())
         return await generate_response(request, state, req, [prompt], spec, echo, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        state.authorize(request)
-        req = parse_body(await request.body(), CompletionRequest)
-        state.check_model(req.model)
-        req.check_supported()
-        spec, echo = parse_steering(req.steering, served)
+        req, spec, echo = await generation_request(request, CompletionRequest)
         prompts = await asyncio.to_thread(completion_prompts, bridge, req.prompt, len(served.loaded.tokenizer))
         return await generate_response(request, state, req, prompts, spec, echo, chat=False)
 
