@@ -21,6 +21,7 @@ def evaluate_heldout(setup: Setup, lm: Any, compiled: Any, path: Path, *, progre
     import json
 
     from optimizers.evaluate import evaluate_programs
+    from optimizers.instructions import current_instruction
     from optimizers.program import SteeredProgram
 
     if path.is_file():
@@ -42,18 +43,12 @@ def evaluate_heldout(setup: Setup, lm: Any, compiled: Any, path: Path, *, progre
                   "reflects": [bool(x) for x in s.reflects], "words": s.words, "texts": s.texts}
             for arm, s in per_arm.items()}
     result = {"n": len(setup.test), "split": setup.cfg.dataset.test_split, "wall_s": round(wall, 1),
-              "instruction": {"baseline": _instruction(baseline), "optimized": _instruction(compiled)},
+              "instruction": {"baseline": current_instruction(baseline), "optimized": current_instruction(compiled)},
               "steering": None if compiled.steering is None else compiled.steering.model_dump(mode="json"),
               "summary": summarize(rows, seed=setup.cfg.seed), "rows": rows,
               "examples": {arm: s.texts[:3] for arm, s in per_arm.items()}}
     atomic_write_json(path, result)
     return result
-
-
-def _instruction(program: Any) -> str:
-    from optimizers.instructions import current_instruction
-
-    return current_instruction(program)
 
 
 def _columns(row: dict[str, list]) -> dict[str, np.ndarray]:

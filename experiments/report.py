@@ -3,13 +3,12 @@ Pareto front (reasoning metric, accuracy, tokens), and baseline vs optimized vs 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 from experiments.config import ExperimentConfig
 from optimizers.trials import TrialRecord, best_trial, pareto_front
-from reasoning_dspy._io import atomic_write_bytes, atomic_write_text
+from reasoning_dspy._io import atomic_write_figure, atomic_write_text
 
 ARM_LABELS = {"baseline": "baseline (unoptimized)", "optimized": "optimized instruction",
               "steered": "optimized instruction + steering"}
@@ -19,13 +18,6 @@ def _figure(width: float = 6.5, height: float = 4.0) -> Any:
     from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     return Figure(figsize=(width, height))
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def plot_trials(trials: list[TrialRecord], objective: str, path: Path) -> Path:
@@ -48,7 +40,7 @@ def plot_trials(trials: list[TrialRecord], objective: str, path: Path) -> Path:
     ax.set_ylabel(objective)
     ax.set_title("score per trial")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return atomic_write_figure(path, fig)
 
 
 def plot_pareto(trials: list[TrialRecord], objective: str, path: Path) -> Path:
@@ -64,7 +56,7 @@ def plot_pareto(trials: list[TrialRecord], objective: str, path: Path) -> Path:
     ax.set_ylabel(objective)
     ax.set_title("Pareto front: reasoning metric, accuracy, tokens")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return atomic_write_figure(path, fig)
 
 
 def plot_heldout(heldout: dict[str, Any], path: Path) -> Path:
@@ -81,7 +73,7 @@ def plot_heldout(heldout: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_title(label, fontsize=9)
     fig.suptitle(f"held out: {heldout['n']} {heldout['split']} examples (95% bootstrap intervals)", fontsize=10)
-    return _save(fig, path)
+    return atomic_write_figure(path, fig)
 
 
 def _ci(v: dict, pct: bool = False) -> str:

@@ -32,3 +32,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_figure(path: str | os.PathLike, fig: Any, *, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG (tight bounding box) through `atomic_write_bytes`."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reasoning_dspy._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reasoning_dspy._io import atomic_write_figure, atomic_write_json, atomic_write_text
 from reasoning_dspy.features.reasonscore import FeatureScores, check_compatible, iter_encoded_shards
 from reasoning_dspy.features.vocab import token_pieces
 
@@ -204,13 +204,6 @@ def _csv(header: list[str], rows) -> str:
     return buf.getvalue()
 
 
-def _save_figure(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def plot_score_distribution(scores: FeatureScores, path: str | os.PathLike) -> Path:
     """Histogram of every feature's ReasonScore (log counts) with the selection threshold."""
     from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
@@ -225,7 +218,7 @@ def plot_score_distribution(scores: FeatureScores, path: str | os.PathLike) -> P
     ax.set_ylabel("features (log scale)")
     ax.set_title(f"ReasonScore of {len(s)} features")
     ax.legend(loc="upper right")
-    return _save_figure(fig, Path(path))
+    return atomic_write_figure(path, fig, dpi=120)
 
 
 def plot_top_features(scores: FeatureScores, path: str | os.PathLike, n: int = 10) -> Path:
@@ -255,4 +248,4 @@ def plot_top_features(scores: FeatureScores, path: str | os.PathLike, n: int = 1
     ax.set_title(f"Top {len(top)} features by ReasonScore")
     ax.axvline(0, color="black", linewidth=0.6)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="word")
-    return _save_figure(fig, Path(path))
+    return atomic_write_figure(path, fig, dpi=120)
