@@ -141,7 +141,8 @@ def evaluate_programs(
     with dspy.context(lm=lm, adapter=LenientChatAdapter()), quiet_truncation():
         executor = ParallelExecutor(num_threads=threads, disable_progress_bar=True, max_errors=len(jobs) + 1,
                                     timeout=10**6)
-        results = executor.execute(run, jobs)
+        with engine.expect(len(jobs)):  # the whole batch decodes together, in a fixed order
+            results = executor.execute(run, jobs)
     wall = time.perf_counter() - start
     if failures:
         logger.warning("%d of %d calls failed and scored zero; the first: %s", len(failures), len(jobs), failures[0])

@@ -47,16 +47,27 @@ class SteeredProgram(dspy.Module):
 
     @contextmanager
     def _steered(self) -> Iterator[None]:
-        if self.steering is None:
+        """Every LM call inside carries the steering, and asks the engine to record the SAE latents
+        as it generates: the prediction's measurements then cost no second forward."""
+        from reasoning_dspy.lm import _engine_or_none
+
+        lm = dspy.settings.lm
+        engine = _engine_or_none(lm)
+        if self.steering is not None:
+            if lm is None:
+                raise ValueError("no LM is configured: dspy.configure(lm=SteeredLM(...)) before calling a SteeredProgram")
+            if engine is None:
+                from reasoning_dspy.lm import engine_of
+
+                engine_of(lm)  # steering needs our engine: a clear error for any other LM
+        metadata = dict(lm.kwargs.get("metadata") or {}) if lm is not None else {}
+        if self.steering is not None:
+            metadata["steering"] = self.steering.model_dump(mode="json")
+        if engine is not None and engine.sae is not None:
+            metadata["capture"] = True
+        if lm is None or metadata == (lm.kwargs.get("metadata") or {}):
             yield
             return
-        lm = dspy.settings.lm
-        if lm is None:
-            raise ValueError("no LM is configured: dspy.configure(lm=SteeredLM(...)) before calling a SteeredProgram")
-        from reasoning_dspy.lm import engine_of
-
-        engine_of(lm)  # steering needs our engine: a clear error for any other LM
-        metadata = {**(lm.kwargs.get("metadata") or {}), "steering": self.steering.model_dump(mode="json")}
         with dspy.context(lm=lm.copy(metadata=metadata)):
             yield
 

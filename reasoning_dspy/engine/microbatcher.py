@@ -12,8 +12,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -41,6 +42,7 @@ def model_lock(model: nn.Module) -> threading.Lock:
 class _Item(Generic[T]):
     payload: T
     future: Future
+    seq: int  # submission order
 
 
 _STOP = object()
@@ -56,6 +58,12 @@ class MicroBatcher(Generic[T, R]):
     fail its neighbours. An interrupt (`KeyboardInterrupt`, `SystemExit`) is never retried: every
     caller of the batch receives it at once and the worker stops (the next `submit` starts a new
     one). `max_batch_size=1` gives the one-request-at-a-time baseline.
+
+    A caller that knows a burst is coming (an optimizer about to evaluate 4 candidates × 16
+    examples from 64 threads) announces it with `expect(n)`: the worker then gathers until those
+    `n` items are in (waiting up to `expect_wait_ms` for each next one) and hands them to `run_batch`
+    in one call, however many that is, so the burst is never split by when its threads happened to
+    arrive. `run_batch` then owns the split into model batches.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
         max_gather_ms: float = 50.0,
+        expect_wait_ms: float = 1000.0,
         name: str = "reasoning-dspy-batcher",
     ):
         if max_batch_size < 1:
@@ -75,11 +84,14 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.max_gather_ms = max_gather_ms
+        self.expect_wait_ms = expect_wait_ms
         self.name = name
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._submitted = 0  # items ever submitted
+        self._expect_until = 0  # an announced burst is in once `_submitted` reaches this
         self.batch_sizes: list[int] = []  # observed batch sizes (diagnostics, benchmarks)
 
     def submit(self, payload: T) -> Future:
@@ -91,8 +103,24 @@ class MicroBatcher(Generic[T, R]):
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
-            self._queue.put(_Item(payload, future))
+            self._queue.put(_Item(payload, future, self._submitted))
+            self._submitted += 1
         return future
+
+    @contextmanager
+    def expect(self, n: int) -> Iterator[None]:
+        """Announce that `n` items are about to be submitted (from any threads): they run as one
+        gathered batch. Items that never come (a caller served from a cache) are waited for at most
+        `expect_wait_ms` after the last arrival, and no longer once the block ends."""
+        if n < 0:
+            raise ValueError(f"expect() needs a count >= 0, got {n}")
+        with self._lock:
+            self._expect_until = max(self._expect_until, self._submitted + n)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._expect_until = min(self._expect_until, self._submitted)
 
     def __call__(self, payload: T) -> R:
         return self.submit(payload).result()
@@ -113,29 +141,44 @@ class MicroBatcher(Generic[T, R]):
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch, stop = [first], False
-            # Gather while requests keep arriving (each one extends the wait by max_wait_ms), up to
-            # max_gather_ms: callers released together by the previous batch re-submit in a burst.
-            start = time.monotonic()
-            deadline = start + self.max_wait_ms / 1000
-            cap = start + max(self.max_gather_ms, self.max_wait_ms) / 1000
-            while len(batch) < self.max_batch_size:
-                try:
-                    timeout = min(deadline, cap) - time.monotonic()
-                    item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-                deadline = time.monotonic() + self.max_wait_ms / 1000
+            batch, stop = self._gather(first)
             try:
                 self._run(batch)
             except BaseException:  # an interrupt: its callers have it; the next submit starts a new worker
                 return
             if stop:
                 return
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        """The batch that starts with `first`, and whether a stop request ended it.
+
+        Gathers while requests keep arriving (each one extends the wait by `max_wait_ms`), up to
+        `max_gather_ms` and `max_batch_size`: callers released together by the previous batch
+        re-submit in a burst. While an announced burst (`expect`) is still arriving, it waits up to
+        `expect_wait_ms` for each next item and takes them all.
+        """
+        batch = [first]
+        start = time.monotonic()
+        deadline = start + self.max_wait_ms / 1000
+        cap = start + max(self.max_gather_ms, self.max_wait_ms) / 1000
+        while True:
+            with self._lock:
+                announced = batch[-1].seq + 1 < self._expect_until  # the next item belongs to a burst
+            if announced:
+                timeout = self.expect_wait_ms / 1000
+            elif len(batch) < self.max_batch_size:
+                timeout = min(deadline, cap) - time.monotonic()
+            else:
+                break
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            deadline = time.monotonic() + self.max_wait_ms / 1000
+        return batch, False
 
     def _run(self, batch: list[_Item]) -> None:
         live = [it for it in batch if it.future.set_running_or_notify_cancel()]

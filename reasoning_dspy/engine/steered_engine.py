@@ -32,6 +32,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import nn
@@ -235,6 +236,16 @@ class SteeredEngine:
 
         return response_to_events(self.complete(request))
 
+    def expect(self, n: int) -> AbstractContextManager[None]:
+        """Announce `n` calls about to arrive from parallel threads (a context manager): they are
+        gathered whole and run in model batches of `max_batch_size`, in an order fixed by their
+        content, so the same calls always decode in the same batches.
+
+        >>> with engine.expect(len(jobs)):
+        ...     results = executor.execute(run, jobs)
+        """
+        return self._batcher.expect(n)
+
     def close(self) -> None:
         """Stop the worker thread (a new engine is needed afterwards)."""
         self._batcher.close()
@@ -365,10 +376,13 @@ class SteeredEngine:
         results: list[Any] = [None] * len(jobs)
         with model_lock(self.model):
             self._sync_prefix_cache()
-            requests = [i for i, job in enumerate(jobs) if isinstance(job, GenerateJob)]
-            if requests:
-                outs = self._generate([jobs[i].row for i in requests])
-                for i, out in zip(requests, outs, strict=True):
+            # Requests run in a fixed order, in model batches of at most max_batch_size: the same
+            # requests give the same batches (and so the same floats) however their threads arrived.
+            requests = sorted((i for i, job in enumerate(jobs) if isinstance(job, GenerateJob)),
+                              key=lambda i: _row_order(jobs[i]))
+            for start in range(0, len(requests), self.max_batch_size):
+                chunk = requests[start:start + self.max_batch_size]
+                for i, out in zip(chunk, self._generate([jobs[i].row for i in chunk]), strict=True):
                     results[i] = out
             for i, job in enumerate(jobs):
                 if isinstance(job, BatchJob):
@@ -473,6 +487,14 @@ class AsyncSteeredEngine:
     @classmethod
     def load_state(cls, state: dict) -> AsyncSteeredEngine:
         return cls(SteeredEngine.load_state(state))
+
+
+def _row_order(job: GenerateJob) -> tuple:
+    """A total order on requests: shortest prompts first (less padding per model batch), then by
+    everything that makes two requests differ."""
+    row = job.row
+    return (len(row.prompt_ids), row.prompt_ids, job.steering.fingerprint() if job.steering is not None else "",
+            row.max_new_tokens, row.temperature, row.top_p, row.stop, row.capture, row.capture_features)
 
 
 def _clone_tokenizer(tokenizer: Any) -> Any:
