@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 
 import dspy
 import pytest
@@ -12,7 +13,7 @@ import torch
 from dspy.lm15 import Config, Message, Request
 
 from reasoning_dspy.adapter import LenientChatAdapter
-from reasoning_dspy.engine import GenRow, MicroBatcher, generate_rows
+from reasoning_dspy.engine import GenRow, MicroBatcher, RowWatch, generate_rows
 from reasoning_dspy.engine.state import LIVE_ENGINES
 from reasoning_dspy.lm import SteeredEngine, SteeredLM, collect_reports, engine_of
 from reasoning_dspy.sae import save_sae
@@ -192,6 +193,71 @@ def test_microbatcher_routes_results_and_isolates_failures():
     assert max(batcher.batch_sizes) > 1 and seen_threads == {batcher.name}
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(1)
+
+
+def test_an_announced_burst_is_gathered_whole_however_slowly_it_arrives():
+    gathered = []
+
+    def run(batch):
+        gathered.append(sorted(batch))
+        return [x * 10 for x in batch]
+
+    batcher = MicroBatcher(run, max_batch_size=4, max_wait_ms=1, max_gather_ms=5)
+    results: dict[int, int] = {}
+
+    def call(x):
+        time.sleep(0.02 * x)  # arrivals 20 ms apart: far beyond max_wait_ms and max_gather_ms
+        results[x] = batcher(x)
+
+    with batcher.expect(10):
+        threads = [threading.Thread(target=call, args=(x,)) for x in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert gathered == [list(range(10))] and results == {x: x * 10 for x in range(10)}
+    # without an announcement the same arrivals run as they come
+    for t in [threading.Thread(target=call, args=(x,)) for x in range(3)]:
+        t.start()
+        t.join()
+    assert len(gathered) == 4
+    # an announced item that never comes is waited for at most expect_wait_ms
+    batcher.expect_wait_ms = 50
+    with batcher.expect(3):
+        start = time.monotonic()
+        assert batcher(7) == 70
+    assert time.monotonic() - start < 5
+    batcher.close()
+
+
+def test_the_same_calls_decode_in_the_same_batches_whatever_their_arrival(tiny, steer_sae, steer_fmax):
+    """Announced calls run in model batches of max_batch_size in an order fixed by their content, so
+    the captured activations are the same floats whichever thread came first."""
+    engine = SteeredEngine(tiny.model, tiny.tokenizer, sae=steer_sae, max_activation=steer_fmax, capture=True,
+                           reasoning_features=[5, 40], max_tokens=6, max_batch_size=3, max_wait_ms=0)
+    prompts = [f"Question {i}: what is {i} plus {2 * i}?" * (1 + i % 3) for i in range(7)]
+    steering = [None, SteeringSpec(features={5: 2.0}, units="residual").model_dump(mode="json")]
+    requests = [_request(engine, p, extensions={"metadata": {"steering": steering[i % 2]}})
+                for i, p in enumerate(prompts)]
+
+    def run(order):
+        out = {}
+        with engine.expect(len(order)):
+            threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, engine.complete(requests[i])))
+                       for i in order]
+            for t in threads:
+                t.start()
+                time.sleep(0.01)
+            for t in threads:
+                t.join()
+        return [(r.message.text, r.provider_data["reasoning_dspy"]["activation"]) for r in (out[i] for i in range(7))]
+
+    sizes_before = len(engine._batcher.batch_sizes)
+    forward = run(list(range(7)))
+    backward = run(list(reversed(range(7))))
+    engine.close()
+    assert forward == backward  # bit-identical texts and activations
+    assert engine._batcher.batch_sizes[sizes_before:] == [7, 7]  # each burst gathered whole (3 + 3 + 1 rows)
 
 
 def test_an_interrupt_is_never_retried_and_reaches_every_caller():
@@ -438,3 +504,30 @@ def test_engine_reads_a_topk_sae_as_trained(tiny):
     assert report.topk_mean == pytest.approx(ref.topk_mean, rel=1e-5)
     assert [i for i, _ in report.top_features] == [i for i, _ in ref.top_features]
     assert [v for _, v in report.top_features] == pytest.approx([v for _, v in ref.top_features], rel=1e-5)
+
+
+def test_a_watched_row_hands_over_each_token_and_stops_when_cancelled(tiny):
+    ids = tiny.tokenizer("Tell me a long story about numbers", add_special_tokens=True)["input_ids"]
+    other = tiny.tokenizer("Count to ten", add_special_tokens=True)["input_ids"]
+    reference = generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 12), GenRow(ids, 12), GenRow(other, 12)])
+    seen: dict[int, list[int]] = {0: [], 1: []}
+
+    def listen(i, stop_after=None):
+        def on_token(token_id):
+            seen[i].append(token_id)
+            if stop_after is not None and len(seen[i]) == stop_after:
+                watches[i].cancel()  # from inside the callback: the row stops at this step
+        return on_token
+
+    watches = [RowWatch(on_token=listen(0)), RowWatch(on_token=listen(1, stop_after=3))]
+    rows = [GenRow(ids, 12, watch=watches[0]), GenRow(ids, 12, watch=watches[1]), GenRow(other, 12)]
+    out = generate_rows(tiny.model, tiny.tokenizer, rows)
+    assert len(reference[1].token_ids) > 3  # the uncancelled row goes on
+    assert seen[0] == out[0].token_ids == reference[0].token_ids  # every token, in order, EOS excluded
+    assert out[1].finish_reason == "cancelled" and out[1].token_ids == seen[1] == reference[1].token_ids[:3]
+    assert out[1].text == tiny.tokenizer.decode(seen[1], skip_special_tokens=True)
+    assert (out[2].token_ids, out[2].finish_reason) == (reference[2].token_ids, reference[2].finish_reason)
+    # a row cancelled before it starts decodes one token at most, and a batch of such rows ends at once
+    gone = RowWatch()
+    gone.cancel()
+    assert len(generate_rows(tiny.model, tiny.tokenizer, [GenRow(ids, 50, watch=gone)])[0].token_ids) <= 1

@@ -181,11 +181,12 @@ def test_request_logs_are_structured(client, caplog):
     with caplog.at_level(logging.INFO, logger="reasoning_dspy.serve"):
         response = chat(client, extra_body={"steering": PUSH})
         for _ in range(200):  # the request line is written once the response has gone out
-            if any(r.getMessage() == "request" for r in caplog.records):
+            lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.getMessage() == "request"]
+            mine = [x for x in lines if x.get("completion_id") == response.id]  # an earlier test's line may land here
+            if mine:
                 break
             time.sleep(0.01)
-    record = next(r for r in caplog.records if r.getMessage() == "request")
-    line = json.loads(JsonFormatter().format(record))
-    assert line["status"] == 200 and line["path"] == "/v1/chat/completions" and line["completion_id"] == response.id
+    line = mine[0]
+    assert line["status"] == 200 and line["path"] == "/v1/chat/completions"
     assert line["completion_tokens"] == 12 and line["steering"]["features"] == {str(planted.PUSH): 0.5}
     assert {"ts", "level", "request_id", "duration_ms"} <= set(line)

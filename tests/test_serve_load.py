@@ -5,6 +5,7 @@ client that goes away withdraws its queued request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -137,3 +138,35 @@ def test_clients_that_disconnect_withdraw_their_queued_requests(served):
         assert metric(server.url, 'reasoning_dspy_cancelled_total{stage="queued"}') == 2
         assert httpx.get(f"{server.url}/health").json()["admitted"] == 0
         assert metric(server.url, "reasoning_dspy_batch_size_count") == 3  # the withdrawn requests never ran
+
+
+def test_a_stream_arrives_token_by_token_and_a_client_that_leaves_stops_its_running_row(served):
+    """The first text arrives while the row still decodes (it holds its admission slot until done), and
+    closing the stream stops the row at its next step instead of letting it run to max_tokens."""
+    cfg = ServeConfig(model="tiny-random", sae="tiny-planted", max_batch_size=1, max_tokens_limit=2000)
+    body = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500}
+    with ServerThread(create_app(cfg, served)) as server:
+        start = time.monotonic()
+        whole = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).json()
+        full_run = time.monotonic() - start
+        assert whole["choices"][0]["finish_reason"] == "length"  # tiny-random never says EOS here
+
+        async def leave_after_first_text() -> tuple[str, int]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+                async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
+                    async for line in stream.aiter_lines():
+                        if '"content":"' in line and '"role":"assistant"' not in line:
+                            admitted = (await http.get("/health")).json()["admitted"]
+                            return line, admitted  # the client closes the stream here
+
+        first, admitted_meanwhile = asyncio.run(leave_after_first_text())
+        left = time.monotonic()
+        assert admitted_meanwhile == 1  # the row was still running when its first text arrived
+        piece = json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["content"]
+        assert whole["choices"][0]["message"]["content"].startswith(piece)
+        while httpx.get(f"{server.url}/health").json()["admitted"] and time.monotonic() - left < full_run:
+            time.sleep(0.01)
+        stopped_after = time.monotonic() - left
+        assert httpx.get(f"{server.url}/health").json()["admitted"] == 0
+        assert stopped_after < full_run / 4, (stopped_after, full_run)  # it did not run to max_tokens
+        assert metric(server.url, 'reasoning_dspy_cancelled_total{stage="running"}') == 1

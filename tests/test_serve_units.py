@@ -10,14 +10,13 @@ from concurrent.futures import Future
 
 import pytest
 
-from reasoning_dspy.engine.generate import GenResult
 from reasoning_dspy.sae import planted
 from reasoning_dspy.serve.admission import Admission, QueueFullError
 from reasoning_dspy.serve.config import API_KEY_ENV, ServeConfig
 from reasoning_dspy.serve.errors import APIError
 from reasoning_dspy.serve.logs import JsonFormatter
 from reasoning_dspy.serve.metrics import Metrics
-from reasoning_dspy.serve.openai_format import text_deltas
+from reasoning_dspy.serve.openai_format import StreamedText
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +96,30 @@ def test_labels_come_from_the_reasonscore_table(served):
     assert served.labels.label(planted.PUSH) == f"#{planted.PUSH}"  # never fires: no words
 
 
-def test_stream_deltas_join_to_the_text(served):
+def _stream(ids, decode, stop=(), final=None):
+    """What streaming sends for `ids` arriving one by one, and the text it ends on."""
+    text = StreamedText(decode, stop)
+    pieces = []
+    for t in ids:
+        text.extend([t])
+        pieces.append(text.ready())
+    pieces.append(text.rest(decode(ids) if final is None else final))
+    return [p for p in pieces if p]
+
+
+def test_streamed_text_joins_to_the_final_text_and_never_passes_a_stop_string(served):
     tok = served.loaded.tokenizer
     ids = tok(" wait, let me check the numbers again", add_special_tokens=False)["input_ids"]
     decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
-    whole = GenResult(ids, decode(ids), "length", 3)
-    assert "".join(text_deltas(whole, decode)) == whole.text and len(list(text_deltas(whole, decode))) > 3
-    cut = GenResult(ids, decode(ids)[:10], "stop", 3)  # text cut at a stop string inside a token
-    assert "".join(text_deltas(cut, decode)) == cut.text
-    assert list(text_deltas(GenResult([], "", "stop", 3), decode)) == []
+    whole = decode(ids)
+    pieces = _stream(ids, decode)
+    assert "".join(pieces) == whole and len(pieces) > 3
+    # a stop string: nothing at or after it is ever sent, even its first characters while undecided
+    stop = "the num"
+    final = whole[: whole.index(stop)]
+    pieces = _stream(ids, decode, stop=(stop, "zzz"), final=final)
+    assert "".join(pieces) == final  # had any piece gone past the cut, the join would be longer
+    assert _stream([], decode, final="") == []
 
 
 def test_metrics_text_is_prometheus_exposition():

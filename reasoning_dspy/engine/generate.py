@@ -10,7 +10,9 @@ differently shaped matmuls). The prompt prefix all rows share is prefilled once 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,26 @@ from reasoning_dspy.engine.prefix_cache import MIN_SHARED_PREFIX, PrefixCache, c
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
 from reasoning_dspy.steering import CaptureConfig, Perturbation, RowSteering, Steerer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RowWatch:
+    """A caller's live line to one row while it decodes: every new token as soon as it is chosen
+    (token streaming), and a way to stop the row early (a client that went away).
+
+    `on_token(token_id)` runs on the engine's worker thread between decoding steps, so it must be
+    quick and thread-safe (hand the token to an event loop or a queue). It sees each generated
+    token once, EOS excluded; a row cut at a stop string may have shown a few tokens past the cut.
+    After `cancel()` the row decodes no further token; a batch whose rows are all cancelled ends.
+    """
+
+    on_token: Callable[[int], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
 
 @dataclass
@@ -35,13 +57,14 @@ class GenRow:
     steering: RowSteering | None = None
     capture: bool = False
     capture_features: tuple[int, ...] = ()  # reasoning features whose mean activation is reported
+    watch: RowWatch | None = None  # token-by-token delivery and early cancellation
 
 
 @dataclass
 class GenResult:
     token_ids: list[int]  # generated tokens, cut at EOS / stop string
     text: str
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    finish_reason: str  # "stop" (EOS or stop string), "length", or "cancelled" (its `RowWatch` was cancelled)
     prompt_tokens: int
     report: ActivationReport | None = None
     perturbation: Perturbation | None = None  # how far steering moved the residual; None when unsteered
@@ -77,22 +100,46 @@ class _RowSampler:
 
 
 class _RowStopping:
-    """Per-row stopping: a row is done at its own max_new_tokens or when one of its stop strings appears."""
+    """Per-row stopping: a row is done at its own max_new_tokens, when one of its stop strings
+    appears, or when its `RowWatch` is cancelled. Watched rows get each new token on the way."""
 
-    def __init__(self, rows: Sequence[GenRow], prompt_len: int, tokenizer: Any):
-        self.rows, self.prompt_len, self.tokenizer = rows, prompt_len, tokenizer
+    def __init__(self, rows: Sequence[GenRow], prompt_len: int, tokenizer: Any, eos: set[int]):
+        self.rows, self.prompt_len, self.tokenizer, self.eos = rows, prompt_len, tokenizer, eos
         self.max_new = torch.tensor([r.max_new_tokens for r in rows])
         self.done = torch.zeros(len(rows), dtype=torch.bool)
+        self.cancelled: list[int | None] = [None] * len(rows)  # tokens a cancelled row kept
+        self.watched = [b for b, r in enumerate(rows) if r.watch is not None]
+        self._ended = [False] * len(rows)  # watched rows past EOS or done: nothing more to hand over
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
         n_new = input_ids.shape[1] - self.prompt_len
+        if self.watched:
+            self._hand_over(input_ids[:, -1].tolist())
         self.done |= self.max_new <= n_new
         for b, row in enumerate(self.rows):
             if row.stop and not self.done[b]:
                 text = self.tokenizer.decode(input_ids[b, self.prompt_len :], skip_special_tokens=True)
                 if any(s in text for s in row.stop):
                     self.done[b] = True
+        for b in self.watched:
+            if self.rows[b].watch.cancelled.is_set() and not self.done[b]:
+                self.done[b], self.cancelled[b] = True, n_new
         return self.done.to(input_ids.device)
+
+    def _hand_over(self, last: list[int]) -> None:
+        for b in self.watched:
+            if self._ended[b]:
+                continue
+            if last[b] in self.eos:
+                self._ended[b] = True
+                continue
+            self._ended[b] = bool(self.done[b])  # done at the previous step: this token is padding
+            if self._ended[b] or self.rows[b].watch.on_token is None:
+                continue
+            try:
+                self.rows[b].watch.on_token(last[b])
+            except Exception:  # noqa: BLE001 - a listener's failure must not fail the batch
+                logger.exception("a RowWatch.on_token callback failed; the row goes on without it")
 
 
 def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
@@ -187,7 +234,7 @@ def generate_rows(
             torch.tensor([r.temperature for r in rows], device=device, dtype=torch.float32),
             torch.tensor([r.top_p for r in rows], device=device, dtype=torch.float32),
         ))
-    stopping = _RowStopping(rows, width, tokenizer)
+    stopping = _RowStopping(rows, width, tokenizer, eos)
     want_capture = capture if any(r.capture for r in rows) else None
     steerer = Steerer(model, [r.steering for r in rows], sae=sae, capture=want_capture,
                       capture_features=[r.capture_features for r in rows], model_spec=model_spec)
@@ -199,11 +246,12 @@ def generate_rows(
     sequences = out.sequences[:, width:].cpu()
     results: list[GenResult] = []
     for b, r in enumerate(rows):
-        toks = sequences[b, : r.max_new_tokens].tolist()
-        finish = "length"
+        kept = stopping.cancelled[b]
+        toks = sequences[b, : r.max_new_tokens if kept is None else kept].tolist()
+        finish = "length" if kept is None else "cancelled"
         for i, t in enumerate(toks):
             if t in eos:
-                toks, finish = toks[:i], "stop"
+                toks, finish = toks[:i], "stop" if kept is None else finish
                 break
         text = tokenizer.decode(toks, skip_special_tokens=True)
         if r.stop:

@@ -27,7 +27,7 @@ async def generate_response(request: Request, state: ServerState, req: Any, prom
     bridge, served = state.bridge, state.served
     params = plan(state.config, req, prompts, served.context_length)
     jobs = make_jobs(bridge, prompts, spec, params)
-    rows = Rows(bridge, state.admission, state.metrics, jobs, params, state.config.retry_after_s)
+    rows = Rows(bridge, state.admission, state.metrics, jobs, params, state.config.retry_after_s, stream=req.stream)
     cid = fmt.new_id("chatcmpl" if chat else "cmpl")
     prompt_tokens = sum(len(p) for p in prompts)
     request.scope["state"]["log"].update(model=served.name, completion_id=cid, rows=len(jobs),
@@ -54,16 +54,37 @@ async def generate_response(request: Request, state: ServerState, req: Any, prom
 
 async def _stream(state: ServerState, rows: Rows, cid: str, prompt_tokens: int, echo: dict, include_usage: bool,
                   chat: bool, remember) -> AsyncIterator[bytes]:
-    """SSE events. The engine hands over a row's tokens when its batch ends, so the first event goes
-    out at once and the text follows, one event per token, when the row is done."""
+    """SSE events: the first at once, then each row's text as the engine decodes it, then its finish."""
     name, fp, created = state.served.name, state.bridge.fingerprint, int(time.time())
     n = len(rows.jobs)
+
+    def chunk(i: int, piece: str, finish: str | None = None, **extras: Any) -> bytes:
+        return fmt.sse(fmt.chat_chunk(cid, created, name, fp, i, {"content": piece} if piece or not finish else {},
+                                      finish, **extras) if chat
+                       else fmt.text_chunk(cid, created, name, fp, i, piece, finish, **extras))
+
     if chat:
         for i in range(n):
             yield fmt.sse(fmt.chat_chunk(cid, created, name, fp, i, {"role": "assistant", "content": ""},
                                          **({"steering": echo} if i == 0 else {})))
+    texts = [fmt.StreamedText(state.bridge.decode, job.row.stop) for job in rows.jobs]
+    finished = asyncio.ensure_future(rows.results())
     try:
-        results = await rows.results()
+        while True:
+            arrived = asyncio.ensure_future(rows.tokens.get())
+            await asyncio.wait({arrived, finished}, return_when=asyncio.FIRST_COMPLETED)
+            if not arrived.done():
+                arrived.cancel()
+                break
+            batch = [arrived.result()]
+            while not rows.tokens.empty():
+                batch.append(rows.tokens.get_nowait())
+            for i in dict.fromkeys(i for i, _ in batch):
+                texts[i].extend(t for j, t in batch if j == i)
+                piece = texts[i].ready()
+                if piece:
+                    yield chunk(i, piece)
+        results = finished.result()
     except Exception as err:  # noqa: BLE001 - the status line is sent: report the error as an event
         if not isinstance(err, APIError):
             state.logger.exception("generation failed", extra={"fields": {"completion_id": cid}})
@@ -72,17 +93,17 @@ async def _stream(state: ServerState, rows: Rows, cid: str, prompt_tokens: int, 
         yield fmt.sse(err.body())
         yield fmt.sse("[DONE]")
         return
+    finally:
+        finished.cancel()  # the client went away: Starlette cancelled this generator; the rows stop
     remember(results)
-    deltas = await asyncio.to_thread(lambda: [list(fmt.text_deltas(r, state.bridge.decode)) for r in results])
-    for i, (result, pieces) in enumerate(zip(results, deltas, strict=True)):
-        for piece in pieces:
-            yield fmt.sse(fmt.chat_chunk(cid, created, name, fp, i, {"content": piece}) if chat
-                          else fmt.text_chunk(cid, created, name, fp, i, piece))
+    for i, (result, text) in enumerate(zip(results, texts, strict=True)):
+        rest = text.rest(result.text)
+        if rest:
+            yield chunk(i, rest)
         extras = fmt.choice_extras(result)
         if not chat and i == 0:
             extras["steering"] = echo
-        yield fmt.sse(fmt.chat_chunk(cid, created, name, fp, i, {}, result.finish_reason, **extras) if chat
-                      else fmt.text_chunk(cid, created, name, fp, i, "", result.finish_reason, **extras))
+        yield chunk(i, "", result.finish_reason, **extras)
     if include_usage:
         yield fmt.sse(fmt.usage_chunk(cid, created, name, fp, "chat.completion.chunk" if chat else "text_completion",
                                       prompt_tokens, sum(len(r.token_ids) for r in results)))

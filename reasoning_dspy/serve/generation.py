@@ -2,10 +2,11 @@
 
 Every row of a request (n choices × prompts) is admitted at once or the request gets 503. Rows are
 queued on the engine's micro-batcher, so concurrent requests — steered differently or not — share
-batched generates. A client that disconnects withdraws its rows still waiting in the queue; a row
-already in a running batch cannot be stopped mid-generate (the batch is one `model.generate`), so
-it finishes and its result is dropped. A request with a `seed` and temperature > 0 runs as a batch
-of its own with the RNG seeded, so it is reproducible (it is not batched with others).
+batched generates. Each row carries a `RowWatch`: a streaming request receives every token as soon
+as it is decoded, and a client that disconnects withdraws its rows still waiting in the queue and
+stops its running rows at the next decoding step (a batch whose rows all went away ends there). A
+request with a `seed` and temperature > 0 runs as a batch of its own with the RNG seeded, so it is
+reproducible (it is not batched with others).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from reasoning_dspy.engine.generate import GenResult
+from reasoning_dspy.engine.generate import GenResult, RowWatch
 from reasoning_dspy.engine.jobs import GenerateJob
 from reasoning_dspy.serve.admission import Admission, QueueFullError
 from reasoning_dspy.serve.bridge import EngineBridge
@@ -77,15 +78,22 @@ def make_jobs(bridge: EngineBridge, prompts: Sequence[Sequence[int]], spec: Stee
 
 
 class Rows:
-    """A request's rows in flight: `await rows.results(request)` gives their `GenResult`s in order."""
+    """A request's rows in flight: `await rows.results(request)` gives their `GenResult`s in order.
+
+    With `stream=True`, `rows.tokens` receives `(row index, token id)` for every token as the
+    engine decodes it."""
 
     def __init__(self, bridge: EngineBridge, admission: Admission, metrics: Metrics, jobs: list[GenerateJob],
-                 params: GenParams, retry_after_s: int):
+                 params: GenParams, retry_after_s: int, *, stream: bool = False):
         self.bridge, self.admission, self.metrics, self.jobs, self.params = bridge, admission, metrics, jobs, params
         try:
             admission.acquire(len(jobs))
         except QueueFullError:
             raise queue_full(admission.capacity, retry_after_s) from None
+        self.tokens: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        for i, job in enumerate(jobs):
+            job.row.watch = RowWatch(on_token=_deliver(loop, self.tokens, i) if stream else None)
         self.futures: list[Future] = []
         self._seeded: asyncio.Future | None = None
         if params.seeded:
@@ -119,7 +127,7 @@ class Rows:
                 results = waiting.result()
         except (ClientDisconnected, asyncio.CancelledError):
             self.cancel()
-            waiting.cancel()  # nobody reads it any more (rows already running finish unread)
+            waiting.cancel()  # nobody reads it any more
             raise
         except BaseException:  # a row failed: drop the request's other rows too
             self.cancel(count=False)
@@ -132,16 +140,29 @@ class Rows:
         return list(results)
 
     def cancel(self, count: bool = True) -> None:
-        """Withdraw the rows still queued; rows already running finish unread. `count`: record both
-        in the metrics as cancelled by the client."""
-        for future in self.futures:
+        """Withdraw the rows still queued and stop the running ones at their next decoding step.
+        `count`: record both in the metrics as cancelled by the client."""
+        for job, future in zip(self.jobs, self.futures, strict=False):
             if future.cancel():
                 if count:
                     self.metrics.observe_cancel("queued")
-            elif not future.done() and count:
+            elif not future.done():
+                job.row.watch.cancel()
+                if count:
+                    self.metrics.observe_cancel("running")
+        if self._seeded is not None and not self._seeded.done():
+            for job in self.jobs:
+                job.row.watch.cancel()
+            if count:
                 self.metrics.observe_cancel("running")
-        if self._seeded is not None and not self._seeded.done() and count:
-            self.metrics.observe_cancel("running")
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, tokens: asyncio.Queue, index: int):
+    """An `on_token` for row `index`: hands each token from the engine's worker thread to the loop."""
+    def on_token(token_id: int) -> None:
+        loop.call_soon_threadsafe(tokens.put_nowait, (index, token_id))
+
+    return on_token
 
 
 async def _disconnected(request: Request) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from reasoning_dspy.engine.generate import GenResult
@@ -60,16 +60,39 @@ def text_completion(cid: str, model: str, fingerprint: str, results: Sequence[Ge
     }
 
 
-def text_deltas(result: GenResult, decode: Callable[[list[int]], str]) -> Iterator[str]:
-    """The answer's text in one piece per generated token; the pieces join to exactly `result.text`."""
-    text, sent = result.text, ""
-    for i in range(1, len(result.token_ids) + 1):
-        now = decode(result.token_ids[:i])[: len(text)]
-        if len(now) > len(sent) and now.startswith(sent):
-            yield now[len(sent):]
-            sent = now
-    if sent != text:
-        yield text[len(sent):] if text.startswith(sent) else text
+class StreamedText:
+    """One row's text while its tokens arrive, for streaming.
+
+    `ready()` gives the new text that is safe to send: never past a stop string, never the first
+    characters of one that the next tokens may complete, never half a character. `rest(final)` is
+    what the finished row's text adds to what was sent, so the pieces join to exactly the text a
+    non-streamed request returns."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()):
+        self.decode, self.stop = decode, tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def extend(self, ids: Iterable[int]) -> None:
+        self.ids.extend(ids)
+
+    def ready(self) -> str:
+        text = self.decode(self.ids)
+        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+        text = text[:cut] if cut >= 0 else text[: len(text) - _stop_start(text, self.stop)]
+        text = text.rstrip("\ufffd")  # a character whose bytes are still arriving
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+    def rest(self, final: str) -> str:
+        return final[len(self.sent):] if final.startswith(self.sent) else ""
+
+
+def _stop_start(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest end of `text` that begins a stop string (held back until it is decided)."""
+    return max((n for s in stop for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
