@@ -1,5 +1,6 @@
-"""`report.md` of an optimization run, with its PNG plots: score per trial and best so far, the
-Pareto front (reasoning metric, accuracy, tokens), and baseline vs optimized vs steered held out."""
+"""`report.md` of an optimization run, and `report.html` with the same content self-contained, with
+PNG plots: score per trial and best so far, the Pareto front (reasoning metric, accuracy, tokens),
+and baseline vs optimized vs steered held out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from experiments.config import ExperimentConfig
 from optimizers.trials import TrialRecord, best_trial, pareto_front
 from reasoning_dspy._io import atomic_write_figure, atomic_write_text
+from reasoning_dspy.reports import write_html
 
 ARM_LABELS = {"baseline": "baseline (unoptimized)", "optimized": "optimized instruction",
               "steered": "optimized instruction + steering"}
@@ -134,4 +136,5 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
         lines += [f"| {d['prompt']} | {d['reason']} |" for d in json.loads(skipped.read_text())]
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    write_html(path)  # report.html beside it, the plots embedded
     return path

@@ -202,7 +202,7 @@ def run_experiment(cfg: ExperimentConfig, *, new: bool = False, progress: bool =
         tracker.finish_run(run_id, status="finished" if result else "failed", result=result,
                            artifacts=[program] if result and program.is_file() else [])
         tracker.close()
-    console.print(f"report: {report}")
+    console.print(f"report: {report.with_suffix('.html')} (Markdown: {report})")
     return folder
 
 

@@ -38,3 +38,23 @@ def test_demo_runs_end_to_end(tmp_path):
     again = run_demo(out, limit=48, model="tiny-random")
     assert again.cache.n_tokens == state.cache.n_tokens
     assert torch.equal(again.extras["scores"].reason_score, scores.reason_score)
+
+
+@pytest.mark.slow
+def test_reasoner_demo_ends_with_a_self_contained_report(tmp_path):
+    import re
+
+    out = tmp_path / "demo"
+    state = run_demo(out, limit=2)  # smollm2-reasoner, its shipped SAE, 2 held-out problems
+    md = (out / "report.md").read_text()
+    for heading in ("## The SAE's training", "## ReasonScore over the whole dictionary", "## Top features",
+                    "## Baseline against steered", "## Optimizer trials"):
+        assert f"\n{heading}\n" in md
+    for r in state.reports:  # the table shows the features the analysis found, with their scores
+        assert f"| {r.rank} | {r.index} | {r.score:+.4f} |" in md
+    assert len(state.trials) == 8 and state.trials[0].candidate.features == ()
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert all(len(src) > 10_000 for src in images)  # real plots, not empty canvases
+    assert "<table>" in page and "plots/" not in page  # nothing left to fetch from beside the file

@@ -37,6 +37,8 @@ def test_study_runs_every_stage_and_reports_controls_with_intervals(study_dir):
                     "### Top features minus random features", "## Example traces"):
         assert f"\n{heading}" in report
     assert (study_dir / "plots" / "dose_response.png").stat().st_size > 10_000
+    page = (study_dir / "report.html").read_text()  # the same report, plots embedded
+    assert page.count("data:image/png;base64,") == 3 and "src=\"plots/" not in page
 
     summary = json.loads((study_dir / "summary.json").read_text())
     kinds = [c["kind"] for c in summary["conditions"]]

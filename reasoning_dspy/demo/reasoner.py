@@ -2,9 +2,10 @@
 
 `smollm2-reasoner` answers held-out word problems through `dspy.ChainOfThought`, under DSPy's
 default instruction and under a careful one; its shipped SAE shows which features fire on its
-reflection words, with contexts from the traces it just wrote; and the steering the study
-recommends is applied to the default-instruction problems, baseline beside steered, with
-reflection counts and correctness.
+reflection words, with contexts from the traces it just wrote; the steering the study recommends
+is applied to the default-instruction problems, baseline beside steered, with reflection counts and
+correctness; a short `ReasoningOptimizer` search tunes instruction and steering together; and
+`report.md` / `report.html` put it all on one page with its plots.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ MAX_TOKENS = 192
 #: The careful instruction the reasoner was trained to reflect under (see `reasoner.styles`).
 CAREFUL = "Check every step before you answer."
 
+#: The demo's optimizer search: candidates (the baseline included) and training problems each.
+OPTIMIZER_TRIALS, OPTIMIZER_PROBLEMS = 8, 4
+
 
 @dataclass
 class ReasonerDemoState:
@@ -40,6 +44,7 @@ class ReasonerDemoState:
     careful: list[dict] = field(default_factory=list)
     steered: list[dict] = field(default_factory=list)
     reports: list[Any] = field(default_factory=list)
+    trials: list[Any] = field(default_factory=list)
 
 
 def stage_load(state: ReasonerDemoState) -> None:
@@ -61,12 +66,12 @@ def stage_load(state: ReasonerDemoState) -> None:
                   f"{list(state.steering.features)}, {state.steering.residual_strength:g} × the residual norm")
 
 
-def _lm(state: ReasonerDemoState) -> Any:
+def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
     from reasoning_dspy.lm import SteeredLM
 
     return SteeredLM(state.loaded, sae=state.sae, max_activation=state.scores, capture=True,
                      reasoning_features=list(state.steering.features), max_tokens=MAX_TOKENS, cache=False,
-                     max_batch_size=max(2, state.limit))
+                     max_batch_size=max_batch_size or max(2, state.limit))
 
 
 def stage_traces(state: ReasonerDemoState) -> None:
@@ -157,8 +162,53 @@ def stage_steer(state: ReasonerDemoState) -> None:
         console.print(Panel((shown or changed[0])["text"].strip(), title="a steered trace", expand=False))
 
 
+def stage_optimize(state: ReasonerDemoState) -> None:
+    """A short `ReasoningOptimizer` search over instructions and steering of the top features,
+    scored on training problems (never the held-out ones above); every trial is kept."""
+    import dspy
+
+    from optimizers import ReasoningOptimizer
+    from reasoning_dspy.lm import engine_of
+    from reasoning_dspy.problems import as_dspy_examples, make_problems
+
+    train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0))
+    optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS, batch_trials=4,
+                                   accuracy_margin=None, seed=0)
+    lm = _lm(state, max_batch_size=4 * OPTIMIZER_PROBLEMS)
+    try:
+        with dspy.context(lm=lm):
+            compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=train)
+    finally:
+        engine_of(lm).close()
+    state.trials = compiled.trials
+    table = Table(title=f"optimizer trials ({OPTIMIZER_PROBLEMS} training problems each; objective: reasoning activation)")
+    for col in ("trial", "instruction", "steering", "activation", "reflect", "accuracy"):
+        table.add_column(col, overflow="fold")
+    for t in state.trials:
+        table.add_row(str(t.number), t.candidate.instruction, _steering_label(t.candidate), f"{t.score:.3f}",
+                      f"{t.reflect:.0%}", f"{t.accuracy:.0%}")
+    console.print(table)
+    best = compiled.best_trial
+    console.print(f"best: trial {best.number}, \"{best.candidate.instruction}\" with {_steering_label(best.candidate)}: "
+                  f"activation {best.score:.3f} against {state.trials[0].score:.3f} for the unoptimized program")
+
+
+def stage_report(state: ReasonerDemoState) -> None:
+    """`report.md` and a self-contained `report.html` with every plot."""
+    from reasoning_dspy.demo.report import write_demo_report
+
+    md, page = write_demo_report(state)
+    console.print(f"report: [bold]{page}[/] (open it in a browser; Markdown: {md})")
+
+
+def _steering_label(candidate: Any) -> str:
+    if not candidate.features:
+        return "none"
+    return f"{candidate.mode} {candidate.strength:.3g} on {', '.join(map(str, candidate.features))}"
+
+
 def _answer(row: dict) -> str:
     return f"{row['answer']} {'✓' if row['correct'] else '✗'}"
 
 
-STAGES = [stage_load, stage_traces, stage_features, stage_steer]
+STAGES = [stage_load, stage_traces, stage_features, stage_steer, stage_optimize, stage_report]

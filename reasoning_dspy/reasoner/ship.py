@@ -7,8 +7,8 @@ This is the last step of rebuilding `smollm2-reasoner` from the repository alone
     reasoning-dspy study experiments/configs/study-smollm2-reasoner.yaml
     reasoning-dspy reasoner ship --study runs/study-smollm2-reasoner
 
-Only what loading needs is copied (the adapter's three files; the SAE's weights and config; the
-scores' tensors and tables), each file atomically, after checking that it loads. Beside the SAE goes
+Only what loading and the demo's report need is copied (the adapter's three files; the SAE's
+weights, config and training log; the scores' tensors and tables), each file atomically, after checking that it loads. Beside the SAE goes
 `steering.json`: the steering the study recommends (`recommend_steering`), which
 `steering.recommended_steering("smollm2-reasoner")` reads back.
 """
@@ -24,7 +24,7 @@ from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGH
 from reasoning_dspy.reasoner.merged import package_folder
 
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE)
-SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training_config.json")
+SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training_config.json", "train_log.jsonl")
 SCORE_FILES = ("scores.safetensors", "features.json", "features.csv", "top_features.json", "analysis.json")
 
 

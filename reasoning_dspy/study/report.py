@@ -1,4 +1,5 @@
-"""Aggregate the study's generations with bootstrap intervals, plot the dose-response, write report.md."""
+"""Aggregate the study's generations with bootstrap intervals, plot the dose-response and the SAE,
+write report.md and its self-contained twin report.html."""
 
 from __future__ import annotations
 
@@ -177,12 +178,18 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(study: Any, summary: dict[str, Any]) -> Path:
-    """`report.md` with the setup, the SAE, the top features and their contexts, the conditions
-    table, the dose-response plot and example traces."""
+def write_report(study: Any, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """`report.md` with the setup, the SAE and its training curves, the ReasonScore distribution, the
+    top features and their contexts, the conditions table, the dose-response plot and example
+    traces; then `report.html` with the plots embedded. Returns both paths."""
+    from reasoning_dspy.reports import plot_score_distribution, plot_training_curves, write_html
+
     out: Path = study.out
     cfg = study.cfg
     plot = plot_dose_response(summary, out / "plots" / "dose_response.png")
+    log = out / "sae" / "train_log.jsonl"
+    curves = plot_training_curves(log, out / "plots" / "sae_training.png") if log.is_file() else None
+    distribution = plot_score_distribution(study.scores, out / "plots" / "reasonscore.png")
     sae = study.sae_summary
     ev = sae.get("final_eval", {})
     lines = [
@@ -201,6 +208,9 @@ def write_report(study: Any, summary: dict[str, Any]) -> Path:
         f"at {sae.get('tokens_per_second', 0):,.0f} tokens/s"
         + (f" (stopped: {sae['stopped']})" if sae.get("stopped") else "") + ". Final evaluation: "
         + ", ".join(f"{k} {v:.4g}" for k, v in ev.items() if isinstance(v, (int, float))) + ".",
+        "",
+        *([f"![SAE training curves]({curves.relative_to(out)})", ""] if curves is not None else []),
+        f"![ReasonScore distribution]({distribution.relative_to(out)})",
         "",
         "## Top features by ReasonScore (official vocabulary)",
         "",
@@ -249,7 +259,7 @@ def write_report(study: Any, summary: dict[str, Any]) -> Path:
                   f"- baseline: {_quote(base['text'])}", f"- {strongest.name}: {_quote(steered_row['text'])}", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return path, write_html(path)
 
 
 def _quote(text: str, limit: int = 600) -> str:

@@ -221,8 +221,8 @@ class Study:
         summary = summarize(self.conditions, self.generations, n_resamples=self.cfg.bootstrap_resamples,
                             confidence=self.cfg.confidence, seed=self.cfg.seed)
         atomic_write_json(self.out / "summary.json", summary)
-        path = write_report(self, summary)
-        console.print(f"report: [bold]{path}[/]")
+        md, page = write_report(self, summary)
+        console.print(f"report: [bold]{page}[/] (open it in a browser; Markdown: {md})")
 
     STAGES = ("traces", "activations", "sae", "scores", "conditions", "steer", "report")
 
