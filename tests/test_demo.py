@@ -1,6 +1,8 @@
 """The README's main command runs the whole offline pipeline: every stage does its job, and a second
 run resumes from the first one's outputs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,3 +60,26 @@ def test_reasoner_demo_ends_with_a_self_contained_report(tmp_path):
     assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     assert all(len(src) > 10_000 for src in images)  # real plots, not empty canvases
     assert "<table>" in page and "plots/" not in page  # nothing left to fetch from beside the file
+    _renders_in_chromium(out / "report.html", ARTIFACTS / "demo-report.png")
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
+
+
+def _renders_in_chromium(page_path: Path, screenshot: Path) -> None:
+    """Open the report from disk in headless Chromium: every plot decodes, and the page is not blank."""
+    import numpy as np
+    from PIL import Image
+
+    from reasoning_dspy.dashboard.browser import chromium
+
+    with chromium(width=1200, height=900) as page:
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(sizes) == 4 and all(done and w > 300 and h > 150 for done, w, h in sizes), sizes
+        assert page.title().startswith("reasoning-dspy demo")
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+    pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
+    assert pixels.shape[0] > 2000 and pixels.std() > 10  # a long page with text and plots, not a blank one

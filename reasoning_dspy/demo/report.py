@@ -60,7 +60,7 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
         if r.contexts:
             c = r.contexts[0]
             window = range(max(c.center - 8, 0), min(c.center + 5, len(c.tokens)))
-            context = "".join(f"**{_cell(c.tokens[i])}**" if i == c.center else _cell(c.tokens[i]) for i in window)
+            context = "".join(_bold(c.tokens[i]) if i == c.center else _cell(c.tokens[i]) for i in window)
         words = ", ".join(w for w, _ in r.top_words[:3]) or "-"
         lines.append(f"| {r.rank} | {r.index} | {r.score:+.4f} | {r.density:.3f} | {feature_kind(r)} | {words} | {context} |")
 
@@ -110,6 +110,12 @@ def _sae_kind(cfg: Any) -> str:
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
     return text.replace("\n", " ").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def _bold(token: str) -> str:
+    """A token in bold; its leading space stays outside the markers, where Markdown needs it."""
+    word = token.lstrip()
+    return token[: len(token) - len(word)] + (f"**{_cell(word)}**" if word.strip() else _cell(word))
 
 
 def _quote(text: str, limit: int = 500) -> str:
