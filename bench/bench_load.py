@@ -19,6 +19,14 @@ import subprocess
 import sys
 import tempfile
 
+from _result import Ratio, ResultWriter, Table, add_result_args
+
+METHOD = ("`load_model(\"smollm2\")`, which reads the safetensors folder converted once from the GGUF file, against "
+          "transformers' own `from_pretrained(folder, gguf_file=...)`, which de-quantises every tensor on every "
+          "load; each in a fresh process, best of `repeats`, on the CPU (loading is disk and de-quantisation "
+          "work). Times start after `import torch, transformers`, whose cost is the same either way. The first "
+          "`load_model` call, which converts the file, is timed apart.")
+
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -53,7 +61,9 @@ def run(how: str, cache: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
+    add_result_args(ap, device=False)
     args = ap.parse_args()
+    out = ResultWriter.from_args(args, "load")
     import torch
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
@@ -66,6 +76,15 @@ def main() -> None:
     print(f"cached load: {ours:.2f} s; transformers GGUF load: {gguf:.2f} s (best of {args.repeats}; "
           f"imports {first['import']:.1f} s apart)")
     print(f"cached / GGUF load speed-up: {gguf / ours:.1f}x")
+    out.write(title="Loading a GGUF model", compares="cached safetensors load vs transformers' GGUF load",
+              method=METHOD, settings={"model": "smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF)", "repeats": args.repeats},
+              ratios=[Ratio(label="cached load_model vs transformers' GGUF load", case="smollm2", ours=ours,
+                            baseline=gguf, unit="s", higher_is_better=False)],
+              tables=[Table(columns=["", "seconds"], rows=[
+                  ["first `load_model(\"smollm2\")` (converts once)", first["load"]],
+                  ["later `load_model(\"smollm2\")` (cached safetensors)", ours],
+                  ["transformers' GGUF load", gguf], ["`import torch, transformers` (either way)", first["import"]],
+                  ["ratio", f"**{gguf / ours:.1f}×**"]])])
 
 
 if __name__ == "__main__":

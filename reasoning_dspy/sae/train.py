@@ -184,10 +184,23 @@ def train_sae(
     `resume=True` continues the same schedule exactly; a run stopped by its budget is a snapshot taken
     before the LR decay. To fit a whole schedule into a time budget, set `tokens` from the tokens/s of
     a short run. `stop_after` ends the run after that many steps without saving the SAE (tests).
+
+    Inside a `torch.distributed` process group (`torchrun`), each rank trains on its slice of every
+    global batch and the gradients are summed across ranks weighted by slice size (`distributed.sync`),
+    so R processes take the single-process steps; rank 0 writes the outputs, and every rank reads the
+    checkpoint on resume (OUT must be on a filesystem they all see).
     """
     from tqdm.auto import tqdm
 
+    from reasoning_dspy.distributed.group import torchrun_world_size
+    from reasoning_dspy.distributed.sync import train_sync
+
     started = _clock()
+    sync = train_sync()
+    if sync.ranks.world_size == 1 and torchrun_world_size() > 1:
+        raise ValueError("this process is one of several started by torchrun (WORLD_SIZE > 1) but has joined no "
+                         "process group, so each would train alone; call train_sae inside "
+                         "`with reasoning_dspy.distributed.process_group(cfg.device):`")
     if activations is None:
         if cfg.cache is None:
             raise ValueError("no activations to train on: set cache=<folder> (--cache) or pass activations=")
@@ -200,7 +213,8 @@ def train_sae(
     device = check_device(cfg.device)
     compute_dtype = getattr(torch, cfg.compute_dtype)
 
-    data = TrainData(sources, cfg.batch_size, cfg.seed, cfg.val_fraction)
+    data = TrainData(sources, cfg.batch_size, cfg.seed, cfg.val_fraction,
+                     part=(sync.ranks.rank, sync.ranks.world_size))
     total_tokens = cfg.tokens or data.per_epoch * cfg.batch_size
     total = max(1, math.ceil(total_tokens / cfg.batch_size))
     if cfg.arch == "topk" and cfg.k > cfg.d_sae:  # also validated by the config; kept for model_copy users
@@ -210,6 +224,8 @@ def train_sae(
     sample = data.sample(cfg.init_tokens).float()
     scale = math.sqrt(data.d_in) / sample.norm(dim=1).mean().item() if cfg.normalize_inputs else 1.0
     sae = _init_sae(cfg, data.d_in, sample * scale, meta).to(device)
+    sync.broadcast_(sae.parameters())  # every rank starts from rank 0's SAE (and input scale)
+    scale = sync.from_main(scale)
     fast = cfg.fast and cfg.arch == "topk"
     if fast:  # W_enc stored as [d_sae, d_in] rows: the fast backward writes its gradient in that layout
         sae.W_enc.data = sae.W_enc.data.T.contiguous().T
@@ -245,14 +261,16 @@ def train_sae(
         if ckpt is None:
             return
         _check_finite(cfg, step, sae)
+        if not sync.ranks.is_main:
+            return
         save_checkpoint(ckpt, sae, opt, since_fired, {
             "step": step, "epoch": next_epoch, "next_batch": next_batch, "scale": scale,
             "config": cfg.run_identity(),
         })
         write_log(out / LOG_FILE, log)
 
-    bar = tqdm(total=total, initial=step, disable=not progress, unit="step", desc=f"train {cfg.arch} SAE",
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=not progress or not sync.ranks.is_main, unit="step",
+               desc=f"train {cfg.arch} SAE", dynamic_ncols=True)
     stream = data.stream(epoch, skip)
     start = time.perf_counter()
     start_step = step
@@ -273,6 +291,7 @@ def train_sae(
             result = sae.training_loss(x, ctx)
         sae.zero_grad(set_to_none=True)
         result.loss.backward()
+        sync.reduce_grads_(params, x.shape[0] / cfg.batch_size)
         sae.remove_parallel_decoder_grad()
         if cfg.grad_clip > 0:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params
@@ -284,14 +303,16 @@ def train_sae(
                 slot.grad = None if p.grad is None else p.grad.T
         opt.step()
         sae.after_step()
-        since_fired += x.shape[0]
-        since_fired[result.fired] = 0
+        since_fired += cfg.batch_size
+        since_fired[sync.any_(result.fired)] = 0
         step += 1
 
         if step % cfg.log_every == 0 or step == total:
-            row = {"step": step, "tokens": step * cfg.batch_size, "lr": opt.param_groups[0]["lr"],
-                   "loss": result.loss.item(), **result.losses, "l0": result.l0.item(),
-                   "fvu": fvu(x, result.recon.float()),
+            means = sync.weighted_means({"loss": result.loss.item(), **result.losses, "l0": result.l0.item()},
+                                        x.shape[0] / cfg.batch_size)
+            row = {"step": step, "tokens": step * cfg.batch_size, "lr": opt.param_groups[0]["lr"], **means,
+                   "fvu": fvu(x, result.recon.float()) if sync.ranks.world_size == 1 else sync.batch_fvu(
+                       x, result.recon.float()),
                    "dead_pct": 100.0 * (since_fired >= cfg.dead_tokens).float().mean().item()}
             if cfg.eval_every and step % cfg.eval_every == 0:
                 row.update(evals.metrics(sae))
@@ -311,13 +332,14 @@ def train_sae(
             if cfg.max_tokens is not None and (step - start_step) * cfg.batch_size >= cfg.max_tokens:
                 stopped = "budget_tokens"
                 break
-            if cfg.max_seconds is not None and _clock() - started >= cfg.max_seconds:
+            if cfg.max_seconds is not None and sync.from_main(_clock() - started >= cfg.max_seconds):
                 stopped = "budget_time"
                 break
     bar.close()
     seconds = time.perf_counter() - start
     checkpoint(*next_pos)
-    return _finish(cfg, sae, scale, evals, log, step, total, step - start_step, seconds, out=out, stopped=stopped,
+    return _finish(cfg, sae, scale, evals, log, step, total, step - start_step, seconds,
+                   out=out if sync.ranks.is_main else None, stopped=stopped,
                    sources=[_describe(s) for s in sources], split=(data.n_train, data.n_val))
 
 

@@ -100,10 +100,19 @@ class TrainData:
     seeded order, groups of `BUFFER_CHUNKS` are shuffled together, and a partial batch carries over
     to the next group, so an epoch has exactly `n_train // batch_size` batches and a resumed run can
     skip to where an interrupted one stopped.
+
+    `part=(rank, world_size)` makes `epoch` yield only that rank's rows of each batch (a contiguous
+    slice, sizes within one of each other): R ranks together see exactly the single-process batches.
     """
 
-    def __init__(self, sources: list[Any], batch_size: int, seed: int, val_fraction: float):
+    def __init__(self, sources: list[Any], batch_size: int, seed: int, val_fraction: float,
+                 part: tuple[int, int] = (0, 1)):
         self.sources, self.batch_size, self.seed = sources, batch_size, seed
+        rank, world = part
+        if batch_size < world:
+            raise ValueError(f"batch_size={batch_size} is smaller than the {world} processes sharing each batch; "
+                             f"use --batch-size >= {world}")
+        self.rows = slice(batch_size * rank // world, batch_size * (rank + 1) // world)  # this rank's rows
         self.d_in = int(sources[0].shape[1]) if isinstance(sources[0], Tensor) else int(sources[0].d_model)
         self.val_fraction = val_fraction
         counts = [self._unit_counts(s) for s in sources]  # per source, per chunk: (first unit, tokens per unit)
@@ -182,10 +191,12 @@ class TrainData:
         return acts, (val if held_out else ~val).nonzero().squeeze(1), units
 
     # -- batches -----------------------------------------------------------------------------
-    def _pass(self, seed: int, batch_size: int, *, held_out: bool = False,
-              units: bool = False) -> Iterator[tuple[Tensor, Tensor | None]]:
+    def _pass(self, seed: int, batch_size: int, *, held_out: bool = False, units: bool = False,
+              rows: slice | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Shuffled batches of one split; the last partial batch is dropped. With `units`, also the
-        global unit id of each row (`source * 2**40 + prompt or block`), for tests of the split."""
+        global unit id of each row (`source * 2**40 + prompt or block`), for tests of the split.
+        With `rows`, only those rows of each batch."""
+        lo, hi = (0, batch_size) if rows is None else (rows.start, rows.stop)
         gen = torch.Generator().manual_seed(seed)
         chunks = [c for c in self.chunks if (c.n_val if held_out else c.n_train) > 0]
         order = torch.randperm(len(chunks), generator=gen).tolist()
@@ -207,13 +218,14 @@ class TrainData:
             which, row, uid = which[perm], row[perm], uid[perm]
             full = len(row) - len(row) % batch_size
             for s in range(0, full, batch_size):
-                sl = slice(s, s + batch_size)
+                sl = slice(s + lo, s + hi)
                 yield _gather(parts, which[sl], row[sl]), (uid[sl] if units else None)
             carry = (_gather(parts, which[full:], row[full:]), uid[full:]) if full < len(row) else None
 
     def epoch(self, e: int, *, units: bool = False) -> Iterator[Any]:
-        """The training batches of epoch `e`: `[batch_size, d_in]` (with `units`: `(acts, unit ids)`)."""
-        for x, u in self._pass(self.seed * 1_000_003 + e, self.batch_size, units=units):
+        """The training batches of epoch `e`: `[batch_size, d_in]`, or this part's rows of each (with
+        `units`: `(acts, unit ids)`)."""
+        for x, u in self._pass(self.seed * 1_000_003 + e, self.batch_size, units=units, rows=self.rows):
             yield (x, u) if units else x
 
     def stream(self, epoch: int, skip: int) -> Iterator[tuple[int, int, Tensor]]:
