@@ -738,12 +738,12 @@ def dashboard(
     from reasoning_dspy.dashboard.workspace import DashboardError
 
     try:
-        from reasoning_dspy.dashboard.app import start
+        from reasoning_dspy.dashboard.launch import start
     except ImportError as err:
         _fail(f"the dashboard needs gradio and umap-learn ({err}); reinstall reasoning-dspy")
     typer.echo(f"loading {config.model} (SAE: {config.sae or 'shipped'}) ...", err=True)
     try:
-        running = start(config, block=False)
+        running = start(config)
     except DashboardError as err:
         _fail(str(err))
     typer.echo(f"dashboard: {running.url}  (Ctrl-C stops it)", err=True)

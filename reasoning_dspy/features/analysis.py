@@ -126,6 +126,15 @@ def analyze_features(
     return reports
 
 
+def top_contexts(values: torch.Tensor, token_ids: torch.Tensor, seq_ids: np.ndarray, positions: np.ndarray,
+                 pieces: list[str], *, n: int = 5, left: int = 8, right: int = 4) -> list[Context]:
+    """The `n` max-activating contexts of one feature, at most one per prompt, hardest first, from its
+    activation on every token (`values [n_tokens]`, tokens in (prompt, position) order), as
+    `analyze_features` collects them."""
+    return [_context(i, values, token_ids, seq_ids, positions, pieces, left, right)
+            for _, i in _top_per_prompt(values, seq_ids, n)]
+
+
 def _top_per_prompt(values: torch.Tensor, seq: np.ndarray, n: int) -> list[tuple[float, int]]:
     """The `n` prompts with the largest max of `values`, as `(max, token index)`; at most one per prompt."""
     if len(values) == 0:

@@ -16,6 +16,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from reasoning_dspy.tracking.annotations import Annotation, AnnotationStore
     from reasoning_dspy.tracking.config import TrackingConfig
     from reasoning_dspy.tracking.embed import HashingEmbedder
     from reasoning_dspy.tracking.errors import StoreUnavailable, TrackingError
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 _WHERE = {
     "Tracker": "tracker", "TrackingConfig": "config", "TrackingError": "errors", "StoreUnavailable": "errors",
     "HashingEmbedder": "embed", "LocalPostgres": "local_postgres", "Match": "search",
-    "TrackedPromptIndex": "prompt_index",
+    "TrackedPromptIndex": "prompt_index", "Annotation": "annotations", "AnnotationStore": "annotations",
 }
-__all__ = ["HashingEmbedder", "LocalPostgres", "Match", "StoreUnavailable", "TrackedPromptIndex", "Tracker",
+__all__ = ["Annotation", "AnnotationStore", "HashingEmbedder", "LocalPostgres", "Match", "StoreUnavailable", "TrackedPromptIndex", "Tracker",
            "TrackingConfig", "TrackingError"]
 
 

@@ -31,9 +31,14 @@ def _v1(conn: Connection, schema: Schema) -> None:
     ])
 
 
+def _v2(conn: Connection, schema: Schema) -> None:
+    schema.annotations.create(conn)
+
+
 #: version -> (description, step). Append new versions; never edit a released one.
 MIGRATIONS: dict[int, tuple[str, Callable[[Connection, Schema], None]]] = {
     1: ("runs, trials, generations, feature activations; prompt and activation vectors", _v1),
+    2: ("annotations: analysts' flags and manual scores, with who and when", _v2),
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from reasoning_dspy.tracking.vector import VectorType
 
 #: Bump with each new entry in `migrate.MIGRATIONS`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: HNSW build settings (pgvector's defaults, stated so the index is reproducible).
 HNSW_OPTIONS = {"m": 16, "ef_construction": 64}
@@ -47,10 +47,11 @@ class Schema:
     trials: Table
     generations: Table
     feature_activations: Table
+    annotations: Table  # analysts' flags and scores (`tracking.annotations`); written directly, not journaled
 
     @property
     def data_tables(self) -> list[Table]:
-        """The tables records go into, parents first."""
+        """The tables the journal's records go into, parents first (migration 1 creates exactly these)."""
         return [self.runs, self.trials, self.generations, self.feature_activations]
 
 
@@ -135,5 +136,21 @@ def build_schema(embedding_dim: int, activation_dim: int) -> Schema:
         Column("value", Float, nullable=False),
         Index("feature_activations_feature", "feature", "value"),
     )
+    annotations = Table(
+        "annotations", md,
+        Column("id", String(64), primary_key=True),
+        Column("kind", String(16), nullable=False),  # flag, score, rescore or steer
+        Column("prompt", Text, nullable=False),
+        Column("run_id", String(64)),  # no foreign keys: an annotation may name a prompt no run holds
+        Column("generation_id", String(64)),
+        Column("trial_number", Integer),
+        Column("score", Float),
+        Column("output", Text),
+        Column("steering", _json),
+        Column("note", Text),
+        Column("author", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index("annotations_run_created", "run_id", "created_at"),
+    )
     return Schema(embedding_dim, activation_dim, md, schema_version, settings, runs, trials, generations,
-                  feature_activations)
+                  feature_activations, annotations)
