@@ -287,11 +287,16 @@ def test_only_the_worker_runs_the_model(tiny, steer_sae, steer_fmax):
         engine.generate(["Hello there"], min_tokens=3)
         engine.generate(["Hello there"])
         engine.reasoning_activation(["Wait, maybe four."])
+        ids = tiny.tokenizer("Wait, maybe four.")["input_ids"]
+        latents = engine.token_latents(ids, 1, {"features": {"5": 2.0}})
         engine.complete(_request(engine))
     finally:
         handle.remove()
         engine.close()
     assert threads == {engine._batcher.name}
+    assert latents.shape == (len(ids) - 1, steer_sae.d_sae) and latents.dtype == torch.float32
+    with pytest.raises(ValueError, match="start must be within"):
+        engine.token_latents(ids, len(ids) + 1)
 
 
 def test_fine_tuning_in_place_renames_the_model_and_misses_the_cache(tiny):

@@ -180,8 +180,8 @@ def test_no_held_out_token_is_trained_on(monkeypatch):
     seen: list[torch.Tensor] = []
 
     class Recording(TrainData):
-        def _pass(self, seed, batch_size, *, held_out=False, units=False):
-            for acts, u in super()._pass(seed, batch_size, held_out=held_out, units=units):
+        def _pass(self, seed, batch_size, *, held_out=False, units=False, **kwargs):
+            for acts, u in super()._pass(seed, batch_size, held_out=held_out, units=units, **kwargs):
                 if not held_out:
                     seen.append(acts[:, 0].long())
                 yield acts, u

@@ -5,7 +5,8 @@ Every model forward of a `SteeredEngine` happens on its worker thread, as one of
 - `GenerateJob`: one request (a DSPy call, one prompt of `generate`); concurrent ones share a batch;
 - `BatchJob`: rows that must run as exactly one batch with EOS held off (benchmarks compare equal
   amounts of decoding);
-- `MeasureJob`: the SAE latents of a finished response, recomputed by teacher forcing.
+- `MeasureJob`: the SAE latents of a finished response, recomputed by teacher forcing, summarized;
+- `LatentsJob`: the same latents per token, unsummarized (explanations, heatmaps).
 
 A response's reasoning activation is measured in the forward that generates it. DSPy may answer a
 later identical call from its cache without reaching the engine, so the engine keeps recent
@@ -68,21 +69,35 @@ class MeasureJob:
         return cls(list(prompt_ids) + list(output_ids[:-1]), len(prompt_ids) - 1, steering, features)
 
 
+@dataclass
+class LatentsJob(MeasureJob):
+    """The SAE latents themselves, `[len(token_ids) - start, d_sae]` (float32, on the CPU), rather than
+    their summary: what explanations and token heatmaps show."""
+
+
 @torch.inference_mode()
-def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob) -> ActivationReport:
-    """What generation's capture reports, recomputed by one teacher-forced forward.
+def token_latents(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob) -> Tensor:
+    """SAE latents of the tokens at positions `job.start:`, each read at its own position by one
+    teacher-forced forward over `job.token_ids`.
 
     The residual is read at the capture layer before steering adds to it there, as during
     generation; steering at earlier layers acts on the forward as it did then.
     """
+    sae = capture.sae
     if job.start >= len(job.token_ids):
-        return ActivationReport(0, 0.0, 0.0 if job.features else None, [])
+        return torch.zeros((0, sae.d_sae), dtype=sae.W_enc.dtype, device=sae.W_enc.device)
     device = next(model.parameters()).device
     ids = torch.tensor([job.token_ids], dtype=torch.long, device=device)
-    steerer = Steerer(model, [job.steering], sae=capture.sae, model_spec=model_spec) if job.steering is not None else None
+    steerer = Steerer(model, [job.steering], sae=sae, model_spec=model_spec) if job.steering is not None else None
     acts = residual_at(model, capture.layer, ids, model_spec=model_spec, hooks=steerer)[0, job.start:]
-    latents: Tensor = capture.sae.encode(acts.to(capture.sae.W_enc.dtype))
-    return summarize_latents(latents, capture.k, job.features)
+    return sae.encode(acts.to(sae.W_enc.dtype))
+
+
+def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob) -> ActivationReport:
+    """What generation's capture reports, recomputed by one teacher-forced forward."""
+    if job.start >= len(job.token_ids):
+        return ActivationReport(0, 0.0, 0.0 if job.features else None, [])
+    return summarize_latents(token_latents(model, model_spec, capture, job), capture.k, job.features)
 
 
 class ReportStore:

@@ -35,11 +35,19 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from reasoning_dspy.engine.fingerprint import WeightsWatch, model_fingerprint, slug, tensors_fingerprint
 from reasoning_dspy.engine.generate import GenResult, GenRow, generate_rows
-from reasoning_dspy.engine.jobs import BatchJob, GenerateJob, MeasureJob, ReportStore, measure_response
+from reasoning_dspy.engine.jobs import (
+    BatchJob,
+    GenerateJob,
+    LatentsJob,
+    MeasureJob,
+    ReportStore,
+    measure_response,
+    token_latents,
+)
 from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
 from reasoning_dspy.engine.prefix_cache import PrefixCache
 from reasoning_dspy.engine.requests import render_chat, request_messages, text_messages
@@ -59,7 +67,7 @@ from reasoning_dspy.steering import (
 PROVIDER_KEY = "reasoning_dspy"  # our key inside Response.provider_data
 
 
-Job = GenerateJob | BatchJob | MeasureJob  # what the worker runs (engine/jobs.py)
+Job = GenerateJob | BatchJob | MeasureJob | LatentsJob  # what the worker runs (engine/jobs.py)
 
 
 class SteeredEngine:
@@ -283,6 +291,19 @@ class SteeredEngine:
             jobs.append(MeasureJob(ids, start, None, features))
         return [_wait(f) for f in [self._batcher.submit(j) for j in jobs]]
 
+    def token_latents(self, token_ids: Sequence[int], start: int = 0,
+                      steering: SteeringSpec | dict | None = None) -> Tensor:
+        """SAE latents `[len(token_ids) - start, d_sae]` (float32, CPU) of the tokens `token_ids[start:]`,
+        each read at its own position in the context before it, with `steering` applied as during
+        generation: what explanations and token heatmaps show. Runs on the worker like every forward,
+        so it waits its turn instead of holding the model while batches queue."""
+        self._measure_config()  # fails clearly without an SAE
+        if not 0 <= start <= len(token_ids):
+            raise ValueError(f"start must be within the {len(token_ids)} tokens, got {start}")
+        spec = as_spec(steering)
+        row = self._resolve(spec) if spec is not None else None
+        return _wait(self._batcher.submit(LatentsJob(list(token_ids), start, row, ())))
+
     def report_for_call(self, messages: list[dict], kwargs: dict, text: str) -> ActivationReport | None:
         """The activation report of `text`, answered by this engine to a DSPy call (`messages`, `kwargs`).
 
@@ -387,6 +408,8 @@ class SteeredEngine:
             for i, job in enumerate(jobs):
                 if isinstance(job, BatchJob):
                     results[i] = self._generate(job.rows, job.min_new_tokens)
+                elif isinstance(job, LatentsJob):
+                    results[i] = token_latents(self.model, self.model_spec, self._measure_config(), job).float().cpu()
                 elif isinstance(job, MeasureJob):
                     results[i] = measure_response(self.model, self.model_spec, self._measure_config(), job)
         return results

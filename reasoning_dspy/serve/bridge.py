@@ -3,9 +3,10 @@
 The engine's public face is DSPy's (`complete(request)` / `submit(request)` take a
 `dspy.lm15.Request`, render the chat template and hide the queued job). A server also needs raw-text
 prompts (`/v1/completions`), the job's own future (so a client that goes away can withdraw a job
-still waiting in the queue), the queue depth and batch sizes for `/metrics`, reproducible seeded
-sampling, and the resolved steering rows for `/v1/explain`. Those use the engine's private members
-listed here, and nowhere else in the server; a public engine API for them would replace this module.
+still waiting in the queue), the queue depth and batch sizes for `/metrics`, and reproducible seeded
+sampling. Those use the engine's private members listed here, and nowhere else in the server; a
+public engine API for them would replace this module. (`/v1/explain` uses the public
+`SteeredEngine.token_latents`.)
 
 Chat prompts are rendered exactly as the engine renders a DSPy call (`render_chat`), and requests
 go through the same micro-batcher and `generate_rows`, so a served answer equals `SteeredLM`'s.
@@ -24,7 +25,7 @@ from reasoning_dspy.engine.microbatcher import model_lock
 from reasoning_dspy.engine.steered_engine import SteeredEngine
 from reasoning_dspy.serve.catalog import ServedModel
 from reasoning_dspy.serve.errors import APIError, bad_request
-from reasoning_dspy.steering import RowSteering, SteeringError, SteeringSpec
+from reasoning_dspy.steering import SteeringError, SteeringSpec
 
 
 def build_engine(served: ServedModel, *, max_batch_size: int, max_wait_ms: float, max_tokens: int) -> SteeredEngine:
@@ -95,10 +96,6 @@ class EngineBridge:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 return self.engine._generate([j.row for j in jobs])
-
-    # -- explain ----------------------------------------------------------------------------------
-    def steering_row(self, spec: SteeringSpec | None) -> RowSteering | None:
-        return self.engine._resolve(spec) if spec is not None else None
 
     # -- gauges -----------------------------------------------------------------------------------
     def queue_depth(self) -> int:

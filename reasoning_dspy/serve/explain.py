@@ -19,34 +19,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from reasoning_dspy.activations import residual_at
-from reasoning_dspy.engine.microbatcher import model_lock
 from reasoning_dspy.features.activation import feature_set_activation
 from reasoning_dspy.serve.admission import QueueFullError
 from reasoning_dspy.serve.bridge import EngineBridge
 from reasoning_dspy.serve.catalog import ServedModel
 from reasoning_dspy.serve.errors import APIError, bad_request, queue_full
 from reasoning_dspy.serve.schemas import ExplainRequest
-from reasoning_dspy.steering import Steerer, SteeringSpec
+from reasoning_dspy.steering import SteeringSpec
 
 if TYPE_CHECKING:
     from reasoning_dspy.serve.state import ServerState
 
 
-@torch.inference_mode()
 def token_latents(bridge: EngineBridge, ids: Sequence[int], start: int, spec: SteeringSpec | None) -> torch.Tensor:
     """SAE latents `[len(ids) - start, d_sae]` (unit-norm-decoder units, those of f_max) of the tokens
-    `ids[start:]`, read in the context of `ids[:start]` with `spec` applied. Blocks; holds the model."""
-    engine = bridge.engine
-    sae, mspec = engine.sae, engine.model_spec
-    layer = sae.cfg.hook_layer if sae.cfg.hook_layer is not None else engine._capture_layer()
-    device = next(engine.model.parameters()).device
-    row = bridge.steering_row(spec)
-    with model_lock(engine.model):
-        steerer = Steerer(engine.model, [row], sae=sae, model_spec=mspec) if row is not None else None
-        acts = residual_at(engine.model, layer, torch.tensor([list(ids)], dtype=torch.long, device=device),
-                           model_spec=mspec, hooks=steerer)[0, start:]
-        return sae.encode(acts.to(sae.W_enc.dtype)).float().cpu()
+    `ids[start:]`, read in the context of `ids[:start]` with `spec` applied. Blocks until the engine's
+    worker has run it (between batches, like every forward)."""
+    return bridge.engine.token_latents(ids, start, spec)
 
 
 def explain(served: ServedModel, bridge: EngineBridge, ids: Sequence[int], start: int, *,
