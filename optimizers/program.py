@@ -49,23 +49,20 @@ class SteeredProgram(dspy.Module):
     def _steered(self) -> Iterator[None]:
         """Every LM call inside carries the steering, and asks the engine to record the SAE latents
         as it generates: the prediction's measurements then cost no second forward."""
-        from reasoning_dspy.lm import _engine_or_none
+        from reasoning_dspy.lm import _engine_or_none, engine_of
 
         lm = dspy.settings.lm
-        engine = _engine_or_none(lm)
-        if self.steering is not None:
-            if lm is None:
-                raise ValueError("no LM is configured: dspy.configure(lm=SteeredLM(...)) before calling a SteeredProgram")
-            if engine is None:
-                from reasoning_dspy.lm import engine_of
-
-                engine_of(lm)  # steering needs our engine: a clear error for any other LM
-        metadata = dict(lm.kwargs.get("metadata") or {}) if lm is not None else {}
+        if self.steering is not None and lm is None:
+            raise ValueError("no LM is configured: dspy.configure(lm=SteeredLM(...)) before calling a SteeredProgram")
+        # steering needs our engine (a clear error for any other LM); capture only asks for it
+        engine = engine_of(lm) if self.steering is not None else _engine_or_none(lm)
+        base = dict(lm.kwargs.get("metadata") or {}) if lm is not None else {}
+        metadata = dict(base)
         if self.steering is not None:
             metadata["steering"] = self.steering.model_dump(mode="json")
         if engine is not None and engine.sae is not None:
             metadata["capture"] = True
-        if lm is None or metadata == (lm.kwargs.get("metadata") or {}):
+        if metadata == base:
             yield
             return
         with dspy.context(lm=lm.copy(metadata=metadata)):

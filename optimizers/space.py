@@ -45,6 +45,12 @@ class Candidate(BaseModel):
         return SteeringSpec(features=dict.fromkeys(self.features, per_feature), mode="add", units="residual",
                             layer=self.layer)
 
+    def steering_label(self) -> str:
+        """The steering in a few words, with its features: 'add 0.094 on 1649' ('none' without)."""
+        if not self.features:
+            return "none"
+        return f"{self.mode} {self.strength:.3g} on {', '.join(map(str, self.features))}"
+
     def label(self) -> str:
         steer = (f"top {len(self.features)} {self.mode} {self.strength:g}" if self.steering() else "no steering")
         return f"{self.instruction!r} + {steer}"

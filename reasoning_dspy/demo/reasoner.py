@@ -185,11 +185,11 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     for col in ("trial", "instruction", "steering", "activation", "reflect", "accuracy"):
         table.add_column(col, overflow="fold")
     for t in state.trials:
-        table.add_row(str(t.number), t.candidate.instruction, _steering_label(t.candidate), f"{t.score:.3f}",
+        table.add_row(str(t.number), t.candidate.instruction, t.candidate.steering_label(), f"{t.score:.3f}",
                       f"{t.reflect:.0%}", f"{t.accuracy:.0%}")
     console.print(table)
     best = compiled.best_trial
-    console.print(f"best: trial {best.number}, \"{best.candidate.instruction}\" with {_steering_label(best.candidate)}: "
+    console.print(f"best: trial {best.number}, \"{best.candidate.instruction}\" with {best.candidate.steering_label()}: "
                   f"activation {best.score:.3f} against {state.trials[0].score:.3f} for the unoptimized program")
 
 
@@ -199,12 +199,6 @@ def stage_report(state: ReasonerDemoState) -> None:
 
     md, page = write_demo_report(state)
     console.print(f"report: [bold]{page}[/] (open it in a browser; Markdown: {md})")
-
-
-def _steering_label(candidate: Any) -> str:
-    if not candidate.features:
-        return "none"
-    return f"{candidate.mode} {candidate.strength:.3g} on {', '.join(map(str, candidate.features))}"
 
 
 def _answer(row: dict) -> str:

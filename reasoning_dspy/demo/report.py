@@ -23,6 +23,7 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
     )
     from reasoning_dspy.sae.io import shipped_sae_folder
     from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.study.report import quote_trace
 
     out: Path = state.out
     plots = out / "plots"
@@ -90,14 +91,14 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
                   "| trial | instruction | steering | activation | reflect | accuracy |", "|---:|---|---|---:|---:|---:|"]
         for t in state.trials:
             c = t.candidate
-            steer = "none" if not c.features else f"{c.mode} {c.strength:.3g} on {', '.join(map(str, c.features))}"
-            lines.append(f"| {t.number} | {_cell(c.instruction)} | {steer} | {t.score:.3f} | {t.reflect:.0%} | "
+            lines.append(f"| {t.number} | {_cell(c.instruction)} | {c.steering_label()} | {t.score:.3f} | {t.reflect:.0%} | "
                          f"{t.accuracy:.0%} |")
 
     if state.baseline:
         b, s = state.baseline[0], state.steered[0]
         lines += ["", "## One problem, both ways", "", f"**{b['question']}** (answer {b['expected']:g})", "",
-                  f"- default instruction: `{_quote(b['text'])}`", f"- with steering: `{_quote(s['text'])}`"]
+                  f"- default instruction: {quote_trace(b['text'], 500)}",
+                  f"- with steering: {quote_trace(s['text'], 500)}"]
     md = out / "report.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md, write_html(md)
@@ -116,8 +117,3 @@ def _bold(token: str) -> str:
     """A token in bold; its leading space stays outside the markers, where Markdown needs it."""
     word = token.lstrip()
     return token[: len(token) - len(word)] + (f"**{_cell(word)}**" if word.strip() else _cell(word))
-
-
-def _quote(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split()).replace("`", "'")
-    return text[:limit] + " …" if len(text) > limit else text

@@ -40,9 +40,8 @@ def write_html(markdown_path: str | os.PathLike, html_path: str | os.PathLike | 
     text = source.read_text(encoding="utf-8")
     body = markdown.markdown(text, extensions=["tables", "fenced_code", "sane_lists"], output_format="html")
     body = _IMG_SRC.sub(lambda m: m.group(1) + _data_uri(source.parent, m.group(2)) + m.group(3), body)
-    if title is None:
-        first = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), source.stem)
-        title = first
+    if title is None:  # the first heading
+        title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), source.stem)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")

@@ -256,12 +256,13 @@ def write_report(study: Any, summary: dict[str, Any]) -> tuple[Path, Path]:
         base = study.generations["baseline"][i]
         steered_row = study.generations[strongest.name][i]
         lines += [f"**{base['question']}** (answer {base['expected']:g})", "",
-                  f"- baseline: {_quote(base['text'])}", f"- {strongest.name}: {_quote(steered_row['text'])}", ""]
+                  f"- baseline: {quote_trace(base['text'])}", f"- {strongest.name}: {quote_trace(steered_row['text'])}", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path, write_html(path)
 
 
-def _quote(text: str, limit: int = 600) -> str:
+def quote_trace(text: str, limit: int = 600) -> str:
+    """A trace on one line as inline code, cut at `limit` characters."""
     text = " ".join(text.split())
     return "`" + (text[:limit] + " …" if len(text) > limit else text).replace("`", "'") + "`"
