@@ -69,10 +69,31 @@ def logits_of(model, tokenizer) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def straight(tiny, tmp_path_factory):
-    """Six steps in one go (dropout on, gradient accumulation, an epoch boundary at step 5)."""
+    """Six steps in one go (dropout on, gradient accumulation, an epoch boundary at step 5), on one
+    thread like the tests that resume against it: a module fixture is set up before the autouse
+    `_one_thread`, and the kernels MKL/oneDNN pick (so the order of their sums) follow the thread count."""
     out = tmp_path_factory.mktemp("straight")
-    result = finetune(cfg(out), EXAMPLES, loaded=tiny, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = finetune(cfg(out), EXAMPLES, loaded=tiny, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return result, out
+
+
+def assert_same_adapter(a: Path, b: Path) -> None:
+    """The adapters in `a` and `b` are the same up to float reassociation.
+
+    A resume restores weights, AdamW moments and the RNG exactly, so on one machine at one thread
+    count the resumed run is bitwise the uninterrupted one. Across CPU families (AMD AVX2, Intel AMX)
+    or thread counts the GEMM kernels sum in another order: 1 vs 2 threads on a Xeon differ by
+    3.7e-8 after six steps. Losing the RNG or the optimizer state moves the weights by ~1e-2, so
+    atol 1e-6 tolerates the first and still catches the second by four orders of magnitude."""
+    x, y = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert x.keys() == y.keys() and x
+    for k in x:
+        torch.testing.assert_close(y[k], x[k], rtol=1e-5, atol=1e-6)
 
 
 def _log(out: Path) -> list[dict]:
@@ -296,11 +317,8 @@ def test_resume_equals_an_uninterrupted_run(tiny, straight, tmp_path):
         fh.write(json.dumps({"step": 4, "loss": 0.0, "tokens": 0, "lr": 0.0, "seconds": 0.0}) + "\n")
     rest = finetune(cfg(tmp_path, resume=True), EXAMPLES, loaded=tiny, progress=False)
     assert rest.steps == 6 and rest.stopped == "completed" and len(rest.log) == 6
-    a, b = load_file(full_out / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and a
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-8)
-    assert [r["loss"] for r in _log(tmp_path)] == pytest.approx([r["loss"] for r in _log(full_out)], rel=1e-6)
+    assert_same_adapter(full_out, tmp_path)
+    assert [r["loss"] for r in _log(tmp_path)] == pytest.approx([r["loss"] for r in _log(full_out)], rel=1e-5)
     assert [r["tokens"] for r in _log(tmp_path)] == [r["tokens"] for r in _log(full_out)]
 
 
@@ -312,9 +330,7 @@ def test_budget_stop_saves_an_adapter_and_resumes_to_the_same_result(tiny, strai
     assert info["stopped"] == "budget_time" and info["steps"] == 1 and (tmp_path / "adapter_config.json").is_file()
     done = finetune(cfg(tmp_path, resume=True), EXAMPLES, loaded=tiny, progress=False)
     assert done.steps == 6
-    a, b = load_file(full_out / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-8)
+    assert_same_adapter(full_out, tmp_path)
 
 
 def test_output_folder_holds_a_peft_adapter_and_reasoner_json(straight):
