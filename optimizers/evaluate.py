@@ -73,8 +73,12 @@ class Scores:
 def measured(pred: Any) -> tuple[float, int, str]:
     """What `SteeredProgram` attached to a prediction: (reasoning activation, tokens, completion);
     zeros for a prediction without them."""
-    return (float(getattr(pred, "reasoning_activation", None) or 0.0), int(getattr(pred, "n_tokens", 0) or 0),
-            str(getattr(pred, "completion", "") or ""))
+    from reasoning_dspy.metrics import program_measures
+
+    m = program_measures(pred)
+    if m is None:
+        return 0.0, 0, ""
+    return float(m.reasoning_activation or 0.0), m.n_tokens, m.completion
 
 
 def answer_correct(example: Any, pred: Any, trace: Any = None) -> float:

@@ -4,9 +4,11 @@ Every LM call inside the program carries the steering in its `metadata`, which t
 engine reads per call, so one engine serves steered and unsteered programs in the same batch.
 `save`/`load` use DSPy's own JSON state with one more key, `"steering"`: no pickle.
 
-Its predictions carry what the engine measured while producing them (`reasoning_activation`,
-`n_tokens`, `completion`), so `ReasoningActivationMetric` scores them without a second forward, in
-our optimizer and in DSPy's alike.
+Its predictions carry what the engine measured while producing them, and which instruction produced
+them, as `program_measures(pred)` (a `ProgramMeasures`: `reasoning_activation`, `n_tokens`,
+`completion`, `instruction`), so `ReasoningActivationMetric` scores them without a second forward, in
+our optimizer and in DSPy's alike. The measures live beside the prediction's fields, never in them:
+a signature with an output field called `instruction` or `completion` keeps the model's answer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 import dspy
 
+from reasoning_dspy.metrics import MEASURES_ATTR, ProgramMeasures, program_measures
 from reasoning_dspy.steering import SteeringSpec
+
+__all__ = ["ProgramMeasures", "SteeredProgram", "measure", "predictors_instruction", "program_measures"]
 
 
 class SteeredProgram(dspy.Module):
@@ -41,8 +46,7 @@ class SteeredProgram(dspy.Module):
         with collect_reports() as collected, self._steered():
             pred = self.program(**kwargs)
         if isinstance(pred, dspy.Prediction):
-            measure(pred, collected.reports())
-            pred.instruction = predictors_instruction(self.program)
+            setattr(pred, MEASURES_ATTR, measure(collected.reports(), predictors_instruction(self.program)))
         return pred
 
     @contextmanager
@@ -82,17 +86,17 @@ class SteeredProgram(dspy.Module):
         return self
 
 
-def measure(pred: dspy.Prediction, reports: list[Any]) -> None:
-    """Attach what the engine measured over the program's calls: `reasoning_activation` (mean over
-    calls of the reasoning features' activation on the generated tokens), `n_tokens` and `completion`
-    (the generated texts); `instruction` says which instruction produced it. Nothing is attached when no call went through an engine with an SAE."""
+def measure(reports: list[Any], instruction: str | None) -> ProgramMeasures:
+    """What the engine measured over the program's calls: `reasoning_activation` (mean over calls of
+    the reasoning features' activation on the generated tokens), `n_tokens` and `completion` (the
+    generated texts), beside the `instruction` that produced them. Only `instruction` is set when no
+    call went through an engine with an SAE."""
     measured = [r for r in reports if r.activation is not None]
     if not measured:
-        return
+        return ProgramMeasures(instruction)
     values = [r.activation.features_mean for r in measured if r.activation.features_mean is not None]
-    pred.reasoning_activation = sum(values) / len(values) if values else None
-    pred.n_tokens = sum(r.activation.n_tokens for r in measured)
-    pred.completion = "\n".join(r.text or "" for r in measured)
+    return ProgramMeasures(instruction, sum(values) / len(values) if values else None,
+                           sum(r.activation.n_tokens for r in measured), "\n".join(r.text or "" for r in measured))
 
 
 def predictors_instruction(program: dspy.Module) -> str | None:

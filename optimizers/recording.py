@@ -31,13 +31,15 @@ class RecordingMetric:
 
     def __call__(self, example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
                  ) -> Any:
-        from reasoning_dspy.metrics import metric_value
+        from reasoning_dspy.metrics import metric_value, program_measures
         from reasoning_dspy.study.measures import reflects
 
         activation, tokens, text = measured(pred)
         correct = metric_value(self.task_metric(example, pred, None))
         with self._lock:
-            scores, times = self._groups.setdefault(str(getattr(pred, "instruction", "")), (Scores(), []))
+            measures = program_measures(pred)
+            instruction = str(measures.instruction or "") if measures is not None else ""
+            scores, times = self._groups.setdefault(instruction, (Scores(), []))
             words = scores.add(activation, correct, tokens, text, self.vocabulary)
             times.append(time.perf_counter())
         value = {"activation": activation, "reflect": float(reflects(text)),

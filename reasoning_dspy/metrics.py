@@ -14,11 +14,32 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import dspy
 
 TaskMetric = Callable[..., Any]
+
+#: The attribute of a prediction that holds `ProgramMeasures`. Underscored, so DSPy keeps it out of
+#: the prediction's fields and no output field of the user's signature is ever overwritten.
+MEASURES_ATTR = "_reasoning_dspy"
+
+
+@dataclass(frozen=True)
+class ProgramMeasures:
+    """What the engine measured while a `SteeredProgram` produced a prediction (`program_measures(pred)`)."""
+
+    instruction: str | None  # the instruction of the program's first predictor
+    reasoning_activation: float | None = None  # mean over calls; None without an SAE
+    n_tokens: int = 0  # generated tokens, all calls
+    completion: str = ""  # the generated texts, one line per call
+
+
+def program_measures(pred: Any) -> ProgramMeasures | None:
+    """The `ProgramMeasures` a `SteeredProgram` attached to `pred` (None for any other prediction)."""
+    measures = getattr(pred, MEASURES_ATTR, None)
+    return measures if isinstance(measures, ProgramMeasures) else None
 
 
 def exact_match(example: Any, pred: Any, trace: Any = None, field: str = "answer") -> float:
@@ -43,8 +64,9 @@ def metric_value(value: Any) -> float:
 class ReasoningActivationMetric:
     """Score a prediction by its reasoning activation, optionally combined with a task metric.
 
-    The activation is read from `pred.reasoning_activation` (set by `SAESteeringModule`); for
-    predictions without it, pass `lm=` (a `SteeredLM`) and the prediction's `field_text` field is
+    The activation is what the engine measured for a `SteeredProgram`'s prediction
+    (`program_measures(pred)`, with the default `field`), else the prediction's `field` (set by
+    `SAESteeringModule`); for predictions without either, pass `lm=` (a `SteeredLM`) and the prediction's `field_text` field is
     measured in a second forward pass, over `features` (default: the LM's `reasoning_features`).
 
     Args:
@@ -82,7 +104,10 @@ class ReasoningActivationMetric:
     # -- parts -------------------------------------------------------------------------------
     def activation(self, pred: Any) -> float:
         """The prediction's reasoning activation (normalised by `target` when set)."""
-        value = getattr(pred, self.field, None)
+        measures = program_measures(pred) if self.field == "reasoning_activation" else None
+        value = measures.reasoning_activation if measures is not None else None
+        if value is None:
+            value = getattr(pred, self.field, None)
         if value is None:
             if self.lm is None:
                 raise ValueError(

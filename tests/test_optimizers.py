@@ -6,7 +6,7 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from optimizers import InstructionPool, ReasoningOptimizer, SteeredProgram, read_journal
+from optimizers import InstructionPool, ReasoningOptimizer, SteeredProgram, program_measures, read_journal
 from optimizers.instructions import LIBRARY, current_instruction
 from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.problems import as_dspy_examples, make_problems
@@ -59,7 +59,8 @@ def test_the_planted_feature_is_found(lm, train):
     # the compiled program answers with its instruction and steering
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
         pred = compiled(question="What is 3 + 4?")
-    assert "wait" in pred.completion and pred.reasoning_activation > 0.05
+    measures = program_measures(pred)
+    assert "wait" in measures.completion and measures.reasoning_activation > 0.05
     assert current_instruction(compiled.program) == best.candidate.instruction
 
 
@@ -74,7 +75,7 @@ def test_instructions_only_never_steers(lm, train):
 
 def test_the_accuracy_constraint_rules_out_what_breaks_answers(lm, train):
     # a task metric under which writing " wait" is wrong: the planted steering now costs accuracy
-    no_wait = lambda example, pred, trace=None: float("wait" not in (pred.completion or ""))  # noqa: E731
+    no_wait = lambda example, pred, trace=None: float("wait" not in program_measures(pred).completion)  # noqa: E731
     compiled = compile_with(lm, train, task_metric=no_wait, accuracy_margin=0.0)
     assert compiled.trials[0].accuracy == 1.0
     assert any(not t.feasible for t in compiled.trials)  # the optimizer did try the planted steering
@@ -129,10 +130,24 @@ def test_save_and_load_restore_instruction_and_steering(lm, tmp_path):
     fresh.load(str(tmp_path / "p.json"))
     assert fresh.steering == spec and current_instruction(fresh.program) == "Be brief."
     with dspy.context(lm=lm, adapter=LenientChatAdapter()):
-        assert fresh(question="2 + 2?").completion == saved(question="2 + 2?").completion
+        assert program_measures(fresh(question="2 + 2?")) == program_measures(saved(question="2 + 2?"))
     program().save(str(tmp_path / "plain.json"))
     with pytest.raises(ValueError, match="not saved from a SteeredProgram"):
         SteeredProgram(program()).load(str(tmp_path / "plain.json"))
+
+
+def test_a_steered_program_keeps_the_models_own_output_fields(lm):
+    """Output fields named like the measurements hold the model's answer; the measurements (and the
+    instruction that produced them) sit beside the fields, in `program_measures`."""
+    student = dspy.Predict("task -> instruction, completion, n_tokens, reasoning_activation")
+    student.signature = student.signature.with_instructions("Be brief.")
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        pred = SteeredProgram(student)(task="Write an instruction.")
+        plain = student(task="Write an instruction.")
+    assert dict(pred.items()) == dict(plain.items())  # every field is the adapter's parse of the model's text
+    measures = program_measures(pred)
+    assert measures.instruction == "Be brief." and measures.n_tokens > 0 and measures.completion
+    assert measures.reasoning_activation is not None and program_measures(plain) is None
 
 
 def test_the_pool_and_a_proposer(lm):
