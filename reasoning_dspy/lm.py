@@ -28,47 +28,52 @@ from reasoning_dspy.steering import SteeringSpec
 
 
 def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
-    model: str | LoadedModel | nn.Module | tuple = "tiny-random",
+    model: str | LoadedModel | nn.Module | tuple | SteeredEngine = "tiny-random",
     tokenizer: Any = None,
     *,
     sae: str | SAE | None = None,
     max_activation: Any = None,
     steering: SteeringSpec | dict | None = None,
-    capture: bool = False,
-    reasoning_features: Sequence[int] = (),
+    capture: bool | None = None,
+    reasoning_features: Sequence[int] | None = None,
     dtype: str | None = None,
     device: str = "cpu",
     seed: int = 0,
-    max_tokens: int = 256,
-    temperature: float = 0.0,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
     cache: bool = True,
-    max_batch_size: int = 16,
-    max_wait_ms: float = 5.0,
-    prefix_cache_size: int = 4,
-    truncate_prompt: bool = False,
+    max_batch_size: int | None = None,
+    max_wait_ms: float | None = None,
+    prefix_cache_size: int | None = None,
+    truncate_prompt: bool | None = None,
     name: str | None = None,
     **lm_kwargs: Any,
 ):
     """A ready `dspy.LM` backed by a `SteeredEngine`.
 
-    `model` is a name/path for `load_model`, a `LoadedModel`, a `(model, tokenizer)` pair, or a
-    model with `tokenizer=`. `sae` is an SAE or its folder; `max_activation` its per-feature f_max
-    (a `[d_sae]` tensor, a ReasonScore result or folder). `steering` is the default spec;
+    `model` is a name/path for `load_model`, a `LoadedModel`, a `(model, tokenizer)` pair, a model with
+    `tokenizer=`, or a `SteeredEngine`. `sae` is an SAE or its folder; `max_activation` its per-feature
+    f_max (a `[d_sae]` tensor, a ReasonScore result or folder). `steering` is the default spec;
     per call, pass `config={"metadata": {"steering": {...}}}` to a DSPy module (or `None` to switch
     it off). Greedy (`temperature=0`) by default, so answers are reproducible. `truncate_prompt=True`
     keeps the end of prompts longer than the model's context (optimizers' long meta-prompts on small
     models) instead of raising `ContextLengthError`. `prefix_cache_size` prefilled prompt prefixes
     (the system prompt, per steering) are kept and reused by later calls; 0 turns that off.
+
+    A setting left at None takes the engine's default (`SteeredEngine`: 256 tokens, greedy, no
+    steering, ...). Given a `SteeredEngine`, the settings that are passed make a sibling engine on
+    the same model (`SteeredEngine.derive`), whose model id, and so DSPy cache key, is its own.
     """
-    common = dict(steering=steering, capture=capture, reasoning_features=reasoning_features, max_tokens=max_tokens,
-                  temperature=temperature, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                  prefix_cache_size=prefix_cache_size,
-                  truncate_prompt=truncate_prompt, name=name)
+    settings = {key: value for key, value in dict(
+        steering=steering, capture=capture, reasoning_features=reasoning_features, max_tokens=max_tokens,
+        temperature=temperature, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        prefix_cache_size=prefix_cache_size, truncate_prompt=truncate_prompt, name=name).items() if value is not None}
     if isinstance(model, SteeredEngine):
-        engine = model
+        engine = _from_engine(model, settings, sae=sae, max_activation=max_activation, tokenizer=tokenizer,
+                              dtype=dtype)
     elif isinstance(model, str):
         engine = SteeredEngine.from_pretrained(model, dtype=dtype, device=device, seed=seed, sae=sae,
-                                               max_activation=max_activation, **common)
+                                               max_activation=max_activation, **settings)
     else:
         if isinstance(model, LoadedModel):
             model, tokenizer = model.model, model.tokenizer
@@ -76,20 +81,50 @@ def SteeredLM(  # noqa: N802 - a factory that reads like the class it returns
             model, tokenizer = model
         if tokenizer is None:
             raise TypeError("pass the tokenizer too: SteeredLM(model, tokenizer, ...) or SteeredLM(load_model(...))")
-        if isinstance(sae, str) or hasattr(sae, "__fspath__"):
-            from reasoning_dspy.sae import load_sae
-
-            sae_path, sae = str(sae), load_sae(sae, device=str(next(model.parameters()).device))
-        else:
-            sae_path = None
+        sae_path, sae = _sae_source(sae, str(next(model.parameters()).device))
         sources = EngineSources(model=model_spec(model).name,
                                 dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                                 device=str(next(model.parameters()).device), seed=seed, sae=sae_path,
-                                max_activation=str(max_activation) if isinstance(max_activation, str) else None)
-        engine = SteeredEngine(model, tokenizer, sae=sae, max_activation=max_activation, sources=sources, **common)
-    lm_kwargs.setdefault("max_tokens", engine.max_tokens)
-    lm_kwargs.setdefault("temperature", engine.temperature)
+                                max_activation=_path_or_none(max_activation))
+        engine = SteeredEngine(model, tokenizer, sae=sae, max_activation=max_activation, sources=sources, **settings)
+    lm_kwargs.setdefault("max_tokens", settings.get("max_tokens", engine.max_tokens))
+    lm_kwargs.setdefault("temperature", settings.get("temperature", engine.temperature))
     return lm_for_engine(engine, cache=cache, **lm_kwargs)
+
+
+def _path_or_none(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) or hasattr(value, "__fspath__") else None
+
+
+def _sae_source(sae: Any, device: str) -> tuple[str | None, SAE | None]:
+    """`(folder or None, SAE)`: an SAE folder is loaded, and its path kept so the engine can be rebuilt."""
+    if isinstance(sae, str) or hasattr(sae, "__fspath__"):
+        from reasoning_dspy.sae import load_sae
+
+        return str(sae), load_sae(sae, device=device)
+    return None, sae
+
+
+def _from_engine(engine: SteeredEngine, settings: dict[str, Any], *, sae: Any, max_activation: Any,
+                 tokenizer: Any, dtype: str | None) -> SteeredEngine:
+    """`engine` itself, or a sibling with the settings (and SAE, f_max) that were passed."""
+    if tokenizer is not None or dtype is not None:
+        raise TypeError("SteeredLM(<a SteeredEngine>, ...) uses the engine's model and tokenizer as loaded: "
+                        "drop tokenizer= and dtype=, or pass the model itself to load it otherwise")
+    # max_tokens and temperature reach the engine with every call (the LM's kwargs): no sibling needed
+    changes = {key: value for key, value in settings.items() if key not in ("max_tokens", "temperature")}
+    sources: dict[str, Any] = {}
+    if sae is not None:
+        sources["sae"], changes["sae"] = _sae_source(sae, str(next(engine.model.parameters()).device))
+    if max_activation is not None:
+        changes["max_activation"] = max_activation
+        sources["max_activation"] = _path_or_none(max_activation)
+    if not changes:
+        return engine
+    derived = engine.derive(**changes)
+    if sources:
+        derived.sources = derived.sources.model_copy(update=sources)
+    return derived
 
 
 def lm_for_engine(engine: SteeredEngine, *, cache: bool = True, callbacks: Sequence[BaseCallback] = (),

@@ -75,6 +75,25 @@ def test_default_steering_and_explicit_baseline(engine):
         steered_engine.close()
 
 
+def test_a_steered_lm_on_an_engine_keeps_its_own_settings(engine, tiny):
+    """`SteeredLM(<engine>, steering=..., max_tokens=...)` steers and limits as asked, under a model id
+    of its own, so DSPy's cache never hands it the unsteered LM's answer."""
+    plain = SteeredLM(engine, max_tokens=4)
+    steered = SteeredLM(engine, steering=STEER, max_tokens=4)
+    try:
+        assert plain.model == f"local/{engine.model_id}" and steered.model != plain.model
+        assert plain.kwargs["max_tokens"] == steered.kwargs["max_tokens"] == 4
+        assert engine_of(steered).default_steering == SteeringSpec.model_validate(STEER)
+        unsteered_text, steered_text = plain("Hello")[0], steered("Hello")[0]
+        expected = engine.complete(_request(engine, "Hello", max_tokens=4, temperature=0.0,
+                                            extensions={"metadata": {"steering": STEER}}))
+        assert steered_text == expected.text != unsteered_text and expected.usage.output_tokens <= 4
+        with pytest.raises(TypeError, match="tokenizer= and dtype="):
+            SteeredLM(engine, tiny.tokenizer)
+    finally:
+        engine_of(steered).close()
+
+
 def test_cache_key_changes_with_sae_fmax_and_steering(tiny, steer_sae, steer_fmax):
     base = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=6)
     same = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=6)
