@@ -19,7 +19,7 @@ from reasoning_dspy.engine import SteeredEngine
 from reasoning_dspy.engine.fingerprint import tensors_fingerprint
 from reasoning_dspy.lm import SteeredLM, collect_reports, derived_lm, engine_of
 from reasoning_dspy.sae import SAE
-from reasoning_dspy.steering import SteeringSpec
+from reasoning_dspy.steering import SteeringSpec, Units
 
 
 def _feature_list(features: Any, n_features: int) -> list[int]:
@@ -32,7 +32,8 @@ def _feature_list(features: Any, n_features: int) -> list[int]:
 
 
 class SAESteeringModule(dspy.Module):
-    """Run `signature` with `features` steered at `strength` (γ, in multiples of each feature's f_max).
+    """Run `signature` with `features` steered at `strength` (γ, in multiples of each feature's f_max;
+    with `units="residual"`, in multiples of each token's residual norm, and no f_max needed).
 
     Two ways to build it:
 
@@ -41,7 +42,8 @@ class SAESteeringModule(dspy.Module):
 
     Without a model, it uses `lm=` or DSPy's configured LM, which must be a `SteeredLM`; if that LM
     carries another SAE, a sibling engine on the same model is made for this one. With a model, it
-    builds its own `SteeredLM` (default signature `instruction -> response`).
+    builds its own `SteeredLM` (default signature `instruction -> response`), and any further keyword
+    arguments (`max_tokens=`, `cache=`, ...) go to that LM.
 
     The prediction carries `reasoning_activation` (mean activation of `features` over the generated
     tokens, read before the steering vector is added, so it measures the text the model wrote and
@@ -61,6 +63,7 @@ class SAESteeringModule(dspy.Module):
         top_features: Sequence[int] | None = None,
         strength: float = 2.0,
         mode: Literal["add", "clamp"] = "add",
+        units: Units = "fmax",
         layer: int | None = None,
         max_activation: Any = None,
         lm: Any = None,
@@ -72,6 +75,10 @@ class SAESteeringModule(dspy.Module):
         super().__init__()
         if features is not None and top_features is not None:
             raise TypeError("give features= or top_features= (its other name), not both")
+        if lm_options and model is None:
+            raise TypeError(f"unexpected keyword arguments {sorted(lm_options)}: SAESteeringModule passes LM options "
+                            "(max_tokens=, cache=, ...) only to the LM it builds from model=; set them on your "
+                            "SteeredLM instead")
         chosen = features if features is not None else top_features
         if max_activation is None and hasattr(chosen, "max_activation"):
             max_activation = chosen.max_activation
@@ -83,7 +90,9 @@ class SAESteeringModule(dspy.Module):
         if not math.isfinite(self.strength):
             raise ValueError(f"strength must be a finite number (a multiple of each feature's f_max), got {strength}")
         self.mode = mode
+        self.units = units
         self.layer = layer
+        self.steering  # noqa: B018 - validates mode, units and strength together, here rather than on the first call
         self.baseline = baseline
         self._sae = sae
         self._max_activation = max_activation
@@ -95,7 +104,7 @@ class SAESteeringModule(dspy.Module):
         if model is not None:
             if sae is None:
                 raise ValueError("steering needs the SAE: SAESteeringModule(model, tokenizer, sae, top_features=[...])")
-            if max_activation is None:
+            if max_activation is None and units == "fmax":
                 max_activation = self._estimate_max_activation(model, tokenizer, sae)
             lm = SteeredLM(model, tokenizer, sae=sae, max_activation=max_activation, capture=True,
                            reasoning_features=self.features, **lm_options)
@@ -104,8 +113,9 @@ class SAESteeringModule(dspy.Module):
 
     @property
     def steering(self) -> SteeringSpec:
-        """The steering this module applies: its features at `strength`, in `mode`."""
-        return SteeringSpec.from_features(self.features, self.strength, mode=self.mode, layer=self.layer)
+        """The steering this module applies: its features at `strength`, in `mode` and `units`."""
+        return SteeringSpec.from_features(self.features, self.strength, mode=self.mode, layer=self.layer,
+                                          units=self.units)
 
     @property
     def spec(self) -> SteeringSpec:
@@ -165,16 +175,17 @@ class SAESteeringModule(dspy.Module):
         sae = self._sae_object()
         same_sae = sae is None or (engine.sae_raw is not None and (
             engine.sae_raw is sae or _sae_fp(engine.sae_raw) == _sae_fp(sae)))
+        needs_fmax = self.units == "fmax"
         if same_sae and self._max_activation is None:
             if engine.sae is None:
                 raise ValueError(f"{lm.model} has no SAE to steer with: pass sae= to the module or the LM")
-            if engine.max_activation is None:
+            if engine.max_activation is None and needs_fmax:
                 raise ValueError("steering needs each feature's f_max: pass max_activation= (or a ReasonScore "
                                  "result as features=) to the module or the LM")
             return lm
         fmax = self._max_activation if self._max_activation is not None else (
             engine.max_activation if same_sae else None)
-        if fmax is None:
+        if fmax is None and needs_fmax:
             raise ValueError("this module's SAE differs from the LM's, so it needs its own f_max: pass "
                              "max_activation= (or a ReasonScore result as features=)")
         return self._derive(lm, engine, sae=sae if sae is not None else engine.sae_raw, max_activation=fmax)

@@ -96,3 +96,23 @@ def test_steering_property_and_its_deprecated_name(steer_sae):
     assert module.steering == SteeringSpec(features={5: 3.0, 40: 3.0}, mode="clamp")
     with pytest.warns(DeprecationWarning, match="steering"):
         assert module.spec == module.steering
+
+
+def test_residual_units_are_applied_and_need_no_fmax(tiny, steer_sae):
+    """`units="residual"` steers by each token's residual norm, as a residual-units spec in metadata
+    does, on an LM without f_max."""
+    lm = SteeredLM(tiny, sae=steer_sae, max_tokens=8, cache=False)
+    module = SAESteeringModule(sae=steer_sae, features=[5, 40], strength=0.5, units="residual")
+    assert module.steering == SteeringSpec(features={5: 0.5, 40: 0.5}, units="residual")
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):
+        pred = module(question="Is 91 prime?")
+        direct = dspy.Predict("question -> answer")(
+            question="Is 91 prime?", config={"metadata": {"steering": module.steering.model_dump(mode="json")}})
+        plain = dspy.Predict("question -> answer")(question="Is 91 prime?")
+    assert pred.steering["units"] == "residual" and pred.answer == direct.answer != plain.answer
+    assert len(module._derived) == 0
+    with pytest.raises(ValueError, match="units='fmax'"):
+        SAESteeringModule(sae=steer_sae, features=[5], mode="clamp", units="residual")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['unit'\]"):
+        SAESteeringModule(sae=steer_sae, features=[5], unit="residual")
+    engine_of(lm).close()
