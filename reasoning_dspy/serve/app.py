@@ -18,19 +18,22 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(f"reasoning-dspy serve needs fastapi and uvicorn ({err}): pip install fastapi uvicorn, "
                       "or reinstall reasoning-dspy") from None
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 
 from reasoning_dspy.serve.admission import Admission
 from reasoning_dspy.serve.bridge import EngineBridge, build_engine
 from reasoning_dspy.serve.catalog import ServedModel, load_served_model
 from reasoning_dspy.serve.completions import completion_prompts, generate_response
 from reasoning_dspy.serve.config import ServeConfig
-from reasoning_dspy.serve.errors import APIError, body_too_large
+from reasoning_dspy.serve.errors import APIError, body_too_large, route_error
 from reasoning_dspy.serve.explain import explain_request
+from reasoning_dspy.serve.generation import check_text_size, token_chars, token_limit
 from reasoning_dspy.serve.logs import LOGGER, log_event
 from reasoning_dspy.serve.metrics import Metrics
 from reasoning_dspy.serve.middleware import BodyTooLargeError, ObserveMiddleware
+from reasoning_dspy.serve.openai_format import FiniteJSONResponse
 from reasoning_dspy.serve.schemas import ChatCompletionRequest, CompletionRequest, ExplainRequest, parse_body
 from reasoning_dspy.serve.state import ServerState
 from reasoning_dspy.serve.steering_field import parse_steering
@@ -46,7 +49,8 @@ def create_app(config: ServeConfig | None = None, served: ServedModel | None = N
     bridge = EngineBridge(build_engine(served, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                                        max_tokens=config.default_max_tokens))
     state = ServerState(config, served, bridge, Admission(config.max_queue), Metrics(),
-                        CompletionStore(config.completion_store), config.resolved_api_key(), logging.getLogger(LOGGER))
+                        CompletionStore(config.completion_store), config.resolved_api_key(), logging.getLogger(LOGGER),
+                        token_limit(config, served.context_length), token_chars(served.loaded.tokenizer))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -68,11 +72,9 @@ def create_app(config: ServeConfig | None = None, served: ServedModel | None = N
     async def _too_large(_request: Request, _err: BodyTooLargeError) -> Response:
         return body_too_large(config.max_body_bytes).response()
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, err: Exception) -> Response:
-        state.logger.exception("internal error", extra={"fields": {"path": request.url.path}})
-        return APIError(500, f"internal error: {type(err).__name__}: {err}", code="internal_error",
-                        type="server_error").response()
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> Response:
+        return route_error(request.method, request.url.path, err.status_code, err.detail, err.headers).response()
 
     _routes(app, state)
     return app
@@ -120,12 +122,16 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req, spec, echo = await generation_request(request, ChatCompletionRequest)
-        prompt = await asyncio.to_thread(bridge.chat_prompt, req.chat())
+        chat = req.chat()
+        check_text_size(["".join(m["content"] for m in chat)], state.prompt_tokens, state.token_chars, "messages")
+        prompt = await asyncio.to_thread(bridge.chat_prompt, chat)
         return await generate_response(request, state, req, [prompt], spec, echo, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req, spec, echo = await generation_request(request, CompletionRequest)
+        texts = [req.prompt] if isinstance(req.prompt, str) else [p for p in req.prompt if isinstance(p, str)]
+        check_text_size(texts, state.prompt_tokens, state.token_chars, "prompt")
         prompts = await asyncio.to_thread(completion_prompts, bridge, req.prompt, len(served.loaded.tokenizer))
         return await generate_response(request, state, req, prompts, spec, echo, chat=False)
 
@@ -135,6 +141,6 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         req = parse_body(await request.body(), ExplainRequest)
         if req.model is not None:
             state.check_model(req.model)
-        return JSONResponse(await explain_request(state, req))
+        return FiniteJSONResponse(await explain_request(state, req))
 
 

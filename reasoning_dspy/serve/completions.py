@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from reasoning_dspy.serve import openai_format as fmt
 from reasoning_dspy.serve.bridge import EngineBridge
@@ -49,7 +49,7 @@ async def generate_response(request: Request, state: ServerState, req: Any, prom
         return Response(status_code=STATUS_CLIENT_CLOSED)
     remember(results)
     build = fmt.chat_completion if chat else fmt.text_completion
-    return JSONResponse(build(cid, served.name, bridge.fingerprint, results, prompt_tokens, echo))
+    return fmt.FiniteJSONResponse(build(cid, served.name, bridge.fingerprint, results, prompt_tokens, echo))
 
 
 async def _stream(state: ServerState, rows: Rows, cid: str, prompt_tokens: int, echo: dict, include_usage: bool,
@@ -112,10 +112,17 @@ async def _stream(state: ServerState, rows: Rows, cid: str, prompt_tokens: int, 
 
 def completion_prompts(bridge: EngineBridge, prompt: Any, vocab: int) -> list[list[int]]:
     """`prompt` as token ids: a string, a list of strings, a list of ids, or a list of id lists."""
-    if isinstance(prompt, str):
-        return [bridge.text_prompt(prompt)]
-    if prompt and all(isinstance(p, str) for p in prompt):
-        return [bridge.text_prompt(p) for p in prompt]
+    if isinstance(prompt, str) or (prompt and all(isinstance(p, str) for p in prompt)):
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        prompts = []
+        for i, text in enumerate(texts):
+            ids = bridge.text_prompt(text) if text else []
+            if not ids:
+                which = f"prompt[{i}]" if len(texts) > 1 else "the prompt"
+                raise bad_request(f"{which} is empty ({text!r} gives no tokens); give some text to complete",
+                                  code="invalid_prompt", param="prompt")
+            prompts.append(ids)
+        return prompts
     lists = [prompt] if prompt and all(isinstance(t, int) for t in prompt) else list(prompt)
     for ids in lists:
         bad = [t for t in ids if not 0 <= t < vocab]

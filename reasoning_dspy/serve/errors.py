@@ -49,3 +49,19 @@ def unauthorized(reason: str) -> APIError:
 
 def body_too_large(limit: int) -> APIError:
     return APIError(413, f"the request body exceeds this server's limit of {limit} bytes", code="request_too_large")
+
+
+#: The routes, for the message of a request to any other path.
+ROUTES = "POST /v1/chat/completions, POST /v1/completions, POST /v1/explain, GET /v1/models, GET /health, GET /metrics"
+
+
+def route_error(method: str, path: str, status: int, detail: Any, headers: dict[str, str] | None) -> APIError:
+    """A routing error (unknown path, wrong method) in the OpenAI shape, naming the routes there are."""
+    if status == 404:
+        return APIError(404, f"there is no {path}; this server answers {ROUTES}", code="not_found",
+                        headers=headers)
+    if status == 405:
+        allowed = (headers or {}).get("allow") or (headers or {}).get("Allow") or "another method"
+        return APIError(405, f"{path} does not take {method}; use {allowed}", code="method_not_allowed",
+                        headers=headers)
+    return APIError(status, str(detail), code="http_error", headers=headers)

@@ -24,6 +24,7 @@ from reasoning_dspy.serve.admission import QueueFullError
 from reasoning_dspy.serve.bridge import EngineBridge
 from reasoning_dspy.serve.catalog import ServedModel
 from reasoning_dspy.serve.errors import APIError, bad_request, queue_full
+from reasoning_dspy.serve.generation import check_text_size
 from reasoning_dspy.serve.schemas import ExplainRequest
 from reasoning_dspy.steering import SteeringSpec
 
@@ -107,6 +108,8 @@ async def explain_request(state: ServerState, req: ExplainRequest) -> dict[str, 
         ids, start, spec = prompt + record.outputs[req.choice], len(prompt), record.steering
         source = {"type": "completion", "id": record.id, "choice": req.choice, "text": record.texts[req.choice]}
     else:
+        limits = [x for x in (served.context_length, state.config.max_prompt_tokens) if x]
+        check_text_size([req.text], min(limits) if limits else None, state.token_chars, "text")
         ids = await asyncio.to_thread(bridge.text_prompt, req.text or " ")
         special = bridge.special_ids
         start = next((i for i, t in enumerate(ids) if t not in special), len(ids))  # BOS: context only

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 
@@ -46,9 +47,33 @@ class GenParams:
         return self.seed is not None and self.temperature > 0
 
 
+def token_limit(config: ServeConfig, context_length: int | None) -> int | None:
+    """The longest prompt accepted, in tokens (None: no limit known)."""
+    return config.max_prompt_tokens or ((context_length - 1) if context_length else None)
+
+
+def token_chars(tokenizer: Any) -> int:
+    """The most characters one token can stand for: the longest vocabulary entry (a byte-level BPE or
+    SentencePiece entry is at least as long as the text it decodes to)."""
+    return max((len(t) for t in tokenizer.get_vocab()), default=1)
+
+
+def check_text_size(texts: Sequence[str], tokens: int | None, chars_per_token: int, param: str) -> None:
+    """Refuse texts that cannot fit in `tokens` tokens, before tokenizing them costs time and memory:
+    no text longer than `tokens × chars_per_token` characters fits."""
+    if tokens is None:
+        return
+    for i, text in enumerate(texts):
+        if len(text) > tokens * chars_per_token:
+            which = f"{param}[{i}]" if len(texts) > 1 else param
+            raise APIError(400, f"{which}: {len(text)} characters, more than any text of at most {tokens} tokens "
+                                f"holds (a token here covers at most {chars_per_token} characters); shorten it",
+                           code="context_length_exceeded", param=param)
+
+
 def plan(config: ServeConfig, req, prompts: Sequence[Sequence[int]], context_length: int | None) -> GenParams:
     """Check a request's sizes against the server's limits; the settings its rows run with."""
-    limit = config.max_prompt_tokens or ((context_length - 1) if context_length else None)
+    limit = token_limit(config, context_length)
     param = "messages" if hasattr(req, "messages") else "prompt"
     for i, ids in enumerate(prompts):
         if limit is not None and len(ids) > limit:
@@ -86,6 +111,10 @@ class Rows:
     def __init__(self, bridge: EngineBridge, admission: Admission, metrics: Metrics, jobs: list[GenerateJob],
                  params: GenParams, retry_after_s: int, *, stream: bool = False):
         self.bridge, self.admission, self.metrics, self.jobs, self.params = bridge, admission, metrics, jobs, params
+        if len(jobs) > admission.capacity:
+            raise bad_request(f"the request asks for {len(jobs)} generations (n × prompts) but this server runs at "
+                              f"most {admission.capacity} at once, so it can never fit; lower n or send fewer "
+                              "prompts per request", code="too_many_rows", param="n")
         try:
             admission.acquire(len(jobs))
         except QueueFullError:

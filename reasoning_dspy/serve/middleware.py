@@ -1,7 +1,10 @@
-"""ASGI middleware around every request: request ids, the body size limit, metrics and the access log.
+"""ASGI middleware around every request: request ids, the body size limit, metrics, the access log,
+and the last word on unexpected errors.
 
 Plain ASGI (not Starlette's `BaseHTTPMiddleware`), so streaming responses and the disconnect
-signal pass through untouched.
+signal pass through untouched. An error no route handled is answered here with a JSON 500 and not
+raised further: Starlette's own error middleware would answer and then re-raise, and uvicorn
+resets a connection whose application raised, so the client's next request on it would fail.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from reasoning_dspy.serve.errors import body_too_large
+from reasoning_dspy.serve.errors import APIError, body_too_large
 from reasoning_dspy.serve.logs import log_event
 
 #: Paths reported under their own name in metrics; anything else counts as "other".
@@ -34,7 +37,7 @@ class ObserveMiddleware:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         scope.setdefault("state", {})
         scope["state"]["log"] = {}
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
         limit = self.state.config.max_body_bytes
         received = 0
 
@@ -49,7 +52,7 @@ class ObserveMiddleware:
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -64,6 +67,13 @@ class ObserveMiddleware:
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited_receive, send_with_id)
+        except Exception as err:
+            self.state.logger.exception("internal error", extra={"fields": {"path": scope.get("path", "")}})
+            if status["started"]:
+                raise  # the status line is out: uvicorn closes the connection, the only honest end
+            response = APIError(500, f"internal error: {type(err).__name__}: {err}", code="internal_error",
+                                type="server_error").response()
+            await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             path = scope.get("path", "")

@@ -9,12 +9,34 @@ moved the residual).
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from reasoning_dspy.engine.generate import GenResult
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None: JSON has no such numbers, and a
+    model pushed far enough (an extreme steering vector) can produce them in its reports."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """A JSON response that is always valid JSON (see `finite`)."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(finite(content))
 
 
 def new_id(prefix: str) -> str:
@@ -96,7 +118,7 @@ def _stop_start(text: str, stop: Sequence[str]) -> int:
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else json.dumps(finite(data), separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
 
 

@@ -13,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reasoning_dspy.serve.errors import APIError, bad_request
 
+#: `seed` is a 64-bit signed integer, as in OpenAI's API.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+#: Deepest nesting of arrays and objects a request body may have (real requests need fewer than 10).
+MAX_JSON_DEPTH = 32
+
 _REFUSED = {
     "logprobs": "token log-probabilities are not returned",
     "top_logprobs": "token log-probabilities are not returned",
@@ -34,7 +40,7 @@ class _GenerationRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="a 64-bit signed integer")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     steering: Any = None
@@ -132,8 +138,11 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON ({err})", code="invalid_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    check_json_values(data)
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -141,6 +150,47 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
         param = ".".join(map(str, first["loc"])) or None
         raise bad_request("; ".join(_describe(e) for e in err.errors()[:5]), code="invalid_request",
                           param=param) from None
+
+
+def check_json_values(data: Any) -> None:
+    """Refuse what JSON parses but no model input can hold: nesting deeper than `MAX_JSON_DEPTH`, and
+    strings with unpaired UTF-16 surrogates (`"\\ud800"`), which have no UTF-8 form to tokenize.
+    Walks with an explicit stack, so no body can exhaust Python's recursion limit."""
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(_where(path))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_text(key, path)
+            stack.append((item, (*path, key), depth + 1))
+
+
+def _check_text(text: str, path: tuple) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start:err.end].encode("unicode_escape").decode()
+        raise bad_request(f"{_where(path) or 'the body'} holds an unpaired UTF-16 surrogate ({bad}) at character "
+                          f"{err.start}, which is not text; send valid Unicode (a surrogate pair, or the character "
+                          "itself)", code="invalid_text", param=_where(path) or None) from None
+
+
+def _where(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(path))
+
+
+def _too_deep(where: str = "") -> APIError:
+    at = f" (at {where})" if where else ""
+    return APIError(400, f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep{at}; "
+                         "a chat or completion request needs fewer than 10", code="invalid_json")
 
 
 def _describe(error: dict) -> str:

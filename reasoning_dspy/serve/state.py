@@ -31,6 +31,8 @@ class ServerState:
     store: CompletionStore
     api_key: str | None
     logger: logging.Logger
+    prompt_tokens: int | None = None  # longest prompt accepted, in tokens
+    token_chars: int = 1  # most characters one token stands for (longer texts are refused untokenized)
 
     @property
     def model_ids(self) -> list[str]:

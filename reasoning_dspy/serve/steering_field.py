@@ -11,6 +11,7 @@ Two forms, both with optional `mode` ("add" or "clamp") and `units` ("fmax" or "
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from reasoning_dspy.serve.catalog import ServedModel
@@ -18,6 +19,10 @@ from reasoning_dspy.serve.errors import APIError, bad_request
 from reasoning_dspy.steering import SteeringError, SteeringSpec, as_spec
 
 _TOP_KEYS = {"top", "strength", "mode", "units", "layer"}
+
+#: Largest norm of a raw steering vector added as is (units "fmax"). Residual streams have norms of
+#: tens to a few thousands; a vector far beyond that only overflows the model into NaN.
+MAX_VECTOR_NORM = 1e4
 
 
 def parse_steering(value: Any, served: ServedModel) -> tuple[SteeringSpec | None, dict[str, Any]]:
@@ -53,9 +58,17 @@ def _explicit_spec(value: dict, served: ServedModel) -> SteeringSpec | None:
         if negative:
             raise _out_of_range(negative, served)
     try:
-        return as_spec(value)
+        spec = as_spec(value)
     except SteeringError as err:
         raise bad_request(str(err), code="invalid_steering", param="steering") from None
+    if spec is not None and spec.vector is not None and spec.units == "fmax":
+        norm = math.sqrt(sum(v * v for v in spec.vector))
+        if not norm <= MAX_VECTOR_NORM:
+            raise bad_request(f"steering.vector has norm {norm:.3g}, beyond the {MAX_VECTOR_NORM:g} this server adds "
+                              "as is (residual streams have norms of tens to thousands); scale it down, or send "
+                              "\"units\": \"residual\" to give only its direction", code="invalid_steering",
+                              param="steering.vector")
+    return spec
 
 
 def _top_spec(value: dict, served: ServedModel) -> SteeringSpec:
