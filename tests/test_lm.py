@@ -276,7 +276,7 @@ def test_the_same_calls_decode_in_the_same_batches_whatever_their_arrival(tiny, 
     backward = run(list(reversed(range(7))))
     engine.close()
     assert forward == backward  # bit-identical texts and activations
-    assert engine._batcher.batch_sizes[sizes_before:] == [7, 7]  # each burst gathered whole (3 + 3 + 1 rows)
+    assert list(engine._batcher.batch_sizes)[sizes_before:] == [7, 7]  # each burst gathered whole (3 + 3 + 1 rows)
 
 
 def test_an_interrupt_is_never_retried_and_reaches_every_caller():

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 
+from reasoning_dspy.engine.microbatcher import BatchStats
 from reasoning_dspy.sae import planted
 from reasoning_dspy.serve.admission import Admission, QueueFullError
 from reasoning_dspy.serve.config import API_KEY_ENV, ServeConfig
@@ -127,7 +128,10 @@ def test_metrics_text_is_prometheus_exposition():
     metrics.observe_request("/v1/chat/completions", 200, 0.25)
     metrics.observe_tokens(10, 5)
     metrics.observe_cancel("queued")
-    text = metrics.render(queue_depth=2, admitted=3, capacity=8, rejected=1, batch_sizes=[1, 4, 4, 32])
+    batches = BatchStats()
+    for size in (1, 4, 4, 32):
+        batches.add(size)
+    text = metrics.render(queue_depth=2, admitted=3, capacity=8, rejected=1, batches=batches)
     samples = {}
     for line in text.splitlines():
         if not line.startswith("#"):
@@ -135,6 +139,7 @@ def test_metrics_text_is_prometheus_exposition():
             samples[name] = float(value)
     assert samples["reasoning_dspy_queue_depth"] == 2 and samples["reasoning_dspy_rejected_total"] == 1
     assert samples['reasoning_dspy_batch_size_bucket{le="4"}'] == 3 and samples["reasoning_dspy_batch_size_count"] == 4
+    assert samples["reasoning_dspy_batch_size_sum"] == 41 and samples["reasoning_dspy_batch_size_last"] == 32
     assert samples['reasoning_dspy_requests_total{endpoint="/v1/chat/completions",status="200"}'] == 1
     assert samples['reasoning_dspy_cancelled_total{stage="queued"}'] == 1
     assert samples["reasoning_dspy_generated_tokens_total"] == 5 and samples["reasoning_dspy_tokens_per_second"] > 0

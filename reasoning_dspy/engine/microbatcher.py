@@ -12,10 +12,11 @@ import queue
 import threading
 import time
 import weakref
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from torch import nn
@@ -48,6 +49,34 @@ class _Item(Generic[T]):
 _STOP = object()
 
 
+@dataclass
+class _Burst:
+    """An announced burst (`MicroBatcher.expect`): items up to submission number `until` belong to it."""
+
+    until: int
+    threads: int | None = None
+
+
+@dataclass
+class BatchStats:
+    """How many batches ran and of which sizes: counters whose size does not grow with the number of
+    batches (one entry per distinct size), so a long-running server can report them in constant time."""
+
+    count: int = 0  # batches run
+    rows: int = 0  # items over all batches
+    last: int = 0  # size of the most recent batch
+    by_size: Counter[int] = field(default_factory=Counter)  # batches per size
+
+    def add(self, size: int) -> None:
+        self.count += 1
+        self.rows += size
+        self.last = size
+        self.by_size[size] += 1
+
+    def copy(self) -> BatchStats:
+        return BatchStats(self.count, self.rows, self.last, Counter(self.by_size))
+
+
 class MicroBatcher(Generic[T, R]):
     """Gather items submitted from any thread into batches for `run_batch` on one worker thread.
 
@@ -63,7 +92,12 @@ class MicroBatcher(Generic[T, R]):
     examples from 64 threads) announces it with `expect(n)`: the worker then gathers until those
     `n` items are in (waiting up to `expect_wait_ms` for each next one) and hands them to `run_batch`
     in one call, however many that is, so the burst is never split by when its threads happened to
-    arrive. `run_batch` then owns the split into model batches.
+    arrive. `run_batch` then owns the split into model batches. A burst submitted from fewer
+    threads than it has items (`expect(n, threads=k)`) arrives in waves of `k`, each caller blocked
+    until its item is answered: each wave runs as soon as its `k` items are in.
+
+    `stats` counts the batches by size (bounded); `batch_sizes` keeps the sizes of the most recent
+    `recent` batches, for diagnostics and benchmarks.
     """
 
     def __init__(
@@ -75,6 +109,7 @@ class MicroBatcher(Generic[T, R]):
         max_gather_ms: float = 50.0,
         expect_wait_ms: float = 1000.0,
         name: str = "reasoning-dspy-batcher",
+        recent: int = 4096,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -91,8 +126,16 @@ class MicroBatcher(Generic[T, R]):
         self._lock = threading.Lock()
         self._closed = False
         self._submitted = 0  # items ever submitted
-        self._expect_until = 0  # an announced burst is in once `_submitted` reaches this
-        self.batch_sizes: list[int] = []  # observed batch sizes (diagnostics, benchmarks)
+        self._bursts: dict[int, _Burst] = {}  # announced bursts still arriving, by id
+        self.batch_sizes: deque[int] = deque(maxlen=recent)  # the most recent batch sizes
+        self._stats = BatchStats()
+        self._stats_lock = threading.Lock()
+
+    @property
+    def stats(self) -> BatchStats:
+        """A snapshot of the batch counters (safe to read from any thread)."""
+        with self._stats_lock:
+            return self._stats.copy()
 
     def submit(self, payload: T) -> Future:
         """Queue `payload`; the returned future resolves to its result (or raises its error)."""
@@ -108,19 +151,27 @@ class MicroBatcher(Generic[T, R]):
         return future
 
     @contextmanager
-    def expect(self, n: int) -> Iterator[None]:
+    def expect(self, n: int, threads: int | None = None) -> Iterator[None]:
         """Announce that `n` items are about to be submitted (from any threads): they run as one
         gathered batch. Items that never come (a caller served from a cache) are waited for at most
-        `expect_wait_ms` after the last arrival, and no longer once the block ends."""
+        `expect_wait_ms` after the last arrival, and no longer once the block ends.
+
+        `threads`: how many threads submit them, each waiting for its item's answer before it
+        submits the next. Then at most that many can arrive before a batch runs, so the burst runs
+        in waves of `threads` items, each as soon as it is in, instead of waiting for items that
+        cannot come until it has run."""
         if n < 0:
             raise ValueError(f"expect() needs a count >= 0, got {n}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"expect() needs threads >= 1, got {threads}")
         with self._lock:
-            self._expect_until = max(self._expect_until, self._submitted + n)
+            burst = _Burst(self._submitted + n, threads)
+            self._bursts[id(burst)] = burst
         try:
             yield
         finally:
             with self._lock:
-                self._expect_until = min(self._expect_until, self._submitted)
+                del self._bursts[id(burst)]
 
     def __call__(self, payload: T) -> R:
         return self.submit(payload).result()
@@ -163,7 +214,12 @@ class MicroBatcher(Generic[T, R]):
         cap = start + max(self.max_gather_ms, self.max_wait_ms) / 1000
         while True:
             with self._lock:
-                announced = batch[-1].seq + 1 < self._expect_until  # the next item belongs to a burst
+                # the bursts the next item belongs to, and the most items they can have in flight
+                bursts = [b for b in self._bursts.values() if batch[-1].seq + 1 < b.until]
+                wave = min((b.threads for b in bursts if b.threads is not None), default=None)
+            announced = bool(bursts)
+            if announced and wave is not None and len(batch) >= wave:
+                break  # every thread of the burst is waiting on this batch: nothing more can come
             if announced:
                 timeout = self.expect_wait_ms / 1000
             elif len(batch) < self.max_batch_size:
@@ -185,6 +241,8 @@ class MicroBatcher(Generic[T, R]):
         if not live:
             return
         self.batch_sizes.append(len(live))
+        with self._stats_lock:
+            self._stats.add(len(live))
         try:
             results = self.run_batch([it.payload for it in live])
             if len(results) != len(live):

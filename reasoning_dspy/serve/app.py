@@ -90,7 +90,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        text = state.metrics.render(batch_sizes=bridge.batch_sizes(), **state.gauges())
+        text = state.metrics.render(batches=bridge.batch_stats(), **state.gauges())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     def model_card() -> dict:

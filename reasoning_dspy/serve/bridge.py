@@ -21,7 +21,7 @@ import torch
 
 from reasoning_dspy.engine.generate import GenResult
 from reasoning_dspy.engine.jobs import GenerateJob
-from reasoning_dspy.engine.microbatcher import model_lock
+from reasoning_dspy.engine.microbatcher import BatchStats, model_lock
 from reasoning_dspy.engine.steered_engine import SteeredEngine
 from reasoning_dspy.serve.catalog import ServedModel
 from reasoning_dspy.serve.errors import APIError, bad_request
@@ -101,8 +101,8 @@ class EngineBridge:
     def queue_depth(self) -> int:
         return self.engine._batcher._queue.qsize()
 
-    def batch_sizes(self) -> list[int]:
-        return self.engine._batcher.batch_sizes
+    def batch_stats(self) -> BatchStats:
+        return self.engine._batcher.stats
 
     @property
     def model_id(self) -> str:

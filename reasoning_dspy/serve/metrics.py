@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+
+from reasoning_dspy.engine.microbatcher import BatchStats
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -60,9 +61,8 @@ class Metrics:
         while self._recent and self._recent[0][0] < now - self.window_s:
             self._recent.popleft()
 
-    def render(self, *, queue_depth: int, admitted: int, capacity: int, rejected: int,
-               batch_sizes: Sequence[int]) -> str:
-        sizes = list(batch_sizes)
+    def render(self, *, queue_depth: int, admitted: int, capacity: int, rejected: int, batches: BatchStats) -> str:
+        """The exposition text; its cost does not grow with the number of requests or batches served."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -79,11 +79,11 @@ class Metrics:
         metric("reasoning_dspy_rejected_total", "counter", "Requests refused with 503 (queue full).",
                [("", rejected)])
         metric("reasoning_dspy_batch_size_last", "gauge", "Rows in the engine's most recent batch.",
-               [("", sizes[-1] if sizes else 0)])
-        buckets = [(f'{{le="{b}"}}', sum(1 for s in sizes if s <= b)) for b in BATCH_BUCKETS]
+               [("", batches.last)])
+        buckets = [(f'{{le="{b}"}}', sum(n for size, n in batches.by_size.items() if size <= b)) for b in BATCH_BUCKETS]
         metric("reasoning_dspy_batch_size", "histogram", "Rows per engine batch.",
-               [*[("_bucket" + lb, v) for lb, v in buckets], ('_bucket{le="+Inf"}', len(sizes)),
-                ("_sum", sum(sizes)), ("_count", len(sizes))])
+               [*[("_bucket" + lb, v) for lb, v in buckets], ('_bucket{le="+Inf"}', batches.count),
+                ("_sum", batches.rows), ("_count", batches.count)])
         with self._lock:
             requests = sorted(self._requests.items())
             lat = sorted(self._latency_count)
@@ -101,7 +101,7 @@ class Metrics:
                [x for e in lat for x in ((f'_sum{{endpoint="{e}"}}', lat_sum[e]),
                                          (f'_count{{endpoint="{e}"}}', lat_count[e]))])
         metric("reasoning_dspy_cancelled_total", "counter",
-               "Rows whose client went away: queued ones are dropped, running ones finish and are discarded.",
+               "Rows whose client went away: queued ones are dropped, running ones stop at their next decoding step.",
                [(f'{{stage="{s}"}}', n) for s, n in cancelled])
         metric("reasoning_dspy_uptime_seconds", "gauge", "Seconds since the server started.",
                [("", time.monotonic() - self.started)])
