@@ -11,6 +11,9 @@ from experiments.config import ExperimentConfig
 from optimizers.trials import TrialRecord, best_trial, pareto_front
 from reasoning_dspy._io import atomic_write_figure, atomic_write_text
 from reasoning_dspy.reports import write_html
+from reasoning_dspy.reports.html import md_code, md_escape
+
+PLOTS = ("trials.png", "pareto.png", "heldout.png")  # what the report draws, the only images report.html embeds
 
 ARM_LABELS = {"baseline": "baseline (unoptimized)", "optimized": "optimized instruction",
               "steered": "optimized instruction + steering"}
@@ -91,16 +94,16 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
     best = best_trial(trials, multi=cfg.metric.multi_objective)
     base = trials[0]
     lines = [
-        f"# {cfg.name}",
+        f"# {md_escape(cfg.name)}",
         "",
-        f"Model `{cfg.model}`, optimizer `{cfg.optimizer.name}`, objective `{objective}`"
+        f"Model {md_code(cfg.model)}, optimizer {md_code(cfg.optimizer.name)}, objective {md_code(objective)}"
         f"{f', accuracy >= baseline - {cfg.metric.accuracy_margin:g}' if cfg.metric.accuracy_margin is not None else ''}"
-        f", {len(trials)} trials on {trials[0].n} `{cfg.dataset.train_split}` examples, seed {cfg.seed}.",
+        f", {len(trials)} trials on {trials[0].n} {md_code(cfg.dataset.train_split)} examples, seed {cfg.seed}.",
         "",
-        f"**Best trial** #{best.number}: {best.candidate.label()} — {objective} {best.score:.4g} "
+        f"**Best trial** #{best.number}: {md_escape(best.candidate.label())} — {md_escape(objective)} {best.score:.4g} "
         f"(baseline {base.score:.4g}), accuracy {100 * best.accuracy:.1f} % (baseline {100 * base.accuracy:.1f} %).",
         "",
-        f"## Held out: {heldout['n']} `{heldout['split']}` examples the optimizer never saw",
+        f"## Held out: {heldout['n']} {md_code(heldout['split'])} examples the optimizer never saw",
         "",
         "| program | reasoning activation | reflecting % | reasoning words /100 tok | accuracy % | tokens |",
         "|---|---|---|---|---|---|",
@@ -116,16 +119,17 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
         d = summary[arm]["minus_baseline"]
         lines.append(f"| {ARM_LABELS[arm]} | {_ci(d['activation'])} | {_ci(d['reflect'], True)} | "
                      f"{_ci(d['accuracy'], True)} |")
-    lines += ["", f"Instruction: baseline {heldout['instruction']['baseline']!r}, optimized "
-                  f"{heldout['instruction']['optimized']!r}; steering: {heldout['steering'] or 'none'}.", "",
+    lines += ["", f"Instruction: baseline “{md_escape(heldout['instruction']['baseline'])}”, optimized "
+                  f"“{md_escape(heldout['instruction']['optimized'])}”; steering: "
+                  f"{md_escape(heldout['steering'] or 'none')}.", "",
               "![score per trial](trials.png)", "", "![Pareto front](pareto.png)", "",
               "![held out](heldout.png)", "", "## Trials", "",
-              f"| # | instruction | steering | score ({objective}) | activation | accuracy % | reflect % | tokens | "
+              f"| # | instruction | steering | score ({md_escape(objective)}) | activation | accuracy % | reflect % | tokens | "
               "feasible | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in trials:
         c = r.candidate
         steer = f"top {len(c.features)} {c.mode} {c.strength:g}" if c.steering() else "-"
-        lines.append(f"| {r.number} | {c.instruction} | {steer} | {r.score:.4g} | {r.activation:.4g} | "
+        lines.append(f"| {r.number} | {md_escape(c.instruction)} | {md_escape(steer)} | {r.score:.4g} | {r.activation:.4g} | "
                      f"{100 * r.accuracy:.1f} | {100 * r.reflect:.0f} | {r.tokens:.0f} | "
                      f"{'yes' if r.feasible else 'no'} | {r.wall_s:.1f} |")
     skipped = folder / "skipped.json"
@@ -133,8 +137,8 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
         import json
 
         lines += ["", "## Skipped before evaluation (prompt filter)", "", "| instruction | why |", "|---|---|"]
-        lines += [f"| {d['prompt']} | {d['reason']} |" for d in json.loads(skipped.read_text())]
+        lines += [f"| {md_escape(d['prompt'])} | {md_escape(d['reason'])} |" for d in json.loads(skipped.read_text())]
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    write_html(path)  # report.html beside it, the plots embedded
+    write_html(path, images=PLOTS)  # report.html beside it, its own plots embedded
     return path
