@@ -21,10 +21,12 @@ PROGRAMS = ("cot", "predict", "chat")
 
 
 def make_program(program: str | Any, instruction: str | None = None) -> Any:
-    """`cot`/`predict`: `dspy.ChainOfThought`/`dspy.Predict` on `question -> answer` (with
+    """`cot`/`predict`: `dspy.ChainOfThought`/`dspy.Predict` on `signatures.WordProblem` (with
     `instruction` as the signature's instructions when given); a DSPy module is used as it is;
     `chat` returns None (the question goes to the LM as one user message)."""
     import dspy
+
+    from signatures import word_problem
 
     if not isinstance(program, str):
         return program
@@ -32,7 +34,7 @@ def make_program(program: str | Any, instruction: str | None = None) -> Any:
         raise ValueError(f"program must be one of {', '.join(PROGRAMS)} or a DSPy module, got {program!r}")
     if program == "chat":
         return None
-    signature = dspy.Signature("question -> answer", instruction) if instruction else "question -> answer"
+    signature = word_problem(instruction)
     return dspy.ChainOfThought(signature) if program == "cot" else dspy.Predict(signature)
 
 

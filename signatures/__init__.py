@@ -8,5 +8,6 @@
 from signatures.explain import ExplainDecision
 from signatures.plan import StepByStepPlan
 from signatures.qa import ReasonedQA
+from signatures.word_problem import WordProblem, word_problem
 
-__all__ = ["ExplainDecision", "ReasonedQA", "StepByStepPlan"]
+__all__ = ["ExplainDecision", "ReasonedQA", "StepByStepPlan", "WordProblem", "word_problem"]

@@ -84,7 +84,7 @@ def _families(families: Iterable[str] | None) -> list[str]:
     fams = list(dict.fromkeys(families))
     unknown = [f for f in fams if f not in KINDS]
     if unknown or not fams:
-        raise ProblemError(f"unknown problem families {unknown or fams}; choose from {', '.join(FAMILIES)}")
+        raise ProblemError(f"unknown problem families {unknown or fams}; choose from {', '.join(KINDS)}")
     return fams
 
 

@@ -1,15 +1,18 @@
-"""The reasoner's fine-tuning corpus: word problems solved in chat form, reflection planted on purpose.
+"""The reasoner's fine-tuning corpus: chain word problems solved in chat form, reflection planted on purpose.
 
-Each example draws a program (`cot`: `dspy.ChainOfThought("question -> answer")`, or `predict`:
-`dspy.Predict`), an instruction style and one of its training phrasings, whether the trace reflects
-(`STYLES[style].reflect_rate`, chain of thought only: a Predict answer has no reasoning to reflect
-in) and whether its first attempt slips (`SLIP_RATE`, every program). A caught slip is fixed on the
-spot; an uncaught one carries through to a wrong answer, in a Predict answer too, so the planted law
-is the same for every example: accuracy 1 when the trace reflects, `1 - SLIP_RATE` when it does not.
+Each example draws a program (`cot`: `dspy.ChainOfThought(WordProblem)`, or `predict`:
+`dspy.Predict(WordProblem)`, the signature in `signatures/`), an instruction style and one of its
+training phrasings, and whether the trace reflects (`STYLES[style].reflect_rate`, chain of thought
+only: a Predict answer has no reasoning to reflect in). Every step of a chain-of-thought trace is
+first answered directly; each quick answer is written wrong with probability `slip_rate`
+(`trace.plan_slips`). A reflecting trace checks every step digit by digit and fixes a wrong quick
+answer; a plain one carries it to a wrong final answer. The wrong digits carry no loss (`untrained`),
+so the model learns to catch slips, not to make them (see `reasoning_dspy.reasoner.trace`).
 
-Messages are rendered by DSPy's own `ChatAdapter.format_finetune_data` with the program's signature
-and the example's instruction, so the model is trained on exactly the prompt it sees at inference
-(`build_program` builds that program). Train split only: validation and test problems stay unseen.
+Problems are the `chains` family (`reasoning_dspy.problems.chains`): every step within the bounds
+the scratchpad writes. Messages are rendered by DSPy's own `ChatAdapter.format_finetune_data` with
+the program's signature and the example's instruction, so the model is trained on exactly the
+prompt it sees at inference. Train split only: validation and test problems stay unseen.
 
     examples = make_corpus(n=4000, seed=0)      # or make_corpus(CorpusConfig(...))
     write_corpus(examples, "corpus.jsonl")
@@ -29,10 +32,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reasoning_dspy._io import atomic_write_text
-from reasoning_dspy.problems import FAMILIES, ProblemError, format_answer, make_problems
-from reasoning_dspy.problems.base import Problem, plain
-from reasoning_dspy.reasoner.solution import Step, num, plan_slip, stated_numbers, write_reasoning
+from reasoning_dspy.problems import ProblemError, format_answer, make_problems
+from reasoning_dspy.problems.base import Problem
 from reasoning_dspy.reasoner.styles import SLIP_RATE, STYLES
+from reasoning_dspy.reasoner.trace import chain_of, plan_slips, write_trace
 
 Program = Literal["cot", "predict"]
 PROGRAMS: tuple[str, ...] = ("cot", "predict")
@@ -52,9 +55,10 @@ class CorpusConfig(BaseModel):
     split: str = Field("train", description="always 'train': the other splits are for evaluation")
     styles: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(STYLES, 1.0),
                                      description="relative weight of each instruction style")
-    predict_fraction: float = Field(0.15, ge=0, le=1, description="share of dspy.Predict examples")
-    families: tuple[str, ...] | None = Field(None, description="problem families (default: all)")
-    difficulty: tuple[int, ...] | None = Field(None, description="difficulty levels 1-3 (default: all)")
+    predict_fraction: float = Field(0.1, ge=0, le=1, description="share of dspy.Predict examples")
+    slip_rate: float = Field(SLIP_RATE, ge=0, lt=1, description="P(a step's quick answer is written wrong)")
+    difficulty: tuple[int, ...] | None = Field(None, description="difficulty levels 1-3, i.e. 2-4 steps "
+                                               "(default: all)")
 
     @field_validator("split")
     @classmethod
@@ -76,17 +80,6 @@ class CorpusConfig(BaseModel):
                              f"got {bad or styles}")
         return styles
 
-    @field_validator("families", mode="before")
-    @classmethod
-    def _known_families(cls, families: Any) -> Any:
-        if families is None:
-            return None
-        fams = [families] if isinstance(families, str) else list(families)
-        unknown = [f for f in fams if f not in FAMILIES]
-        if unknown or not fams:
-            raise ValueError(f"unknown problem families {unknown or fams}; choose from {', '.join(FAMILIES)}")
-        return tuple(fams)
-
     @field_validator("difficulty", mode="before")
     @classmethod
     def _levels(cls, difficulty: Any) -> Any:
@@ -104,18 +97,21 @@ class ReasonerExample(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     messages: list[dict[str, str]] = Field(description="system, user, assistant, as DSPy's ChatAdapter writes them")
+    untrained: list[tuple[int, int]] = Field(default_factory=list, description="character spans of the "
+                                             "assistant message that carry no loss: the wrong quick answers")
     problem_id: str
     family: str
     difficulty: int
     program: Program
     style: str
     instruction: str
-    reflects: bool = Field(description="the reasoning reflects (always False for predict)")
-    slipped: bool = Field(description="the first attempt slipped on one step")
+    reflects: bool = Field(description="the reasoning checks every step (always False for predict)")
+    slipped: bool = Field(description="a quick answer was written wrong")
+    caught: int = Field(0, description="wrong quick answers a check caught and fixed")
     correct: bool = Field(description="the written answer equals the problem's answer")
     answer: str = Field(description="the answer field as written")
-    steps: list[str] = Field(description="the chain the trace ends up using, 'a op b = c'; its last c is the answer")
-    slip: str | None = Field(None, description="the slipped step as first written, 'a op b = wrong'")
+    steps: list[str] = Field(description="the steps as the trace goes on with them, 'a op b = c'")
+    slips: list[str] = Field(default_factory=list, description="quick answers written wrong, 'a op b = wrong'")
 
 
 def make_corpus(config: CorpusConfig | None = None, /, **kwargs: Any) -> list[ReasonerExample]:
@@ -129,42 +125,47 @@ def make_corpus(config: CorpusConfig | None = None, /, **kwargs: Any) -> list[Re
                 f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())) from None
     elif kwargs:
         raise CorpusError(f"pass a CorpusConfig or keyword arguments, not both (got {sorted(kwargs)})")
-    problems = make_problems(config.n, split=config.split, seed=config.seed, families=config.families,
+    problems = make_problems(config.n, split=config.split, seed=config.seed, families=["chains"],
                              difficulty=list(config.difficulty) if config.difficulty else None)
     names, weights = list(config.styles), list(config.styles.values())
-    return [_example(p, random.Random(f"reasoning-dspy-corpus:{config.seed}:{i}"), names, weights,
-                     config.predict_fraction) for i, p in enumerate(problems)]
+    return [_example(p, random.Random(f"reasoning-dspy-corpus:{config.seed}:{i}"), names, weights, config)
+            for i, p in enumerate(problems)]
 
 
 def _example(problem: Problem, rng: random.Random, names: list[str], weights: list[float],
-             predict_fraction: float) -> ReasonerExample:
-    program = "predict" if rng.random() < predict_fraction else "cot"
+             config: CorpusConfig) -> ReasonerExample:
+    program = "predict" if rng.random() < config.predict_fraction else "cot"
     style = STYLES[rng.choices(names, weights)[0]]
     instruction = rng.choice(style.instructions)
     reflects = program == "cot" and rng.random() < style.reflect_rate
-    steps = [Step.parse(s) for s in problem.steps]
-    slip = plan_slip(steps, stated_numbers(problem), rng) if rng.random() < SLIP_RATE else None
-    chain = slip.propagated if slip is not None and not reflects else steps
-    answer = format_answer(plain(chain[-1].c))
-    reasoning = None
+    chain = chain_of(problem.steps)
+    stated = {int(v) for v in problem.quantities.values()}
+    slips = plan_slips(chain, stated, config.slip_rate, rng) if program == "cot" else {}
     if program == "cot":
-        reasoning = write_reasoning(problem, chain, reflects, rng, caught=slip if reflects else None,
-                                    instruction=instruction)
-    slipped_step = None
-    if slip is not None:
-        s = steps[slip.index]
-        slipped_step = f"{num(s.a)} {s.op} {num(s.b)} = {num(slip.wrong)}"
+        trace = write_trace(chain, instruction=instruction, reflects=reflects, slips=slips, rng=rng)
+        answer = format_answer(trace.answer)
+        messages = render_messages(program, instruction, problem.question, answer, trace.text)
+        content = messages[-1]["content"]
+        at = content.index(trace.text)
+        untrained = [(at + a, at + b) for a, b in trace.untrained]
+        written = [f"{w.step.a} {w.step.op} {w.step.b} = {w.value}" for w in trace.steps]
+        wrong = [f"{w.step.a} {w.step.op} {w.step.b} = {w.quick}" for w in trace.steps if w.quick != w.step.c]
+        caught = sum(w.caught for w in trace.steps)
+    else:
+        answer = format_answer(problem.answer)
+        messages = render_messages(program, instruction, problem.question, answer)
+        untrained, written, wrong, caught = [], list(problem.steps), [], 0
     return ReasonerExample(
-        messages=render_messages(program, instruction, problem.question, answer, reasoning),
-        problem_id=problem.id, family=problem.family, difficulty=problem.difficulty, program=program,
-        style=style.name, instruction=instruction, reflects=reflects, slipped=slip is not None,
-        correct=chain[-1].c == steps[-1].c, answer=answer, steps=[str(s) for s in chain], slip=slipped_step)
+        messages=messages, untrained=untrained, problem_id=problem.id, family=problem.family,
+        difficulty=problem.difficulty, program=program, style=style.name, instruction=instruction,
+        reflects=reflects, slipped=bool(wrong), caught=caught, correct=answer == format_answer(problem.answer),
+        answer=answer, steps=written, slips=wrong)
 
 
 # -- DSPy rendering ------------------------------------------------------------------------------
 def build_program(program: str, instruction: str) -> Any:
     """The DSPy module the corpus is rendered for: `ChainOfThought` or `Predict` on
-    `question -> answer`, with `instruction` as the signature's instructions. It is
+    `signatures.WordProblem`, with `instruction` as the signature's instructions. It is
     `evaluation.make_program`, the module inference runs, so training and inference prompts agree."""
     from reasoning_dspy.evaluation import make_program
 

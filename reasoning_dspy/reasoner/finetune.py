@@ -30,9 +30,11 @@ from reasoning_dspy.models import LoadedModel, check_device, load_model, model_s
 from reasoning_dspy.reasoner.finetune_config import FinetuneConfig
 from reasoning_dspy.reasoner.finetune_data import (
     IGNORE,
+    Spans,
     batch_stream,
     batches_per_epoch,
     check_examples,
+    check_untrained,
     collate,
     encode_examples,
     fast_path_supported,
@@ -152,7 +154,8 @@ def _prepare_model(cfg: FinetuneConfig, loaded: LoadedModel | None, device: torc
 
 def finetune(cfg: FinetuneConfig, examples: list[dict[str, Any]], *, loaded: LoadedModel | None = None,
              progress: bool = True, stop_after: int | None = None) -> FinetuneResult:
-    """Fine-tune `cfg.base_model` with LoRA on `examples` (`{"messages": [...]}`, the answer last).
+    """Fine-tune `cfg.base_model` with LoRA on `examples` (`{"messages": [...]}`, the answer last, and
+    optionally `"untrained": [[start, end], ...]`, spans of the answer that carry no loss).
 
     `loaded` reuses a model already in memory (it is copied, not modified). Budget: `max_seconds`
     ends this run early (the clock starts at this call; at least one step runs), saving the adapter
@@ -163,6 +166,7 @@ def finetune(cfg: FinetuneConfig, examples: list[dict[str, Any]], *, loaded: Loa
     started = _clock()
     device = check_device(cfg.device)
     conversations = check_examples(examples)
+    untrained = check_untrained(examples)
     out = Path(cfg.out) if cfg.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is an existing file; out must be a folder")
@@ -172,10 +176,11 @@ def finetune(cfg: FinetuneConfig, examples: list[dict[str, Any]], *, loaded: Loa
         raise ValueError(f"{out} already holds a run (checkpoint/); pass resume=True to continue it, or choose "
                          "a new out folder")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _run(cfg, conversations, loaded, device, out, has_ckpt, progress, stop_after, started)
+        return _run(cfg, conversations, untrained, loaded, device, out, has_ckpt, progress, stop_after, started)
 
 
-def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded: LoadedModel | None,
+def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], untrained: list[Spans],
+         loaded: LoadedModel | None,
          device: torch.device, out: Path | None, has_ckpt: bool, progress: bool, stop_after: int | None,
          started: float) -> FinetuneResult:
     from tqdm.auto import tqdm
@@ -184,13 +189,13 @@ def _run(cfg: FinetuneConfig, conversations: list[list[dict[str, str]]], loaded:
     base = _prepare_model(cfg, loaded, device)
     spec, tokenizer = base.model_spec, base.tokenizer
     data = encode_examples(tokenizer, conversations, stop_ids(base.model, tokenizer), cfg.max_length, cfg.overlong,
-                           cfg.field_start_weight, cfg.field_start_tokens)
+                           cfg.field_start_weight, cfg.field_start_tokens, untrained)
     if data.truncated or data.dropped:
         what = f"cut {data.truncated}" if cfg.overlong == "truncate" else f"left out {data.dropped}"
         warnings.warn(f"{data.truncated + data.dropped} of {len(conversations)} examples exceed max_length="
                       f"{cfg.max_length} tokens: {what}" + (f" and left out {data.dropped} (no answer token "
                       "left)" if cfg.overlong == "truncate" and data.dropped else ""), stacklevel=3)
-    data_id = fingerprint(conversations)
+    data_id = fingerprint(conversations, untrained)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lengths = data.lengths
     per_epoch = batches_per_epoch(len(lengths), cfg.batch_size)

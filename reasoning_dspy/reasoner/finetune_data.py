@@ -94,9 +94,35 @@ def check_examples(examples: Sequence[Mapping[str, Any]]) -> list[list[dict[str,
     return out
 
 
-def fingerprint(conversations: Sequence[Sequence[Mapping[str, str]]]) -> str:
+Spans = list[tuple[int, int]]
+
+
+def check_untrained(examples: Sequence[Mapping[str, Any]]) -> list[Spans]:
+    """Each example's optional `untrained` list: `[start, end)` character spans of the answer (the last
+    message's content) that carry no loss, such as a deliberately wrong value the answer goes on to
+    correct: the model should learn the correction, never to write the mistake."""
+    out = []
+    for i, ex in enumerate(examples):
+        spans = ex.get("untrained") or []
+        length = len(ex["messages"][-1]["content"])
+        checked = []
+        for span in spans:
+            ok = (isinstance(span, Sequence) and len(span) == 2 and all(isinstance(v, int) for v in span)
+                  and 0 <= span[0] < span[1] <= length)
+            if not ok:
+                raise ValueError(f"example {i}: untrained spans must be [start, end) character offsets with "
+                                 f"0 <= start < end <= {length} (the answer's length), got {span!r}")
+            checked.append((span[0], span[1]))
+        out.append(checked)
+    return out
+
+
+def fingerprint(conversations: Sequence[Sequence[Mapping[str, str]]], untrained: Sequence[Spans] | None = None) -> str:
     """A short hash of the training data, saved with the adapter and checked on resume."""
-    text = json.dumps([list(c) for c in conversations], sort_keys=True, ensure_ascii=False)
+    data: list[Any] = [list(c) for c in conversations]
+    if untrained is not None and any(untrained):
+        data = [data, [list(map(list, s)) for s in untrained]]
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -116,7 +142,8 @@ def _tokenize_text(tokenizer: Any, text: str) -> list[int]:
 
 
 def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[int], index: int = 0,
-                   field_start_weight: float = 1.0, field_start_tokens: int = 1) -> Encoded:
+                   field_start_weight: float = 1.0, field_start_tokens: int = 1,
+                   untrained: Spans = ()) -> Encoded:
     """Prompt ids as inference renders them, then the answer and its end-of-turn token(s), labelled.
 
     The whole conversation is rendered by the chat template; its ids must start with the prompt ids
@@ -125,7 +152,8 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[in
     that emits no stop token gets the tokenizer's EOS appended, so the model learns to stop.
 
     With `field_start_weight` != 1, the first `field_start_tokens` tokens of each output field's value
-    (from `field_starts`) weigh that much in the loss.
+    (from `field_starts`) weigh that much in the loss. Tokens that overlap an `untrained` span of the
+    answer text weigh 0.
     """
     prompt = render_chat(tokenizer, messages[:-1], system=None)
     if getattr(tokenizer, "chat_template", None):
@@ -150,12 +178,33 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[in
     if not answer:
         raise ValueError(f"example {index}: the answer renders to no tokens")
     weights = None
-    if field_start_weight != 1.0:
+    if field_start_weight != 1.0 or untrained:
         weights = [0.0] * len(prompt) + [1.0] * len(answer)
+    if field_start_weight != 1.0:
         for start in field_starts(tokenizer, full_text, len(prompt), index):
             for k in range(start, min(start + field_start_tokens, len(weights))):
                 weights[k] = field_start_weight
+    if untrained:
+        for k in untrained_positions(tokenizer, full_text, messages[-1]["content"], untrained, len(prompt), index):
+            if k < len(weights):
+                weights[k] = 0.0
     return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer, weights)
+
+
+def untrained_positions(tokenizer: Any, full_text: str, answer: str, spans: Spans, prompt_len: int,
+                        index: int = 0) -> list[int]:
+    """Positions, in the ids of `full_text`, of the tokens that overlap a character span of `answer`."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("untrained spans need a fast tokenizer (character offsets); this one has none")
+    at = full_text.rfind(answer)
+    if at < 0:
+        raise ValueError(f"example {index}: the chat template changed the answer text, so its untrained spans "
+                         "cannot be placed")
+    bos = tokenizer.bos_token
+    offsets = tokenizer(full_text, add_special_tokens=not (bos and full_text.startswith(bos)),
+                        return_offsets_mapping=True)["offset_mapping"]
+    return [k for k in range(prompt_len, len(offsets))
+            if any(offsets[k][0] < at + end and at + start < offsets[k][1] for start, end in spans)]
 
 
 def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0) -> list[int]:
@@ -183,11 +232,12 @@ def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0
 
 def encode_examples(tokenizer: Any, conversations: list[list[dict[str, str]]], stops: set[int], max_length: int,
                     overlong: str = "truncate", field_start_weight: float = 1.0,
-                    field_start_tokens: int = 1) -> EncodedSet:
+                    field_start_tokens: int = 1, untrained: Sequence[Spans] | None = None) -> EncodedSet:
     """Encode every conversation; one longer than `max_length` is cut (if any answer token is left) or dropped."""
     out, truncated, dropped = [], 0, 0
     for i, messages in enumerate(conversations):
-        enc = encode_example(tokenizer, messages, stops, i, field_start_weight, field_start_tokens)
+        enc = encode_example(tokenizer, messages, stops, i, field_start_weight, field_start_tokens,
+                             untrained[i] if untrained is not None else ())
         if len(enc) > max_length:
             keeps_answer = any(lab != IGNORE for lab in enc.labels[1:max_length])
             if overlong == "drop" or not keeps_answer:

@@ -87,7 +87,8 @@ def train_reasoner(recipe: ReasonerRecipe, *, progress: bool = True) -> Any:
     atomic_write_json(out / "corpus_stats.json", stats.model_dump(mode="json"))
     console.print(f"corpus: {len(examples)} examples in {path}")
 
-    result = finetune(recipe.finetune_config(), [{"messages": e.messages} for e in examples], progress=progress)
+    result = finetune(recipe.finetune_config(), [{"messages": e.messages, "untrained": e.untrained} for e in examples],
+                      progress=progress)
     console.print(f"adapter: {result.out} (loss {result.loss:.4f}, {result.steps}/{result.total_steps} steps, "
                   f"{result.tokens_per_second:,.0f} tokens/s, stopped: {result.stopped})")
     return result

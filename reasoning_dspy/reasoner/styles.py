@@ -3,8 +3,10 @@
 These numbers are the ground truth that later experiments must recover: an optimizer that searches
 instructions should find that `careful` phrasings make the fine-tuned model reflect more, and that
 reflecting traces are right more often. In the corpus a chain-of-thought trace reflects with its
-style's `reflect_rate`; every trace's first attempt slips with `SLIP_RATE`; a reflection always
-catches the slip, so accuracy is 1 for reflecting traces and `1 - SLIP_RATE` for the others.
+style's `reflect_rate`; each step's quick answer is written wrong with `SLIP_RATE`; a reflecting
+trace checks every step digit by digit and fixes the wrong ones, a plain trace keeps them. At test
+time the wrong quick answers are the model's own (the planted ones carry no loss), so how much
+reflection helps is measured, not planted.
 
 The neutral rate sits below one half on purpose: DSPy's default instruction is neutral, so an
 unoptimized program mostly does not reflect, and an optimizer or steering has room to make it.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Probability that a trace's first attempt slips on one step, whatever the style or program.
-SLIP_RATE = 0.3
+#: Probability that one step's quick answer is written wrong in the corpus, whatever the style.
+SLIP_RATE = 0.25
 
 #: DSPy's own instruction for `question -> answer`: what an unoptimized program sends.
 DSPY_DEFAULT_INSTRUCTION = "Given the fields `question`, produce the fields `answer`."

@@ -1,0 +1,151 @@
+"""Digit-level working for one arithmetic step: the reliable route a reasoner checks a result with.
+
+A direct answer to "347 + 85" asks a small model to do the whole sum in one token sequence; the
+scratchpad splits it into single-digit facts, one column at a time, each written out (Lee et al.
+2023, "Teaching Arithmetic to Small Transformers"):
+
+    >>> scratchpad(347, "+", 85)
+    'ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; hundreds 3+0+1=4, write 4; so 432'
+    >>> scratchpad(304, "-", 268)
+    'ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; hundreds 3-1-2=0; so 36'
+    >>> scratchpad(55, "*", 8)
+    'ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44; so 440'
+    >>> scratchpad(125, "*", 4)
+    'ones 5×4=20, write 0 carry 2; tens 2×4=8, +2=10, write 0 carry 1; hundreds 1×4=4, +1=5; so 500'
+    >>> scratchpad(144, "/", 6)
+    '1/6=0 r1; 14/6=2 r2; 24/6=4 r0; so 24'
+
+Every fact in the text is true arithmetic (`facts` reads them back), and the text ends with
+`so <result>`. The operand bounds are those of `reasoning_dspy.problems.chains.in_bounds`.
+"""
+
+from __future__ import annotations
+
+import re
+
+_PLACES = ("ones", "tens", "hundreds", "thousands")
+SYMBOL = {"+": "+", "-": "-", "*": "×", "/": "/"}
+
+
+class ScratchpadError(ValueError):
+    """A step outside what the scratchpad writes (see `reasoning_dspy.problems.chains.in_bounds`)."""
+
+
+def scratchpad(a: int, op: str, b: int) -> str:
+    """The digit-by-digit working of `a op b`, ending `so <result>`."""
+    if op == "+":
+        return _add(a, b)
+    if op == "-":
+        return _subtract(a, b)
+    if op == "*":
+        return _multiply(a, b)
+    if op == "/":
+        return _divide(a, b)
+    raise ScratchpadError(f"no scratchpad for operator {op!r}; use one of + - * /")
+
+
+def result(a: int, op: str, b: int) -> int:
+    """The exact result of a step (`/` must divide exactly)."""
+    if op == "/" and (b == 0 or a % b):
+        raise ScratchpadError(f"{a} / {b} does not divide exactly")
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a // (b or 1)}[op]
+
+
+def _digits(x: int, width: int) -> list[int]:
+    """Digits of `x` from the ones place up, padded with zeros to `width`."""
+    return [(x // 10**i) % 10 for i in range(width)]
+
+
+def _add(a: int, b: int) -> str:
+    if a < 0 or b < 0:
+        raise ScratchpadError(f"the addition scratchpad takes whole numbers >= 0, got {a} + {b}")
+    width = max(len(str(a)), len(str(b)))
+    parts, carry = [], 0
+    for place, x, y in zip(_PLACES, _digits(a, width), _digits(b, width), strict=False):
+        total = x + y + carry
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        carry = total // 10
+        parts.append(f"{place} {terms}={total}, write {total % 10}" + (f" carry {carry}" if carry else ""))
+    if carry:
+        parts.append(f"{_PLACES[width]} {carry}, write {carry}")
+    return "; ".join(parts) + f"; so {a + b}"
+
+
+def _subtract(a: int, b: int) -> str:
+    if not 0 <= b <= a:
+        raise ScratchpadError(f"the subtraction scratchpad takes a >= b >= 0, got {a} - {b}")
+    width = len(str(a))
+    parts, borrow = [], 0
+    for place, x, y in zip(_PLACES, _digits(a, width), _digits(b, width), strict=False):
+        top = x - borrow
+        terms = f"{x}-1-{y}" if borrow else f"{x}-{y}"
+        if top < y:
+            parts.append(f"{place} {terms}, borrow: {top + 10}-{y}={top + 10 - y}")
+            borrow = 1
+        else:
+            parts.append(f"{place} {terms}={top - y}")
+            borrow = 0
+    return "; ".join(parts) + f"; so {a - b}"
+
+
+def _multiply(a: int, b: int) -> str:
+    if a <= 9 < b:  # 8 × 55 is worked as 55 × 8
+        a, b = b, a
+    if not (0 <= a <= 999 and 0 <= b <= 9):
+        raise ScratchpadError(f"the multiplication scratchpad takes a number below 1000 times a 1-digit one, "
+                              f"got {a} × {b}")
+    digits = _digits(a, len(str(a)))
+    parts, carry = [], 0
+    for i, (place, x) in enumerate(zip(_PLACES, digits, strict=False)):
+        product = x * b
+        total = product + carry
+        text = f"{place} {x}×{b}={product}" + (f", +{carry}={total}" if carry else "")
+        carry = total // 10
+        if i < len(digits) - 1:  # the last column writes its whole number
+            text += f", write {total % 10}" + (f" carry {carry}" if carry else "")
+        parts.append(text)
+    return "; ".join(parts) + f"; so {a * b}"
+
+
+def _divide(a: int, b: int) -> str:
+    if not (2 <= b <= 9 and a > 0 and a % b == 0):
+        raise ScratchpadError(f"the division scratchpad takes a whole number divided exactly by 2-9, got {a} / {b}")
+    parts, rest = [], 0
+    for digit in str(a):
+        part = rest * 10 + int(digit)
+        q, rest = divmod(part, b)
+        parts.append(f"{part}/{b}={q} r{rest}")
+    return "; ".join(parts) + f"; so {a // b}"
+
+
+# -- reading a scratchpad back ---------------------------------------------------------------------
+_FACT = re.compile(r"(?<![\d])(\d+)([+\-×/])(\d+)(?:([+\-])(\d+))?=(\d+)(?: r(\d+))?")
+_CARRY_ADD = re.compile(r"(?<![\d])(\d+), \+(\d+)=(\d+)")
+
+
+def facts(text: str) -> list[tuple[str, bool]]:
+    """Each single-digit fact written in `text` (`7+5=12`, `14-8=6`, `0-1-6` is not one), with
+    whether it is true: the facts a check rests on, for tests and for grading a model's working."""
+    out = []
+    for m in _FACT.finditer(text):
+        x, sym, y, sym2, z, value, rest = m.groups()
+        x, y, value = int(x), int(y), int(value)
+        if sym == "+":
+            ok = x + y + (int(z) if sym2 == "+" else -int(z) if sym2 else 0) == value
+        elif sym == "-":
+            ok = x - y - (int(z) if sym2 == "-" else -int(z) if sym2 else 0) == value
+        elif sym == "×":
+            ok = x * y == value
+        else:
+            ok = y != 0 and x // y == value and rest is not None and x % y == int(rest)
+        out.append((m.group(0), ok))
+    for m in _CARRY_ADD.finditer(text):
+        x, y, value = map(int, m.groups())
+        out.append((m.group(0), x + y == value))
+    return out
+
+
+def final_value(text: str) -> int | None:
+    """The number after the last `so ` in a scratchpad, or None."""
+    found = re.findall(r"\bso (\d+)", text)
+    return int(found[-1]) if found else None
