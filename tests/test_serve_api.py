@@ -165,7 +165,7 @@ def test_explain_a_completion_and_a_text(server, client):
 
 def test_health_and_metrics(server, client):
     chat(client)
-    health = httpx.get(f"{server.url}/health").json()
+    health = httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert health["status"] == "ok" and health["admitted"] == 0 and health["config"]["api_key_required"]
     assert "api_key" not in health["config"]
     text = httpx.get(f"{server.url}/metrics").text

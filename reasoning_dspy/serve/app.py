@@ -56,6 +56,8 @@ def create_app(config: ServeConfig | None = None, served: ServedModel | None = N
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log_event(state.logger, "serving", model=served.name, engine=bridge.model_id, sae=served.sae_name,
                   host=config.host, port=config.port, api_key_required=state.api_key is not None)
+        if (warning := config.exposure_warning()) is not None:
+            log_event(state.logger, warning, logging.WARNING, host=config.host)
         yield
         bridge.close()
         log_event(state.logger, "stopped", model=served.name)
@@ -84,9 +86,14 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     config, served, bridge = state.config, state.served, state.bridge
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": served.name, "engine": bridge.model_id, "sae": served.sae_name,
-                **state.gauges(), "config": config.public()}
+    async def health(request: Request) -> dict:
+        """Open to all; with an API key set, what names files (model, SAE and scores paths, settings)
+        is shown only to a client that sends the key."""
+        report = {"status": "ok", **state.gauges(), "api_key_required": state.api_key is not None}
+        if state.api_key is not None and not state.authorized(request):
+            return report
+        return {**report, "model": served.name, "engine": bridge.model_id, "sae": served.sae_name,
+                "config": config.public()}
 
     @app.get("/metrics")
     async def metrics() -> Response:

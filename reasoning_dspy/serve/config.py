@@ -3,12 +3,23 @@ flags (each field's description is its `--help` text) and the `/health` report."
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Environment variable holding the API key when `--api-key` is not given.
 API_KEY_ENV = "REASONING_DSPY_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 class ServeConfig(BaseModel):
@@ -57,6 +68,13 @@ class ServeConfig(BaseModel):
     @property
     def name(self) -> str:
         return self.served_name or self.model
+
+    def exposure_warning(self) -> str | None:
+        """What to warn about when the server is reachable beyond this machine without a key."""
+        if is_loopback(self.host) or self.resolved_api_key() is not None:
+            return None
+        return (f"serving on {self.host} without an API key: anyone who can reach this machine's port {self.port} "
+                f"can generate with and explain the model; set --api-key (or ${API_KEY_ENV}), or bind 127.0.0.1")
 
     def public(self) -> dict:
         """The settings without the API key (for /health and the start-up log)."""

@@ -45,13 +45,22 @@ class ServerState:
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
             return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        given = _given_key(request)
         if not given:
             raise unauthorized("missing API key")
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):
             raise unauthorized("wrong API key")
 
+    def authorized(self, request: Request) -> bool:
+        """Whether `request` may see what `authorize` guards (always, when no key is set)."""
+        given = _given_key(request)
+        return self.api_key is None or (bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode()))
+
     def gauges(self) -> dict[str, Any]:
         return {"queue_depth": self.bridge.queue_depth(), "admitted": self.admission.admitted,
                 "capacity": self.admission.capacity, "rejected": self.admission.rejected}
+
+
+def _given_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
