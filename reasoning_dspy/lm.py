@@ -19,6 +19,7 @@ from typing import Any
 from dspy.utils.callback import BaseCallback
 from torch import nn
 
+from reasoning_dspy.engine import calls
 from reasoning_dspy.engine.state import EngineSources
 from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, SteeredEngine
 from reasoning_dspy.features.activation import ActivationReport
@@ -136,12 +137,12 @@ def lm_for_engine(engine: SteeredEngine, *, cache: bool = True, callbacks: Seque
     import dspy
 
     return dspy.LM(f"local/{engine.model_id}", engine=engine, async_engine=AsyncSteeredEngine(engine), cache=cache,
-                   num_retries=0, callbacks=[*callbacks, FollowWeights()], **lm_kwargs)
+                   num_retries=0, callbacks=[*callbacks, FollowWeights(), AnnounceCandidates()], **lm_kwargs)
 
 
 def derived_lm(lm: Any, engine: SteeredEngine) -> Any:
     """A copy of the `SteeredLM` `lm` (its call settings, cache flag and callbacks) driven by `engine`."""
-    callbacks = [c for c in lm.callbacks if not isinstance(c, FollowWeights)]
+    callbacks = [c for c in lm.callbacks if not isinstance(c, (FollowWeights, AnnounceCandidates))]
     return lm_for_engine(engine, cache=lm.cache, callbacks=callbacks, **lm.kwargs)
 
 
@@ -156,6 +157,20 @@ class FollowWeights(BaseCallback):
         engine = _engine_or_none(instance)
         if engine is not None:
             instance.model = f"local/{engine.refresh_fingerprint()}"
+
+
+class AnnounceCandidates(BaseCallback):
+    """Tells the engine how many candidates (`n`) the call about to run asks for, so it decodes them
+    in one batch: DSPy itself asks the engine for them one at a time (`engine/calls.py`)."""
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        engine = _engine_or_none(instance)
+        if engine is not None:
+            n = (inputs.get("kwargs") or {}).get("n", (getattr(instance, "kwargs", None) or {}).get("n"))
+            calls.announce(engine, n if isinstance(n, int) and not isinstance(n, bool) else 1)
+
+    def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
+        calls.finish()
 
 
 def engine_of(lm: Any) -> SteeredEngine:

@@ -58,6 +58,8 @@ class GenRow:
     capture: bool = False
     capture_features: tuple[int, ...] = ()  # reasoning features whose mean activation is reported
     watch: RowWatch | None = None  # token-by-token delivery and early cancellation
+    seed: int | None = None  # a sampled row draws from its own generator seeded with this: reproducible
+    logprobs: int | None = None  # report each token's log-probability, and this many top alternatives
 
 
 @dataclass
@@ -69,19 +71,33 @@ class GenResult:
     report: ActivationReport | None = None
     perturbation: Perturbation | None = None  # how far steering moved the residual; None when unsteered
     extras: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprobs] | None = None  # per generated token, for a row that asked (`GenRow.logprobs`)
+
+
+@dataclass
+class TokenLogprobs:
+    """A generated token's log-probability under the model (its raw logits, before temperature and
+    top-p), and the `top` most likely tokens at that step: `[(token id, log-probability)]`."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 class _RowSampler:
     """Chooses every row's next token itself and hands `generate` a one-hot score row.
 
     Greedy rows (temperature 0) take their argmax; sampled rows draw from their own temperature and
-    top-p distribution over the whole vocabulary. `generate` runs in greedy mode, so it picks exactly
-    the chosen token and none of Hugging Face's sampling warpers (a default top-k of 50 among them)
-    ever runs after this one.
+    top-p distribution over the whole vocabulary, with their own `torch.Generator` when seeded (so a
+    seeded row samples the same tokens whatever else runs, and the global RNG is never reseeded),
+    else with the global RNG. `generate` runs in greedy mode, so it picks exactly the chosen token
+    and none of Hugging Face's sampling warpers (a default top-k of 50 among them) ever runs after
+    this one.
     """
 
-    def __init__(self, temperature: Tensor, top_p: Tensor):
+    def __init__(self, temperature: Tensor, top_p: Tensor, generators: Sequence[torch.Generator | None] = ()):
         self.temperature, self.top_p = temperature, top_p  # [B], [B]
+        self.generators = list(generators) or [None] * len(temperature)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scores = scores.float()
@@ -95,8 +111,21 @@ class _RowSampler:
                 probs = sorted_logits.softmax(-1)
                 remove = probs.cumsum(-1) - probs > top_p[:, None]  # keep the token that crosses top_p
                 logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
-            choice[sampled] = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+            choice[sampled] = self._draw(logits.softmax(-1), sampled.nonzero().flatten().tolist())
         return torch.full_like(scores, float("-inf")).scatter(-1, choice[:, None], 0.0)
+
+    def _draw(self, probs: Tensor, rows: list[int]) -> Tensor:
+        """One token per sampled row (`probs [len(rows), vocab]`): seeded rows from their own generator."""
+        own = [j for j, b in enumerate(rows) if self.generators[b] is not None]
+        if not own:
+            return torch.multinomial(probs, 1).squeeze(-1)
+        picks = torch.empty(len(rows), dtype=torch.long, device=probs.device)
+        shared = [j for j in range(len(rows)) if j not in own]
+        if shared:
+            picks[shared] = torch.multinomial(probs[shared], 1).squeeze(-1)
+        for j in own:
+            picks[j] = torch.multinomial(probs[j], 1, generator=self.generators[rows[j]])[0]
+        return picks
 
 
 class _RowStopping:
@@ -227,12 +256,16 @@ def generate_rows(
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     eos = _eos_ids(model, tokenizer)
-    gen_cfg = _generation_config(max(r.max_new_tokens for r in rows), min_new_tokens, pad_id, eos, output_logits)
+    want_logprobs = any(r.logprobs is not None for r in rows)
+    gen_cfg = _generation_config(max(r.max_new_tokens for r in rows), min_new_tokens, pad_id, eos,
+                                 output_logits or want_logprobs)
     processors = LogitsProcessorList()
     if any(r.temperature > 0 for r in rows):
         processors.append(_RowSampler(
             torch.tensor([r.temperature for r in rows], device=device, dtype=torch.float32),
             torch.tensor([r.top_p for r in rows], device=device, dtype=torch.float32),
+            [torch.Generator(device=device).manual_seed(r.seed) if r.seed is not None and r.temperature > 0 else None
+             for r in rows],
         ))
     stopping = _RowStopping(rows, width, tokenizer, eos)
     want_capture = capture if any(r.capture for r in rows) else None
@@ -262,6 +295,8 @@ def generate_rows(
         results.append(GenResult(toks, text, finish, len(r.prompt_ids)))
         if output_logits:
             results[-1].extras["logits"] = [step[b].float().cpu() for step in out.logits]
+        if r.logprobs is not None:
+            results[-1].logprobs = _token_logprobs([step[b] for step in out.logits[: len(toks)]], toks, r.logprobs)
     moved = steerer.perturbations([len(res.token_ids) for res in results])
     for res, perturbation in zip(results, moved, strict=True):
         res.perturbation = perturbation
@@ -270,6 +305,18 @@ def generate_rows(
         for r, res, rep in zip(rows, results, reports, strict=True):
             res.report = rep if r.capture else None
     return results
+
+
+def _token_logprobs(logits: Sequence[Tensor], tokens: Sequence[int], top: int) -> list[TokenLogprobs]:
+    """Each token's log-probability under its step's raw logits (`[vocab]` each), with `top` alternatives."""
+    out = []
+    for step, token in zip(logits, tokens, strict=True):
+        logp = step.float().log_softmax(-1)
+        best = logp.topk(min(top, logp.numel())) if top else None
+        out.append(TokenLogprobs(int(token), float(logp[token]), [] if best is None else
+                                 [(int(i), float(v)) for v, i in zip(best.values.tolist(), best.indices.tolist(),
+                                                                     strict=True)]))
+    return out
 
 
 def _shared_prefix_len(rows: Sequence[GenRow]) -> int:

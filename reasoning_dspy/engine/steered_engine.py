@@ -2,11 +2,13 @@
 DSPy 3.4's engine contract.
 
 DSPy's engine contract is `complete(request: dspy.lm15.Request) -> dspy.lm15.Response`, passed as
-`dspy.LM("local/<name>", engine=..., async_engine=...)`. DSPy owns caching, retries, history and
-`n > 1` (it calls `complete` n times); the engine owns the model. This one
+`dspy.LM("local/<name>", engine=..., async_engine=...)`. DSPy owns caching, retries and history, and
+asks for `n > 1` candidates by calling `complete` n times; the engine owns the model. This one
 
 - renders the chat template (the system prompt arrives in `request.system`),
-- honours max_tokens, temperature, top_p and stop,
+- honours max_tokens, temperature, top_p, stop, seed (a `torch.Generator` per row, never the global
+  RNG) and logprobs (with top alternatives), and refuses every other setting by name,
+- decodes a call's `n > 1` candidates in one batch (`engine/calls.py`), and streams per token,
 - steers with the engine's default `SteeringSpec` or a per-call `metadata={"steering": {...}}`
   (`{"steering": None}` for an unsteered baseline),
 - micro-batches concurrent calls (`dspy.Evaluate(num_threads=N)`) into one batched generate,
@@ -26,19 +28,22 @@ part is refreshed whenever the weights change (`refresh_fingerprint`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor, nn
 
+from reasoning_dspy.engine import calls
 from reasoning_dspy.engine.fingerprint import WeightsWatch, model_fingerprint, slug, tensors_fingerprint
-from reasoning_dspy.engine.generate import GenResult, GenRow, generate_rows
+from reasoning_dspy.engine.generate import GenResult, GenRow, RowWatch, generate_rows
 from reasoning_dspy.engine.jobs import (
     BatchJob,
     GenerateJob,
@@ -66,6 +71,11 @@ from reasoning_dspy.steering import (
 
 PROVIDER_KEY = "reasoning_dspy"  # our key inside Response.provider_data
 
+#: The request settings the engine honours; any other one set on a request is refused by name.
+HONOURED = ("max_tokens", "temperature", "top_p", "stop", "seed", "logprobs", "extensions")
+#: What a call's `metadata` may hold.
+METADATA_KEYS = ("steering", "capture", "reasoning_features")
+
 
 Job = GenerateJob | BatchJob | MeasureJob | LatentsJob  # what the worker runs (engine/jobs.py)
 
@@ -83,6 +93,10 @@ class SteeredEngine:
     never runs on two threads at once. The model id carries a fingerprint of the weights that is
     refreshed whenever they change, so a model fine-tuned in place gets a new id.
     """
+
+    #: What DSPy's adapters may ask of this engine (read through `dspy.LM.supported_params`).
+    supported_params = frozenset({"max_tokens", "temperature", "top_p", "stop", "seed", "logprobs", "top_logprobs",
+                                  "stream"})
 
     def __init__(
         self,
@@ -220,29 +234,67 @@ class SteeredEngine:
     # -- the DSPy engine API ---------------------------------------------------------------
     def complete(self, request: Any) -> Any:
         """Generate one response for a `dspy.lm15.Request` (blocks until the batch it joined is done)."""
-        job = self._parse(request)
-        return self._response(_wait(self._batcher.submit(job)), job)
+        row = self._take(request)
+        return self._response(_wait(row.future), row.job)
 
     def submit(self, request: Any) -> Future:
         """Queue a request; returns a `concurrent.futures.Future` of its `Response` (used by the async engine)."""
-        job = self._parse(request)
-        inner = self._batcher.submit(job)
+        row = self._take(request)
         outer: Future = Future()
 
         def done(f: Future) -> None:
             try:
-                outer.set_result(self._response(f.result(), job))
+                outer.set_result(self._response(f.result(), row.job))
             except BaseException as err:  # noqa: BLE001 - handed to the awaiting caller
                 outer.set_exception(err)
 
-        inner.add_done_callback(done)
+        row.future.add_done_callback(done)
         return outer
 
     def stream(self, request: Any) -> Iterator[Any]:
-        """No token streaming: the whole response as one event sequence."""
-        from dspy.lm15 import response_to_events
+        """The response as stream events: a text delta per token as it is decoded (`dspy.streamify`)."""
+        row = self._take(request, calls.TokenFeed)
+        events = self._stream_events(row.job)
+        yield events.start()
+        try:
+            for token in row.feed or ():
+                if (event := events.token(token)) is not None:
+                    yield event
+            yield from events.end(self._response(_wait(row.future), row.job))
+        finally:
+            row.withdraw()  # the consumer stopped early: the row stops too (a no-op once it is done)
 
-        return response_to_events(self.complete(request))
+    def _stream_events(self, job: GenerateJob) -> calls.StreamEvents:
+        return calls.StreamEvents(self._decode, job.row.stop, self.model_id, whole=job.row.logprobs is not None)
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tok_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _take(self, request: Any, feed: Callable[[], Any] | None = None) -> calls.Row:
+        """The row that answers `request`: the next candidate already running for the call DSPy
+        announced (`n > 1`), or new rows, all the call's candidates submitted together."""
+        announced = calls.announced_for(self)
+        if announced is not None and announced.request is request and announced.rows:
+            return announced.rows.popleft()
+        n = announced.n if announced is not None and announced.request is None else 1
+        first = self._parse(request)
+        jobs = [first] + [GenerateJob(dataclasses.replace(first.row, seed=calls.candidate_seed(first.row.seed, i)),
+                                      first.steering) for i in range(1, n)]
+        if n == 1:
+            return self._submit_row(first, feed() if feed is not None else None, watched=False)
+        with self._batcher.expect(n):  # the candidates are gathered whole, into one batch
+            rows = [self._submit_row(job, feed() if feed is not None else None, watched=True) for job in jobs]
+        announced.request, announced.rows = request, deque(rows[1:])
+        return rows[0]
+
+    def _submit_row(self, job: GenerateJob, feed: Any, watched: bool) -> calls.Row:
+        if feed is not None or watched:
+            job.row.watch = RowWatch(on_token=feed.put if feed is not None else None)
+        future = self._batcher.submit(job)
+        if feed is not None:
+            future.add_done_callback(lambda _f: feed.close())
+        return calls.Row(job, future, feed)
 
     def expect(self, n: int) -> AbstractContextManager[None]:
         """Announce `n` calls about to arrive from parallel threads (a context manager): they are
@@ -342,6 +394,7 @@ class SteeredEngine:
 
         messages, system = request_messages(request, self.model_id)
         cfg = request.config
+        _refuse_unsupported(cfg, self.model_id)
         meta = dict((cfg.extensions or {}).get("metadata") or {})
         try:
             spec, features = self.call_steering(meta)
@@ -353,11 +406,12 @@ class SteeredEngine:
             self.temperature if cfg.temperature is None else cfg.temperature,
             1.0 if cfg.top_p is None else cfg.top_p,
             tuple(cfg.stop or ()), bool(meta.get("capture", self.capture)), features,
+            seed=cfg.seed, logprobs=cfg.logprobs,
         )
 
     def _job(self, prompt_ids: list[int], spec: SteeringSpec | None, max_tokens: int, temperature: float,
-             top_p: float, stop: tuple[str, ...], capture: bool, features: tuple[int, ...] | None = None
-             ) -> GenerateJob:
+             top_p: float, stop: tuple[str, ...], capture: bool, features: tuple[int, ...] | None = None,
+             *, seed: int | None = None, logprobs: int | None = None) -> GenerateJob:
         from dspy.lm15 import ContextLengthError, InvalidRequestError
 
         if capture and self.sae is None:
@@ -379,8 +433,9 @@ class SteeredEngine:
             raise InvalidRequestError(str(err)) from None
         if features is None:
             features = self.reasoning_features or (tuple(spec.features) if spec is not None else ())
+        _check_seed_and_logprobs(seed, logprobs, len(self.tokenizer))
         row = GenRow(prompt_ids, max_tokens, float(temperature), float(top_p), stop, steering, capture,
-                     features if capture else ())
+                     features if capture else (), seed=seed, logprobs=logprobs)
         return GenerateJob(row, spec)
 
     def _resolve(self, spec: SteeringSpec):
@@ -454,12 +509,26 @@ class SteeredEngine:
             "activation": result.report.to_dict() if result.report is not None else None,
             "perturbation": result.perturbation.to_dict() if result.perturbation is not None else None,
         }
+        logprobs = self._logprobs(result)
         return Response(
             id=f"rdspy-{uuid.uuid4().hex[:16]}", model=self.model_id,
             message=Message.assistant((TextPart(result.text),)), finish_reason=result.finish_reason,
             usage=Usage(input_tokens=result.prompt_tokens, output_tokens=len(result.token_ids)),
-            provider_data={PROVIDER_KEY: data},
+            logprobs=logprobs, provider_data={PROVIDER_KEY: data},
+            logprobs_complete=logprobs is None or self._decode(result.token_ids) == result.text,
         )
+
+    def _logprobs(self, result: GenResult) -> tuple[Any, ...] | None:
+        """`Response.logprobs` of a row that asked for them: each token's text, id and log-probability."""
+        from dspy.lm15 import TokenLogprob, TopLogprob
+
+        if result.logprobs is None:
+            return None
+        with self._tok_lock:
+            piece = lambda i: self.tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
+            return tuple(TokenLogprob(token=piece(t.token_id), logprob=t.logprob, token_id=t.token_id,
+                                      top=tuple(TopLogprob(token=piece(i), logprob=v, token_id=i) for i, v in t.top))
+                         for t in result.logprobs)
 
     # -- save / load (program.save) --------------------------------------------------------
     def dump_state(self) -> dict:
@@ -496,10 +565,21 @@ class AsyncSteeredEngine:
         return await asyncio.wrap_future(self.engine.submit(request))
 
     async def stream(self, request: Any):
-        from dspy.lm15 import response_to_events
+        """Per-token stream events, as `SteeredEngine.stream` gives them, awaited on the event loop."""
+        import asyncio
 
-        for event in response_to_events(await self.complete(request)):
-            yield event
+        engine = self.engine
+        row = engine._take(request, lambda: calls.AsyncTokenFeed(asyncio.get_running_loop()))
+        events = engine._stream_events(row.job)
+        yield events.start()
+        try:
+            async for token in row.feed:
+                if (event := events.token(token)) is not None:
+                    yield event
+            for event in events.end(engine._response(await asyncio.wrap_future(row.future), row.job)):
+                yield event
+        finally:
+            row.withdraw()
 
     async def aclose(self) -> None:
         pass
@@ -517,7 +597,32 @@ def _row_order(job: GenerateJob) -> tuple:
     everything that makes two requests differ."""
     row = job.row
     return (len(row.prompt_ids), row.prompt_ids, job.steering.fingerprint() if job.steering is not None else "",
-            row.max_new_tokens, row.temperature, row.top_p, row.stop, row.capture, row.capture_features)
+            row.max_new_tokens, row.temperature, row.top_p, row.stop, row.capture, row.capture_features,
+            -1 if row.seed is None else row.seed, -1 if row.logprobs is None else row.logprobs)
+
+
+def _refuse_unsupported(cfg: Any, model_id: str) -> None:
+    """Refuse, by name, every request setting the engine would otherwise ignore."""
+    from dspy.lm15 import UnsupportedFeatureError
+
+    asked = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
+             if f.name not in HONOURED and getattr(cfg, f.name) not in (None, ())]
+    extensions = cfg.extensions or {}
+    asked += [f"{key}={extensions[key]!r}" for key in sorted(extensions) if key != "metadata"]
+    asked += [f"metadata key {key!r}" for key in sorted(extensions.get("metadata") or {}) if key not in METADATA_KEYS]
+    if asked:
+        raise UnsupportedFeatureError(
+            f"{model_id} does not support {', '.join(asked)}: it honours max_tokens, temperature, top_p, stop, "
+            f"seed, logprobs (and top_logprobs), and metadata keys {', '.join(METADATA_KEYS)}; drop the others")
+
+
+def _check_seed_and_logprobs(seed: int | None, logprobs: int | None, vocab: int) -> None:
+    from dspy.lm15 import InvalidRequestError
+
+    if seed is not None and not 0 <= seed < 2**64:
+        raise InvalidRequestError(f"seed must be an integer in [0, 2**64), got {seed}")
+    if logprobs is not None and not 0 <= logprobs <= vocab:
+        raise InvalidRequestError(f"top_logprobs must be between 0 and the vocabulary size {vocab}, got {logprobs}")
 
 
 def _clone_tokenizer(tokenizer: Any) -> Any:
