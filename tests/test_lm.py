@@ -166,6 +166,32 @@ def test_save_load_round_trip(tiny, steer_sae, steer_fmax, tmp_path):
         e.close()
 
 
+def test_a_program_with_its_steered_lm_pickles_as_how_it_was_built(tiny, steer_sae, steer_fmax, tmp_path):
+    """`program.save(..., save_program=True)` pickles a `SteeredLM` as its sources and settings; an LM
+    that cannot be rebuilt elsewhere is refused with what to do instead."""
+    save_sae(steer_sae, tmp_path / "sae")
+    lm = SteeredLM("tiny-random", dtype="float32", sae=str(tmp_path / "sae"), max_activation=steer_fmax,
+                   steering=STEER, max_tokens=6, cache=False)
+    program = dspy.Predict("question -> answer")
+    program.lm = lm
+    with dspy.context(adapter=LenientChatAdapter()):
+        answer = program(question="Why?").answer
+    program.save(tmp_path / "whole", save_program=True)
+    fingerprint = engine_of(lm).fingerprint
+    LIVE_ENGINES.pop(fingerprint)  # as in another process: rebuilt from the recorded sources
+    loaded = dspy.load(tmp_path / "whole", allow_pickle=True)
+    rebuilt = engine_of(loaded.lm)
+    assert rebuilt is not engine_of(lm) and rebuilt.fingerprint == fingerprint and loaded.lm.kwargs == lm.kwargs
+    with dspy.context(adapter=LenientChatAdapter()):
+        assert loaded(question="Why?").answer == answer
+    in_memory = SteeredLM(tiny, sae=steer_sae, max_activation=steer_fmax, max_tokens=6)
+    program.lm = in_memory
+    with pytest.raises(RuntimeError, match=r"SAE was passed in memory.*Save the program's state instead"):
+        program.save(tmp_path / "in_memory", save_program=True)
+    for e in (engine_of(lm), rebuilt, engine_of(in_memory)):
+        e.close()
+
+
 def test_bad_requests_fail_clearly(engine, tiny):
     with pytest.raises(dspy.lm15.UnsupportedFeatureError, match="text messages only"):
         engine.complete(Request(model="local/x", messages=(Message.user([dspy.lm15.ImagePart(url="http://x/y.png")]),)))

@@ -41,6 +41,15 @@ def dump_engine_state(engine: Any) -> dict:
     return state
 
 
+def unrebuildable(engine: Any) -> str | None:
+    """Why `engine` cannot be rebuilt from its recorded sources in another process (None when it can)."""
+    if engine.sources.model is None:
+        return "it records no model source"
+    if engine.sae is not None and engine.sources.sae is None:
+        return "its SAE was passed in memory (save it with reasoning_dspy.save_sae(sae, folder) and pass the folder)"
+    return None
+
+
 def load_engine_state(cls: type, state: dict) -> Any:
     """Rebuild the engine saved in `state`: the saved settings always apply, the model and SAE come
     from a live engine with the same fingerprint or are loaded from the recorded sources."""

@@ -56,7 +56,13 @@ from reasoning_dspy.engine.jobs import (
 from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
 from reasoning_dspy.engine.prefix_cache import PrefixCache
 from reasoning_dspy.engine.requests import render_chat, request_messages, text_messages
-from reasoning_dspy.engine.state import LIVE_ENGINES, EngineSources, dump_engine_state, load_engine_state
+from reasoning_dspy.engine.state import (
+    LIVE_ENGINES,
+    EngineSources,
+    dump_engine_state,
+    load_engine_state,
+    unrebuildable,
+)
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import model_spec
 from reasoning_dspy.sae import SAE
@@ -547,6 +553,17 @@ class SteeredEngine:
         """Rebuild the saved engine. A live engine with the same fingerprint lends its model and SAE (no
         reload), but the saved settings (max_tokens, temperature, batching, ...) always apply."""
         return load_engine_state(cls, state)
+
+    def __reduce__(self) -> tuple:
+        """Pickle (`program.save(..., save_program=True)`) as how the engine was built: its sources and
+        settings, rebuilt by `load_state` (a live engine with the same fingerprint is reused)."""
+        missing = unrebuildable(self)
+        if missing:
+            raise TypeError(
+                f"this SteeredEngine cannot be pickled: {missing}. Save the program's state instead "
+                "(program.save('program.json')) and set the LM again after loading, or build the LM from "
+                "files: SteeredLM('<model name or folder>', sae='<SAE folder>', max_activation=...)")
+        return (type(self).load_state, (self.dump_state(),))
 
     def __repr__(self) -> str:
         sae = f", sae={self.sae.d_sae} latents @ layer {self.sae.cfg.hook_layer}" if self.sae is not None else ""
