@@ -15,7 +15,6 @@ endpoint. **Offline** (no `prompt_model`), proposals come from the instruction p
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 import dspy
 
 from optimizers.evaluate import answer_correct
-from optimizers.instructions import LIBRARY, InstructionPool
+from optimizers.instructions import LIBRARY, InstructionPool, current_instruction
 from optimizers.program import SteeredProgram
 from reasoning_dspy.metrics import ReasoningActivationMetric
 
@@ -33,34 +32,42 @@ _OUTPUT_FIELDS = re.compile(r"Your output fields are:\s*(.*?)(?:\n\n|\Z)", re.S)
 _FIELD = re.compile(r"^\s*\d+\.\s*`(\w+)`\s*(?:\(([^)]*)\))?", re.M)
 
 
-class PoolEngine:
-    """A `dspy.LM` engine that proposes instructions from a fixed pool, in order, never twice.
+class PoolExhaustedError(RuntimeError):
+    """The offline proposer was asked for more instructions than its pool holds."""
 
-    It reads the requested output fields from DSPy's ChatAdapter system message, writes the next
-    pool instruction into every field whose name mentions "instruction" and a short neutral text
-    into the others, so any DSPy proposer signature parses."""
+
+class PoolEngine:
+    """A `dspy.LM` engine that proposes instructions from a fixed pool, in order, each at most once.
+
+    It reads the requested output fields from the system message DSPy's adapters write and answers in
+    that adapter's format: `ChatAdapter`'s field markers, or the JSON object `JSONAdapter` asks for
+    (GEPA's reflection). Every field whose name mentions "instruction" gets the next pool instruction,
+    the others a short neutral value of their type, so any DSPy proposer signature parses. Asked for
+    more than the pool holds, it raises `PoolExhaustedError` instead of proposing one again."""
 
     def __init__(self, instructions: Sequence[str]):
-        if not instructions:
+        self.instructions = list(dict.fromkeys(instructions))
+        if not self.instructions:
             raise ValueError("the pool has no instructions to propose")
-        self.instructions = list(instructions)
-        self._next = itertools.cycle(self.instructions)
+        self._next = 0
         self._lock = threading.Lock()
 
     def complete(self, request: Any) -> Any:
         from dspy.lm15 import Message, Response, TextPart, Usage
 
         system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or [])
-        block = _OUTPUT_FIELDS.search(system or "")
-        with self._lock:
-            instruction = next(self._next)
-        if block is None:  # a raw prompt (GEPA's reflection): the instruction in a code fence
-            text = f"```\n{instruction}\n```"
-        else:
-            text = "".join(f"[[ ## {name} ## ]]\n{_value(name, kind, instruction)}\n\n"
-                           for name, kind in _FIELD.findall(block.group(1))) + "[[ ## completed ## ]]\n"
+        text = _answer(system or "", self._take())
         return Response(id=None, model="pool", message=Message.assistant([TextPart(text)]), finish_reason="stop",
                         usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0))
+
+    def _take(self) -> str:
+        with self._lock:
+            if self._next >= len(self.instructions):
+                raise PoolExhaustedError(
+                    f"the offline proposer has handed out all {len(self.instructions)} instructions of its pool; "
+                    "give it more (pool=[...]) or ask the optimizer for fewer candidates")
+            self._next += 1
+            return self.instructions[self._next - 1]
 
     def stream(self, request: Any) -> Any:
         from dspy.lm15 import response_to_events
@@ -71,26 +78,46 @@ class PoolEngine:
         pass
 
 
-def _value(name: str, kind: str, instruction: str) -> str:
+def _answer(system: str, instruction: str) -> str:
+    """The proposal in the format the adapter's system message asks for."""
+    block = _OUTPUT_FIELDS.search(system)
+    if block is None:  # a raw prompt (GEPA's default reflection): the instruction in a code fence
+        return f"```\n{instruction}\n```"
+    fields = _FIELD.findall(block.group(1))
+    if "Outputs will be a JSON object" in system:  # JSONAdapter
+        return json.dumps({name: _value(name, kind, instruction) for name, kind in fields})
+    return "".join(f"[[ ## {name} ## ]]\n{_text(_value(name, kind, instruction))}\n\n"
+                   for name, kind in fields) + "[[ ## completed ## ]]\n"
+
+
+def _value(name: str, kind: str, instruction: str) -> Any:
     """The instruction for instruction fields; a neutral value of the field's type for the others,
     so proposers parse the answer and change nothing but the instruction."""
     if "instruction" in name:
-        return json.dumps([instruction]) if kind.startswith("list") else instruction
+        return [instruction] if kind.startswith("list") else instruction
     if kind.startswith("dict"):
-        return "{}"
+        return {}
     if kind.startswith("list"):
-        return "[]"
+        return []
     return "Answer:" if "prefix" in name else "(offline proposer: no text)"
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def pool_lm(pool: InstructionPool | Sequence[str] | None = None, program: Any = None) -> Any:
-    """An offline proposer LM that hands out the pool's instructions (the library by default)."""
+    """An offline proposer LM that hands out the pool's instructions (the library by default), never
+    the program's own: the optimizer already has that one."""
     if pool is None:
         instructions = [x for texts in LIBRARY.values() for x in texts]
     elif isinstance(pool, InstructionPool):
         instructions = pool.candidates(program)
     else:
         instructions = list(pool)
+    if program is not None:
+        own = current_instruction(program)
+        instructions = [x for x in instructions if x != own]
     return dspy.LM("pool/instructions", engine=PoolEngine(instructions), cache=False, num_retries=0)
 
 

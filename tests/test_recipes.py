@@ -5,7 +5,7 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from optimizers import SteeredProgram, recipes
+from optimizers import SteeredProgram, program_measures, recipes
 from optimizers.instructions import current_instruction
 from optimizers.recording import RecordingMetric
 from reasoning_dspy.adapter import LenientChatAdapter
@@ -25,7 +25,7 @@ def train():
 
 
 RECIPES = {
-    "copro": dict(breadth=3, depth=2, pool=POOL),
+    "copro": dict(breadth=2, depth=2, pool=POOL),  # 1 + 2 proposals: the pool of 3 is enough
     "miprov2": dict(num_candidates=3, num_trials=3, pool=POOL),
     "bootstrap_fewshot": dict(max_demos=2),
     "bootstrap_random_search": dict(max_demos=2, num_candidates=2),
@@ -60,9 +60,34 @@ def test_the_default_metric_is_correctness_times_activation(lm, train):
     assert feedback.score == pytest.approx(0.25) and "correct" in feedback.feedback
 
 
-def test_the_pool_lm_hands_out_each_instruction_in_turn():
-    lm = recipes.pool_lm(["One.", "Two."])
+def test_the_pool_lm_hands_out_each_instruction_once_never_the_programs_own():
+    program = dspy.ChainOfThought("question -> answer")
+    lm = recipes.pool_lm(["One.", current_instruction(program), "Two.", "One."], program)
     predict = dspy.Predict("task -> proposed_instruction, proposed_prefix_for_output_field")
     with dspy.context(lm=lm):
-        got = [predict(task="x").proposed_instruction for _ in range(3)]
-    assert got == ["One.", "Two.", "One."]
+        got = [predict(task="x").proposed_instruction for _ in range(2)]
+        assert got == ["One.", "Two."]
+        with pytest.raises(Exception, match="handed out all 2 instructions of its pool"):
+            predict(task="x")
+
+
+def test_the_pool_lm_answers_json_to_the_json_adapter():
+    """GEPA parses its reflection proposals with `JSONAdapter`: the pool answers in JSON there."""
+    predict = dspy.Predict("task -> new_instruction, notes: list[str]")
+    with dspy.context(lm=recipes.pool_lm(["Reason slowly."]), adapter=dspy.JSONAdapter()):
+        pred = predict(task="x")
+    assert pred.new_instruction == "Reason slowly." and pred.notes == []
+
+
+def test_gepa_offline_adopts_a_proposal_from_the_pool(lm, train):
+    """Offline, GEPA's reflection gets pool instructions it can parse, and keeps one its metric prefers."""
+    own = current_instruction(dspy.ChainOfThought("question -> answer"))
+
+    def prefers_any_new_instruction(gold, pred, trace=None, pred_name=None, pred_trace=None):
+        score = float(program_measures(pred).instruction != own)
+        return dspy.Prediction(score=score, feedback=f"score {score}")
+
+    with dspy.context(adapter=LenientChatAdapter()):
+        compiled = recipes.gepa(dspy.ChainOfThought("question -> answer"), train, lm=lm,
+                                metric=prefers_any_new_instruction, max_metric_calls=24, pool=POOL)
+    assert current_instruction(compiled.program) == POOL[0] != own
