@@ -24,7 +24,8 @@ def dash(tiny, tmp_path_factory):
     """A dashboard on the session's tiny-random, its corpus cut to 48 texts; the engine is closed after."""
     root = tmp_path_factory.mktemp("dashboard")
     cfg = DashboardConfig(model="tiny-random", sae=planted.NAME, cache_dir=root / "cache", corpus_texts=48,
-                          database_url=f"sqlite:///{root / 'tracking.sqlite'}", max_tokens=12, user="tester")
+                          database_url=f"sqlite:///{root / 'tracking.sqlite'}", max_tokens=12, user="tester",
+                          sae_roots=[tmp_path_factory.getbasetemp()])  # the tests' SAE folders
     ws = with_sae(tiny, planted.NAME, name="tiny-random", cache_dir=cfg.resolved_cache_dir(), corpus_limit=48)
     ws.wait_corpus()  # extracted on a background thread: no forward of this test may overlap it
     board = Dashboard(cfg, ws, EngineBackend(ws, max_tokens=12))

@@ -47,10 +47,12 @@ class App:
                     "--max-tokens", "12", "--user", "tester"]
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
         self.log = root / "dashboard.log"
+        self.root = root  # its working directory: the SAE box may load folders under it
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 240) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     cwd=self.root)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -140,7 +142,7 @@ def test_the_heatmap_shows_what_an_engine_call_measures(app, browser, tiny, plan
     assert sum(shifted) / len(shifted) == pytest.approx(result.report.features_mean, rel=1e-3, abs=1e-6)
 
 
-def test_bad_input_shows_a_message_not_a_traceback(browser, tmp_path):
+def test_bad_input_shows_a_message_not_a_traceback(app, browser):
     from reasoning_dspy.sae import SAE, SAEConfig, save_sae
 
     page = browser
@@ -152,9 +154,9 @@ def test_bad_input_shows_a_message_not_a_traceback(browser, tmp_path):
     page.fill("#rd-feature-index input", "99")
     page.click("#rd-feature-open")
     page.wait_for_function("document.querySelector('#rd-feature-status')?.innerText.includes('feature 99 is out of range')")
-    save_sae(SAE.from_config(SAEConfig(architecture="relu", d_in=32, d_sae=8, hook_layer=1)), tmp_path / "narrow")
+    save_sae(SAE.from_config(SAEConfig(architecture="relu", d_in=32, d_sae=8, hook_layer=1)), app.root / "narrow")
     page.locator("#rd-sae-box").get_by_text("SAE", exact=True).first.click()  # open the SAE box
-    page.fill("#rd-sae textarea, #rd-sae input", str(tmp_path / "narrow"))
+    page.fill("#rd-sae textarea, #rd-sae input", str(app.root / "narrow"))
     page.click("#rd-sae-load")
     page.wait_for_function("document.querySelector('#rd-sae-status')?.innerText.includes('expects d_in=32')")
     page.screenshot(path=str(ARTIFACTS / "bad-input.png"), full_page=True)

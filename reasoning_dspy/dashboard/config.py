@@ -3,9 +3,13 @@ API and the CLI flags (each field's description is its `--help` text)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Environment variable holding `user:password` for the browser login when `auth` is not given.
+AUTH_ENV = "REASONING_DSPY_DASHBOARD_AUTH"
 
 
 def default_cache_dir() -> Path:
@@ -40,6 +44,11 @@ class DashboardConfig(BaseModel):
     corpus_texts: int | None = Field(None, ge=1, description="use only the first N corpus texts (bundled traces "
                                                               "and prompts) for feature pages and map labels")
     user: str | None = Field(None, description="name recorded with flags and scores (default: the login name)")
+    auth: str | None = Field(None, description=f"'user:password' the browser must log in with (default: ${AUTH_ENV}; "
+                                               "none: open to whoever reaches the port)")
+    sae_roots: list[Path] | None = Field(None, description="folders the SAE box may load SAEs and scores from, "
+                                                           "besides the shipped SAEs (default: the working directory)")
+    max_upload_mb: float = Field(5.0, gt=0, le=1024, description="largest file a browser may upload, in MB")
 
     @field_validator("host")
     @classmethod
@@ -58,6 +67,31 @@ class DashboardConfig(BaseModel):
             raise ValueError(f"server must be an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
         return value.removesuffix("/v1")
 
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_auth(value)
+        return value
+
+    def resolved_auth(self) -> tuple[str, str] | None:
+        """`(user, password)` for Gradio's login: `auth`, else the environment variable, else none."""
+        value = self.auth or os.environ.get(AUTH_ENV) or None
+        return _split_auth(value) if value is not None else None
+
+    def resolved_sae_roots(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in (self.sae_roots or [Path.cwd()])]
+
+    def exposure_warning(self) -> str | None:
+        """What to warn about when the dashboard is reachable beyond this machine without a login."""
+        from reasoning_dspy.serve.config import is_loopback
+
+        if is_loopback(self.host) or self.resolved_auth() is not None:
+            return None
+        return (f"the dashboard listens on {self.host} without a login: anyone who can reach port {self.port} can "
+                f"run the model and write to the tracking database; set auth='user:password' (or ${AUTH_ENV}), "
+                "or bind 127.0.0.1")
+
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
 
@@ -70,3 +104,11 @@ class DashboardConfig(BaseModel):
             return getpass.getuser()
         except Exception:  # noqa: BLE001 - no login name (some containers): ask in the UI instead
             return ""
+
+
+def _split_auth(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise ValueError(f"auth must be 'user:password' with both parts, got {len(value)} characters without them "
+                         f"(${AUTH_ENV} takes the same form)")
+    return user.strip(), password

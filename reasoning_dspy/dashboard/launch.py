@@ -3,6 +3,7 @@ by default) in this process; the CLI then waits on it until Ctrl-C."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,8 @@ from reasoning_dspy.dashboard.app import CSS, THEME, build
 from reasoning_dspy.dashboard.config import DashboardConfig
 from reasoning_dspy.dashboard.session import Dashboard
 from reasoning_dspy.dashboard.workspace import DashboardError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +64,8 @@ class _ConsoleProgress:
 def start(cfg: DashboardConfig, dash: Dashboard | None = None) -> Running:
     """Load (unless `dash` is given) and serve the dashboard at http://host:port in this process
     (`Running.close()` stops it; `Running.demo.block_thread()` waits for Ctrl-C)."""
+    if (warning := cfg.exposure_warning()) is not None:
+        logger.warning(warning)
     if dash is None:
         dash = Dashboard.create(cfg, progress=_ConsoleProgress())
     demo = build(dash)
@@ -69,7 +74,7 @@ def start(cfg: DashboardConfig, dash: Dashboard | None = None) -> Running:
     try:
         demo.launch(server_name=cfg.host, server_port=port, prevent_thread_lock=True, share=False, inbrowser=False,
                     show_error=False, quiet=True, ssr_mode=False, mcp_server=False, theme=THEME, css=CSS,
-                    footer_links=[])
+                    footer_links=[], auth=cfg.resolved_auth(), max_file_size=f"{cfg.max_upload_mb:g}mb")
     except OSError as err:
         dash.close()
         raise DashboardError(f"cannot serve on {cfg.host}:{port} ({err}); pick another --port") from None

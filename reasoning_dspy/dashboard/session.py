@@ -8,8 +8,10 @@ other pages work as usual.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from reasoning_dspy.dashboard.backend import Answer, Backend, EngineBackend, ServerBackend
@@ -35,6 +37,9 @@ class Dashboard:
         self._notes: Any = None
         self._map: MapState | None = None
         self._lock = threading.RLock()
+        self._switching = threading.Lock()  # one SAE switch at a time
+        self._users: dict[int, int] = {}  # requests using each backend, by id(backend)
+        self._retired: dict[int, Backend] = {}  # switched-out backends, closed when their last request ends
 
     @classmethod
     def create(cls, cfg: DashboardConfig, progress: Progress | None = None) -> Dashboard:
@@ -63,24 +68,71 @@ class Dashboard:
                 f"**answers from** {self.backend.kind} · **corpus** {about} · **tracking** {self.tracking_where()}")
 
     def switch_sae(self, sae: str, scores: str | None = None, progress: Progress | None = None) -> str:
-        """Use another SAE on the same model; returns the new header. The current one stays on any error."""
+        """Use another SAE on the same model; returns the new header. The current one stays on any error.
+
+        The SAE box is open to every visitor, so it loads only the shipped SAEs and folders under the
+        configured roots (`DashboardConfig.sae_roots`), and refuses anything else in the same words
+        whether it exists or not. Switches run one at a time; requests already running finish on the
+        old SAE, whose engine is closed when the last of them is done."""
         if not (sae or "").strip():
             raise DashboardError("give an SAE: a folder, a shipped SAE name, or tiny-planted")
         if isinstance(self.backend, ServerBackend):
             raise DashboardError("the dashboard uses the server's SAE (--server): restart both with the other SAE")
-        ws = with_sae(self.ws.loaded, sae, (scores or "").strip() or None, name=self.ws.served.name,
-                      cache_dir=self.cache_dir, corpus_limit=self.cfg.corpus_texts, progress=progress)
-        backend = _backend(self.cfg, ws)
-        with self._lock:
-            old, self.ws, self.backend, self._map = self.backend, ws, backend, None
-        old.close()
+        sae_value = self._allowed(sae.strip(), "SAE", names=True)
+        scores_value = self._allowed(scores.strip(), "scores folder") if (scores or "").strip() else None
+        with self._switching:
+            ws = with_sae(self.ws.loaded, sae_value, scores_value, name=self.ws.served.name,
+                          cache_dir=self.cache_dir, corpus_limit=self.cfg.corpus_texts, progress=progress)
+            backend = _backend(self.cfg, ws)
+            with self._lock:
+                old, self.ws, self.backend, self._map = self.backend, ws, backend, None
+                if self._users.get(id(old)):
+                    self._retired[id(old)] = old
+                    old = None
+            if old is not None:
+                old.close()
         return self.header()
+
+    def _allowed(self, value: str, what: str, *, names: bool = False) -> str:
+        """`value` if the SAE box may load it: a shipped SAE name (`names`), or a path under a root."""
+        from reasoning_dspy.sae import planted
+        from reasoning_dspy.sae.io import SHIPPED_SAES
+
+        if names and (value in SHIPPED_SAES or value == planted.NAME):
+            return value
+        roots = self.cfg.resolved_sae_roots()
+        path = Path(value).expanduser()
+        resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if any(resolved == root or root in resolved.parents for root in roots):
+            return str(resolved)
+        shipped = f"shipped SAEs ({', '.join(sorted(SHIPPED_SAES))}, {planted.NAME}) or " if names else ""
+        raise DashboardError(f"the {what} box loads only {shipped}folders under {', '.join(map(str, roots))}; "
+                             f"{value!r} is not one (start the dashboard with sae_roots to allow another folder)")
+
+    @contextmanager
+    def _using(self) -> Iterator[tuple[Workspace, Backend]]:
+        """The current workspace and backend, kept open until the block ends even if the SAE switches."""
+        with self._lock:
+            ws, backend = self.ws, self.backend
+            self._users[id(backend)] = self._users.get(id(backend), 0) + 1
+        try:
+            yield ws, backend
+        finally:
+            with self._lock:
+                self._users[id(backend)] -= 1
+                done = not self._users[id(backend)]
+                if done:
+                    del self._users[id(backend)]
+                retired = self._retired.pop(id(backend), None) if done else None
+            if retired is not None:
+                retired.close()
 
     # -- pages ----------------------------------------------------------------------------------
     def prompt(self, prompt: str, features: str, max_tokens: int) -> Any:
         from reasoning_dspy.dashboard.prompt_view import run_prompt
 
-        return run_prompt(self.backend, self.ws, prompt, features, max_tokens=int(max_tokens))
+        with self._using() as (ws, backend):
+            return run_prompt(backend, ws, prompt, features, max_tokens=int(max_tokens))
 
     def steering_defaults(self) -> dict[str, Any]:
         """The Steering page's starting controls: the SAE's recommended steering, else sensible ones."""
@@ -102,18 +154,20 @@ class Dashboard:
               max_tokens: int) -> Any:
         from reasoning_dspy.dashboard.steer_view import compare, steering_spec
 
-        spec = steering_spec(self.ws, source=source, top_n=top_n, features_text=features, strength=strength,
-                             mode=mode, units=units)
-        return compare(self.backend, self.ws, prompt, spec, max_tokens=int(max_tokens))
+        with self._using() as (ws, backend):
+            spec = steering_spec(ws, source=source, top_n=top_n, features_text=features, strength=strength,
+                                 mode=mode, units=units)
+            return compare(backend, ws, prompt, spec, max_tokens=int(max_tokens))
 
     def sweep(self, prompt: str, source: str, top_n: Any, features: str, mode: str, units: str, strengths: str,
               max_tokens: int) -> tuple[list[list[Any]], Any]:
         from reasoning_dspy.dashboard.steer_view import parse_strengths, steering_spec, sweep, sweep_figure
 
         values = parse_strengths(strengths)
-        spec = steering_spec(self.ws, source=source, top_n=top_n, features_text=features, strength=max(values, key=abs),
-                             mode=mode, units=units)
-        rows = sweep(self.backend, self.ws, prompt, spec, values, max_tokens=int(max_tokens))
+        with self._using() as (ws, backend):
+            spec = steering_spec(ws, source=source, top_n=top_n, features_text=features,
+                                 strength=max(values, key=abs), mode=mode, units=units)
+            rows = sweep(backend, ws, prompt, spec, values, max_tokens=int(max_tokens))
         return rows, sweep_figure(rows, spec)
 
     def feature(self, feature: Any, progress: Progress | None = None) -> Any:
@@ -201,7 +255,8 @@ class Dashboard:
             raise DashboardError("pick a prompt first: select a generation, or type one")
         if not (author or "").strip():
             raise DashboardError("an annotation needs its author: give your name at the top of the page")
-        answer = self.backend.generate([(prompt, None)], int(max_tokens))[0]
+        with self._using() as (_ws, backend):
+            answer = backend.generate([(prompt, None)], int(max_tokens))[0]
         if answer.reasoning_activation is None:
             raise DashboardError("this SAE has no reasoning features to measure (no ReasonScore table)")
         row = self.annotate("rescore", prompt, author, run_id=run_id, generation_id=generation_id,
