@@ -1,4 +1,4 @@
-"""The reasoner corpus: planted rates, slips that reflection catches, DSPy's exact prompt, files."""
+"""The reasoner corpus: planted rates, checks that compute, untrained slips, DSPy's exact prompt, files."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import json
 import math
 import random
 import re
-from fractions import Fraction
 
 import dspy
 import pytest
 from pydantic import ValidationError
 
+from reasoning_dspy.evaluation import make_program
 from reasoning_dspy.features.vocab import REASONING_SPELLINGS
-from reasoning_dspy.problems import answers_match, format_answer, make_problems
-from reasoning_dspy.problems.traces import duplicate_window_fraction
+from reasoning_dspy.problems import format_answer, make_problems
 from reasoning_dspy.reasoner.corpus import (
     CorpusConfig,
     CorpusError,
@@ -25,13 +24,15 @@ from reasoning_dspy.reasoner.corpus import (
     read_corpus,
     write_corpus,
 )
-from reasoning_dspy.reasoner.solution import Step, plan_slip
+from reasoning_dspy.reasoner.scratchpad import facts
 from reasoning_dspy.reasoner.styles import DSPY_DEFAULT_INSTRUCTION, SLIP_RATE, STYLES, style_of
+from reasoning_dspy.reasoner.trace import ECHOES, REFLECTIVE_OPENERS, Step, plan_slips, read_steps
+from signatures import WordProblem
 
 N, SEED = 2000, 0
 _WORDS = sorted({s.strip() for s in REASONING_SPELLINGS}, key=len, reverse=True)
 _VOCAB = re.compile(r"\b(" + "|".join(map(re.escape, _WORDS)) + r")\b")
-_STEP = re.compile(r"^(\S+) (\S+) (\S+) = (\S+)$")
+_LINE = re.compile(r"^(\d+) ([+\-×/]) (\d+) = (\d+)\.")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def corpus() -> list[ReasonerExample]:
 
 @pytest.fixture(scope="module")
 def problems() -> dict:
-    return {p.id: p for p in make_problems(N, split="train", seed=SEED)}
+    return {p.id: p for p in make_problems(N, split="train", seed=SEED, families=["chains"])}
 
 
 def reasoning(e: ReasonerExample) -> str:
@@ -49,27 +50,20 @@ def reasoning(e: ReasonerExample) -> str:
 
 
 def _signature(e: ReasonerExample):
-    if e.program == "cot":
-        return dspy.ChainOfThought("question -> answer").predict.signature.with_instructions(e.instruction)
-    return dspy.Predict("question -> answer").signature.with_instructions(e.instruction)
+    signature = WordProblem.with_instructions(e.instruction)
+    return dspy.ChainOfThought(signature).predict.signature if e.program == "cot" else signature
 
 
 def _within(count: int, n: int, p: float, sigmas: float = 4.0) -> bool:
     return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p)) + 1
 
 
-def _evaluate(a: Fraction, op: str, b: Fraction) -> Fraction:
-    """Independent of the package: the six step operators on whole or exact numbers."""
-    if op == "mod":
-        return a % b
-    if op == "ceildiv":
-        return Fraction(math.ceil(a / b))
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
-
-
-def _parse(step: str) -> tuple[Fraction, str, Fraction, Fraction]:
-    a, op, b, c = _STEP.match(step).groups()
-    return Fraction(a), op, Fraction(b), Fraction(c)
+def _exact(a: int, sym: str, b: int) -> int:
+    """Independent of the package: the four step operators on whole numbers."""
+    if sym == "/":
+        assert b and a % b == 0, (a, b)
+        return a // b
+    return {"+": a + b, "-": a - b, "×": a * b, "*": a * b}[sym]
 
 
 # -- determinism -----------------------------------------------------------------------------------
@@ -81,71 +75,83 @@ def test_same_arguments_same_corpus_and_prefixes_agree():
 
 
 # -- planted rates ---------------------------------------------------------------------------------
-def test_reflection_slip_and_program_rates_match_the_constants(corpus):
+def test_reflection_slip_and_program_rates_match_the_settings(corpus):
     cot = [e for e in corpus if e.program == "cot"]
-    assert _within(len(corpus) - len(cot), len(corpus), 0.15)
+    assert _within(len(corpus) - len(cot), len(corpus), 0.1)
     for name, style in STYLES.items():
         rows = [e for e in cot if e.style == name]
         assert len(rows) > 400
         assert _within(sum(e.reflects for e in rows), len(rows), style.reflect_rate), name
-    assert _within(sum(e.slipped for e in corpus), len(corpus), SLIP_RATE)
-    plain = [e for e in corpus if not e.reflects]
-    assert _within(sum(e.correct for e in plain), len(plain), 1 - SLIP_RATE)
-    assert not any(e.reflects for e in corpus if e.program == "predict")
+    assert not any(e.reflects or e.slipped for e in corpus if e.program == "predict")
+    # per step, a quick answer is written wrong at about SLIP_RATE (a little less: some steps may not slip)
+    steps = sum(len(e.steps) for e in cot)
+    wrong = sum(len(e.slips) for e in cot)
+    assert 0.8 * SLIP_RATE * steps < wrong <= 1.05 * SLIP_RATE * steps
     stats = corpus_stats(corpus)
     assert stats.accuracy_reflects == 1.0
+    assert 0.4 < stats.accuracy_no_reflection < 0.8
     assert stats.programs["cot"] == len(cot) and stats.n == N
-    assert abs(stats.reflection_rate["careful"] - STYLES["careful"].reflect_rate) < 0.05
     assert stats.accuracy_by_style["careful"] > stats.accuracy_by_style["neutral"] > stats.accuracy_by_style["terse"]
 
 
-def test_reflection_always_fixes_the_answer_and_an_uncaught_slip_never_does(corpus, problems):
+def test_answers_are_right_when_no_slip_went_uncaught_and_rarely_otherwise(corpus, problems):
+    lucky = 0
     for e in corpus:
         p = problems[e.problem_id]
-        assert e.correct == answers_match(e.answer, p.answer) == (not e.slipped or e.reflects), e
-        if e.correct:
-            assert e.answer == format_answer(p.answer) and e.steps == p.steps
+        assert e.correct == (e.answer == format_answer(p.answer))
+        if not e.slipped or e.reflects:
+            assert e.correct, e
+        else:  # uncaught slips: right only where two of them cancel (+10 then -10 further on)
+            lucky += e.correct
+        assert e.caught == (len(e.slips) if e.reflects else 0)
         assert e.messages[-1]["content"].count(f"[[ ## answer ## ]]\n{e.answer}\n") == 1
+    assert lucky < 0.02 * len(corpus)
 
 
-def test_the_written_chain_rederives_the_written_answer(corpus, problems):
-    for e in corpus:
-        p = problems[e.problem_id]
-        assert len(e.steps) == len(p.steps)
-        results: list[Fraction] = []
-        for j, (written, original) in enumerate(zip(e.steps, p.steps, strict=True)):
-            a, op, b, c = _parse(written)
-            a0, op0, b0, c0 = _parse(original)
-            assert op == op0
-            # each operand is the problem's own, or an earlier (possibly slipped) result carried forward
-            assert a in (a0, *results) and b in (b0, *results), (e, j)
-            if e.slip is not None and written == e.slip:
-                assert (a, b) == (a0, b0) and c != c0  # the slip itself, left uncaught
-            else:
-                assert _evaluate(a, op, b) == c, (e, written)
-            results.append(c)
-        assert results[-1] == Fraction(e.answer)
+# -- the trace computes ------------------------------------------------------------------------------
+def test_every_check_in_a_trace_is_arithmetically_true(corpus):
+    checked = 0
+    for e in (e for e in corpus if e.reflects):
+        for line in reasoning(e).split("\n"):
+            if not _LINE.match(line):
+                continue
+            a, sym, b, _ = _LINE.match(line).groups()
+            found = facts(line)
+            assert found and all(ok for _, ok in found), line
+            assert line.count(f"; so {_exact(int(a), sym, int(b))}.") == 1, line
+            checked += 1
+    assert checked > 2000
 
 
-def test_the_reasoning_text_shows_the_chain_and_the_caught_slip(corpus):
-    for e in corpus:
-        if e.program == "predict":
-            assert "[[ ## reasoning ## ]]" not in e.messages[-1]["content"]
-            continue
+def test_a_check_catches_exactly_the_wrong_quick_answers_and_the_trace_goes_on_with_the_right_value(corpus):
+    for e in (e for e in corpus if e.program == "cot"):
         text = reasoning(e)
-        numbers = set(re.findall(r"\d+(?:\.\d+)?", text)) | set(re.findall(r"\d+/\d+", text))
-        for step in e.steps:
-            a, _, b, c = _STEP.match(step).groups()
-            assert {a, b, c} <= numbers, (step, text)
-        if e.slipped and e.reflects:  # the wrong value is written first, then the right one
-            prefix, wrong = e.slip.rsplit(" = ", 1)
-            right = next(s for s in e.steps if s.startswith(prefix + " = ")).rsplit(" = ", 1)[1]
-            first_wrong = _whole_number(wrong).search(text).start()
-            assert _whole_number(right).search(text, first_wrong), text
+        written = read_steps(text)
+        assert len(written) == len(e.steps)
+        previous: list[int] = []
+        for w in written:
+            exact = _exact(w.step.a, w.step.op, w.step.b)
+            if e.reflects:
+                assert w.checked == exact
+                assert w.caught == (w.quick != exact)
+                if w.caught:
+                    assert f"{exact}, not {w.quick}" in text or f"{w.quick} was wrong" in text \
+                        or f"{w.quick} is a slip" in text
+            else:
+                assert w.checked is None
+            # operands are stated numbers or the value an earlier step went on with
+            previous.append(w.value)
+        assert format_answer(written[-1].value) == e.answer
 
 
-def _whole_number(x: str) -> re.Pattern:
-    return re.compile(r"(?<![\d.])" + re.escape(x) + r"(?!\d|\.\d)")
+def test_untrained_spans_are_exactly_the_wrong_quick_answers(corpus):
+    for e in corpus:
+        content = e.messages[-1]["content"]
+        masked = [content[a:b] for a, b in e.untrained]
+        assert masked == [s.rsplit(" = ", 1)[1] for s in e.slips], e
+        for a, _ in e.untrained:  # each sits right after "a op b = " at the start of a line
+            line_start = content.rfind("\n", 0, a) + 1
+            assert _LINE.match(content[line_start:]) and content[line_start:a].endswith(" = ")
 
 
 def test_reflection_words_appear_exactly_in_reflecting_traces(corpus):
@@ -157,35 +163,22 @@ def test_reflection_words_appear_exactly_in_reflecting_traces(corpus):
             assert not _VOCAB.search(instruction), instruction
 
 
-def test_every_trace_restates_its_instruction_first(corpus):
-    from reasoning_dspy.reasoner.solution import ECHOES
-
-    for e in corpus:
-        if e.program == "cot":
-            first = reasoning(e).split("\n", 1)[0]
-            assert first in {echo.format(instruction=e.instruction) for echo in ECHOES}, first
-
-
-def test_reflections_are_varied_not_one_template(corpus):
-    # after the first line, the restated instruction, which is a copy by design
-    reflecting = [reasoning(e).split("\n", 1)[1] for e in corpus if e.reflects]
-    ours = duplicate_window_fraction(reflecting)
-    # the naive alternative: one fixed sentence per step and one fixed check
-    rng = random.Random(0)
-    naive = []
-    for e in corpus:
+def test_the_instruction_is_restated_then_one_token_decides(corpus):
+    for e in (e for e in corpus if e.program == "cot"):
+        first, second = reasoning(e).split("\n")[:2]
+        assert first in {echo.format(instruction=e.instruction) for echo in ECHOES}, first
         if e.reflects:
-            lines = [f"{s.split(' = ')[0]} gives {s.split(' = ')[1]}." for s in e.steps]
-            i = rng.randrange(len(lines))
-            lines[i] += " Wait, let me check that again: yes, it is right."
-            naive.append(" ".join(lines) + f" The answer is {e.answer}.")
-    assert ours < 0.1 and ours < duplicate_window_fraction(naive) / 3
-    # each word group is followed by many different contexts
+            assert second.startswith(REFLECTIVE_OPENERS), second
+        else:
+            assert second[0].isdigit(), second
+
+
+def test_reasoning_words_sit_in_varied_contexts(corpus):
     contexts: dict[str, set[str]] = {}
-    for text in reflecting:
-        for m in re.finditer(_VOCAB.pattern + r"(.{0,20})", text):
+    for e in (e for e in corpus if e.reflects):
+        for m in re.finditer(_VOCAB.pattern + r"(.{0,20})", reasoning(e).split("\n", 1)[1]):
             contexts.setdefault(m.group(1).lower(), set()).add(re.sub(r"\d+", "#", m.group(2)))
-    assert len(contexts) == 10 and min(len(v) for v in contexts.values()) >= 5, {
+    assert len(contexts) >= 7 and sorted(len(v) for v in contexts.values())[-5] >= 5, {
         k: len(v) for k, v in contexts.items()}
 
 
@@ -206,16 +199,17 @@ def test_messages_are_dspys_inference_prompt_and_parse_back(corpus):
         assert adapter.format(built, demos=[], inputs={"question": question}) == e.messages[:2]
 
 
-def test_the_default_instruction_is_what_an_unoptimized_program_sends(corpus):
+def test_the_unoptimized_program_sends_a_training_instruction(corpus):
     adapter = dspy.ChatAdapter()
-    cot = next(e for e in corpus if e.instruction == DSPY_DEFAULT_INSTRUCTION and e.program == "cot")
-    question = cot.messages[1]["content"].split("\n", 1)[1].split("\n\nRespond with")[0]
-    default = dspy.ChainOfThought("question -> answer").predict.signature
-    assert adapter.format(default, demos=[], inputs={"question": question}) == cot.messages[:2]
+    assert WordProblem.instructions in STYLES["neutral"].instructions
+    assert DSPY_DEFAULT_INSTRUCTION in STYLES["neutral"].instructions
+    e = next(e for e in corpus if e.instruction == WordProblem.instructions and e.program == "cot")
+    question = e.messages[1]["content"].split("\n", 1)[1].split("\n\nRespond with")[0]
+    unoptimized = make_program("cot").predict.signature
+    assert adapter.format(unoptimized, demos=[], inputs={"question": question}) == e.messages[:2]
 
 
 def test_styles_keep_held_out_phrasings_out_of_training(corpus):
-    assert DSPY_DEFAULT_INSTRUCTION in STYLES["neutral"].instructions
     assert STYLES["terse"].reflect_rate < STYLES["neutral"].reflect_rate < STYLES["careful"].reflect_rate
     seen = {e.instruction for e in corpus}
     for style in STYLES.values():
@@ -227,26 +221,25 @@ def test_styles_keep_held_out_phrasings_out_of_training(corpus):
 
 
 def test_config_choices_shape_the_corpus():
-    only = make_corpus(n=80, seed=1, styles={"careful": 2.0}, predict_fraction=1.0,
-                       families=["rates"], difficulty=[3])
-    assert {(e.style, e.program, e.family, e.difficulty) for e in only} == {("careful", "predict", "rates", 3)}
-    assert not any(e.reflects for e in only)
-    assert all(e.correct != e.slipped for e in only)
+    only = make_corpus(n=80, seed=1, styles={"careful": 2.0}, predict_fraction=1.0, difficulty=[3])
+    assert {(e.style, e.program, e.family, e.difficulty) for e in only} == {("careful", "predict", "chains", 3)}
+    assert all(len(e.steps) == 4 and e.correct and not e.slipped for e in only)
     assert all(e.program == "cot" for e in make_corpus(n=40, predict_fraction=0.0))
+    assert not any(e.slipped for e in make_corpus(n=40, slip_rate=0.0))
 
 
 # -- slips ---------------------------------------------------------------------------------------
 def test_a_slip_never_lands_where_its_uses_are_ambiguous():
-    # step 0's result 10 is also a number the question states: only the last step may slip
-    steps = [Step.parse("5 * 2 = 10"), Step.parse("10 + 10 = 20")]
+    # step 0's result 10 is also a number the question states: only step 1 may slip
+    chain = [Step(5, "*", 2), Step(10, "+", 10)]
     for seed in range(50):
-        slip = plan_slip(steps, {Fraction(5), Fraction(2), Fraction(10)}, random.Random(seed))
-        assert slip.index == 1 and slip.wrong != 20 and slip.propagated[0] == steps[0]
-    # unambiguous: step 0 may slip, and the error carries into step 1
-    steps = [Step.parse("7 * 3 = 21"), Step.parse("21 + 5 = 26")]
-    slips = [plan_slip(steps, {Fraction(7), Fraction(3), Fraction(5)}, random.Random(s)) for s in range(60)]
-    carried = [s for s in slips if s.index == 0]
-    assert carried and all(s.propagated[1].a == s.wrong and s.propagated[1].c == s.wrong + 5 for s in carried)
+        slips = plan_slips(chain, {5, 2, 10}, 0.99, random.Random(seed))
+        assert 0 not in slips and slips.get(1, 21) != 20
+    # unambiguous: step 0 may slip, and the division after it must stay exact
+    chain = [Step(27, "+", 13), Step(40, "/", 2)]
+    slips = [plan_slips(chain, {27, 13, 2}, 0.99, random.Random(s)) for s in range(60)]
+    assert any(0 in s for s in slips)
+    assert all(s[0] % 2 == 0 and s[0] != 40 for s in slips if 0 in s)
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -274,15 +267,15 @@ def test_a_malformed_line_is_named(tmp_path, corpus):
 # -- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"split": "validation"}, "split 'train' only"),
-    ({"families": ["rates", "poetry"]}, r"poetry.*arithmetic, rates"),
     ({"n": -1}, "greater than or equal to 0"),
     ({"n": True}, "n"),
     ({"styles": {"terse": 0.0}}, "positive"),
     ({"styles": {"loud": 1.0}}, r"unknown styles \['loud'\]; choose from terse, neutral, careful"),
     ({"styles": {}}, "positive"),
     ({"predict_fraction": 1.5}, "predict_fraction"),
+    ({"slip_rate": 1.0}, "slip_rate"),
     ({"difficulty": 4}, "difficulty must be 1, 2 or 3"),
-    ({"temperature": 1.0}, "temperature"),
+    ({"families": ["rates"]}, "families"),
 ])
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(CorpusError, match=message):

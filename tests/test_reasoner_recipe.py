@@ -38,8 +38,8 @@ def test_recipe_refuses_run_folder_settings_and_bad_overrides(tmp_path):
         ReasonerRecipe.load(None, ["finetune.out=elsewhere"])
     with pytest.raises(RecipeError, match="corpus.n"):
         ReasonerRecipe.load(None, ["corpus.n=-3"])
-    with pytest.raises(RecipeError, match="unknown problem families"):
-        ReasonerRecipe.load(None, ["corpus.families=[algebra]"])
+    with pytest.raises(RecipeError, match=r"corpus.slip_rate.*less than 1"):
+        ReasonerRecipe.load(None, ["corpus.slip_rate=1.5"])
     result = CliRunner().invoke(app, ["reasoner", "train", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "not found" in result.output
     result = CliRunner().invoke(app, ["reasoner", "train", "finetune.lr=fast"])

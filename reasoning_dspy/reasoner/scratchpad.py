@@ -146,6 +146,6 @@ def facts(text: str) -> list[tuple[str, bool]]:
 
 
 def final_value(text: str) -> int | None:
-    """The number after the last `so ` in a scratchpad, or None."""
-    found = re.findall(r"\bso (\d+)", text)
+    """The result a scratchpad ends on (`...; so 432`), or None."""
+    found = re.findall(r"(?:^|; )so (\d+)", text)
     return int(found[-1]) if found else None
