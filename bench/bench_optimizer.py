@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from _result import Ratio, ResultWriter, Table, Target, add_result_args, check_device_arg  # noqa: E402
 
 from optimizers import ReasoningOptimizer  # noqa: E402
+from reasoning_dspy.adapter import LenientChatAdapter  # noqa: E402
 from reasoning_dspy.lm import SteeredLM, engine_of  # noqa: E402
 from reasoning_dspy.models import load_model  # noqa: E402
 from reasoning_dspy.problems import as_dspy_examples, make_problems  # noqa: E402
@@ -57,7 +58,7 @@ def run(loaded, sae, fmax, features, reasoning, train, *, max_batch_size: int, t
     lm = SteeredLM(loaded, sae=sae, max_activation=fmax, reasoning_features=reasoning, max_tokens=max_tokens,
                    cache=False, max_batch_size=max_batch_size)
     optimizer = ReasoningOptimizer(features=features, n_trials=trials, batch_trials=batch_trials,
-                                   accuracy_margin=None, progress=True, seed=0)
+                                   accuracy_margin=None, progress=True, seed=0, adapter=LenientChatAdapter())
     start = time.perf_counter()
     with dspy.context(lm=lm):
         compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=train)

@@ -57,6 +57,19 @@ class ProgramConfig(_Section):
     module: Literal["cot", "predict"] = Field("cot", description="dspy.ChainOfThought or dspy.Predict")
     signature: str = Field("question -> answer", description="the DSPy signature")
     instruction: str | None = Field(None, description="starting instruction (None: DSPy's default)")
+    adapter: Literal["lenient", "chat", "json"] = Field("lenient", description=(
+        "how answers are parsed: lenient (LenientChatAdapter: an answer outside DSPy's format is salvaged and "
+        "scored, as small models need), chat (DSPy's ChatAdapter: such an answer fails and scores zero) or json"))
+
+    def make_adapter(self) -> Any:
+        """The DSPy adapter the experiment's calls use."""
+        import dspy
+
+        if self.adapter == "lenient":
+            from reasoning_dspy.adapter import LenientChatAdapter
+
+            return LenientChatAdapter()
+        return dspy.ChatAdapter() if self.adapter == "chat" else dspy.JSONAdapter()
 
 
 class OptimizerConfig(_Section):

@@ -35,7 +35,7 @@ def evaluate_heldout(setup: Setup, lm: Any, compiled: Any, path: Path, *, progre
     if progress:
         print(f"held-out: {len(arms)} programs x {len(setup.test)} {setup.cfg.dataset.test_split} examples")
     scores, wall = evaluate_programs(list(arms.values()), lm, setup.test, labels=list(arms),
-                                     vocabulary=setup.cfg.vocabulary)
+                                     vocabulary=setup.cfg.vocabulary, adapter=setup.cfg.program.make_adapter())
     per_arm = dict(zip(arms, scores, strict=True))
     if "steered" not in per_arm:  # the best program does not steer: steered is the optimized program
         per_arm["steered"] = per_arm["optimized"]

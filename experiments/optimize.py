@@ -28,7 +28,7 @@ def optimize(setup: Setup, journal: Path, *, progress: bool = True, prompt_index
             top_features=len(setup.features), objective=cfg.metric.objective,
             multi_objective=cfg.metric.multi_objective, accuracy_margin=cfg.metric.accuracy_margin,
             n_trials=o.n_trials, batch_trials=o.batch_trials, seed=cfg.seed, journal=journal,
-            vocabulary=cfg.vocabulary, progress=progress, **o.settings)
+            vocabulary=cfg.vocabulary, progress=progress, adapter=cfg.program.make_adapter(), **o.settings)
         compiled = optimizer.compile(setup.program(), trainset=setup.train)
         trials = compiled.trials
     else:
@@ -62,6 +62,14 @@ def _pool(setup: Setup, prompt_index: Any = None) -> Any:
                            prompt_filter=prompt_filter)
 
 
+def _copro_breadth(n_trials: int, depth: int, available: int | None) -> int:
+    """COPRO's breadth for `n_trials` candidates over `depth` rounds. It asks the proposer for
+    breadth - 1 instructions in its first round and breadth in each later one: offline, never more
+    than the pool's `available` instructions (a repeat would spend a trial on a known candidate)."""
+    breadth = max(2, n_trials // depth)
+    return breadth if available is None else min(breadth, max(2, (available + 1) // depth))
+
+
 def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -> tuple[Any, list[TrialRecord]]:
     import dspy
 
@@ -69,7 +77,6 @@ def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -
     from optimizers.instructions import current_instruction
     from optimizers.recording import RecordingMetric
     from optimizers.trials import append_journal
-    from reasoning_dspy.adapter import LenientChatAdapter
 
     cfg = setup.cfg
     o = cfg.optimizer
@@ -77,16 +84,17 @@ def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -
     metric = RecordingMetric(cfg.metric.objective, vocabulary=cfg.vocabulary)
     prompt_model = pool.proposer  # None offline: the recipes fall back to the pool
     offline_pool = recipes.pool_lm(pool, student) if prompt_model is None else prompt_model
+    available = len(offline_pool.engine.instructions) if prompt_model is None else None  # offline proposals
     lm = dspy.settings.lm
-    with dspy.context(adapter=LenientChatAdapter()):
+    with dspy.context(adapter=cfg.program.make_adapter()):
         if o.name == "copro":
             depth = o.settings.get("depth", 2)
-            breadth = o.settings.get("breadth", max(2, o.n_trials // depth))
+            breadth = o.settings.get("breadth", _copro_breadth(o.n_trials, depth, available))
             compiled = recipes.copro(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
                                      breadth=breadth, depth=depth)
         else:
             compiled = recipes.miprov2(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
-                                       num_candidates=o.settings.get("num_candidates", o.n_trials),
+                                       num_candidates=o.settings.get("num_candidates", min(o.n_trials, available or o.n_trials)),
                                        num_trials=o.settings.get("num_trials", o.n_trials - 1),
                                        valset=setup.train, seed=cfg.seed)
     trials = metric.records()

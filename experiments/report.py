@@ -81,6 +81,23 @@ def plot_heldout(heldout: dict[str, Any], path: Path) -> Path:
     return atomic_write_figure(path, fig)
 
 
+def unoptimized_trial(trials: list[TrialRecord], heldout: dict[str, Any]) -> TrialRecord:
+    """The trial of the unoptimized program (its own instruction, no steering): the baseline. DSPy's
+    optimizers record their trials in the order they tried them, which need not start with it."""
+    own = heldout["instruction"]["baseline"]
+    return next((r for r in trials if r.candidate.instruction == own and r.candidate.steering() is None), trials[0])
+
+
+def returned_trial(trials: list[TrialRecord], heldout: dict[str, Any]) -> TrialRecord | None:
+    """The trial of the program the optimizer returned (the one evaluated held out), not the trial
+    that scores best by our reckoning: DSPy's optimizers choose by their own rules."""
+    from reasoning_dspy.steering import SteeringSpec
+
+    steering = SteeringSpec.model_validate(heldout["steering"]) if heldout.get("steering") else None
+    return next((r for r in trials if r.candidate.instruction == heldout["instruction"]["optimized"]
+                 and r.candidate.steering() == steering), None)
+
+
 def _ci(v: dict, pct: bool = False) -> str:
     f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.4g}")
     return f"{f(v['value'])} [{f(v['low'])}, {f(v['high'])}]"
@@ -91,8 +108,8 @@ def write_report(folder: Path, cfg: ExperimentConfig, trials: list[TrialRecord],
     plot_trials(trials, objective, folder / "trials.png")
     plot_pareto(trials, objective, folder / "pareto.png")
     plot_heldout(heldout, folder / "heldout.png")
-    best = best_trial(trials, multi=cfg.metric.multi_objective)
-    base = trials[0]
+    best = returned_trial(trials, heldout) or best_trial(trials, multi=cfg.metric.multi_objective)
+    base = unoptimized_trial(trials, heldout)
     lines = [
         f"# {md_escape(cfg.name)}",
         "",

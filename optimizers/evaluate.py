@@ -110,14 +110,16 @@ def evaluate_programs(
     threads: int = 64,
     labels: Sequence[str] | None = None,
     vocabulary: Sequence[str] | None = None,
+    adapter: Any = None,
 ) -> tuple[list[Scores], float]:
     """Run every program on every example in one parallel batch; returns per-program `Scores` and
-    the batch's wall time in seconds. A call that fails scores zero (and counts as wrong); the
-    first failure is logged."""
+    the batch's wall time in seconds. A call that fails (an answer the adapter cannot parse among
+    them) scores zero and counts as wrong; the first failure is logged. `adapter`: the DSPy adapter
+    the calls use (None: the configured one, `dspy.configure(adapter=...)`, else DSPy's default);
+    pass `reasoning_dspy.adapter.LenientChatAdapter()` to score what small models write instead."""
     import dspy
     from dspy.utils.parallelizer import ParallelExecutor
 
-    from reasoning_dspy.adapter import LenientChatAdapter
     from reasoning_dspy.evaluation import quiet_truncation
     from reasoning_dspy.lm import engine_of
     from reasoning_dspy.metrics import metric_value
@@ -142,7 +144,7 @@ def evaluate_programs(
         return activation, metric_value(task_metric(example, pred, None)), tokens, text
 
     start = time.perf_counter()
-    with dspy.context(lm=lm, adapter=LenientChatAdapter()), quiet_truncation():
+    with dspy.context(lm=lm, adapter=adapter or dspy.settings.adapter), quiet_truncation():
         executor = ParallelExecutor(num_threads=threads, disable_progress_bar=True, max_errors=len(jobs) + 1,
                                     timeout=10**6)
         with engine.expect(len(jobs)):  # the whole batch decodes together, in a fixed order

@@ -60,6 +60,9 @@ class ReasoningOptimizer(Teleprompter):
         task_metric: `(example, pred, trace) -> float`, correctness (default: the answer matches).
         vocabulary: reasoning words counted by `word_rate` (default: the paper's).
         journal: a JSONL file recording every trial; an existing one is resumed.
+        adapter: the DSPy adapter the trials' calls use (None: the configured one, else DSPy's
+            default); `reasoning_dspy.adapter.LenientChatAdapter()` scores the answers of models that
+            do not follow DSPy's format instead of counting them as failures.
         prompt_filter: a `reasoning_dspy.rag.PromptFilter` that drops invalid, near-duplicate and
             off-topic instructions from the pool before any is evaluated; the compiled program's
             `skipped` lists each dropped one's `Decision` (its `reason`, and for a near-duplicate
@@ -93,6 +96,7 @@ class ReasoningOptimizer(Teleprompter):
         vocabulary: Sequence[str] | None = None,
         progress: bool = True,
         prompt_filter: Any = None,
+        adapter: Any = None,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -118,6 +122,7 @@ class ReasoningOptimizer(Teleprompter):
         self.journal = Path(journal) if journal is not None else None
         self.vocabulary = list(vocabulary) if vocabulary else None
         self.progress = progress
+        self.adapter = adapter
         self.trials: list[TrialRecord] = []
         self.skipped: list[Any] = []
         self.space: SearchSpace | None = None
@@ -232,7 +237,8 @@ class ReasoningOptimizer(Teleprompter):
         seen = {r.candidate for r in self.trials}
         fresh = [c for c in dict.fromkeys(candidates) if c not in seen]
         scores, wall = evaluate_candidates(student, lm, fresh, examples, task_metric=self.task_metric,
-                                           threads=self.threads, vocabulary=self.vocabulary) if fresh else ([], 0.0)
+                                           threads=self.threads, vocabulary=self.vocabulary,
+                                           adapter=self.adapter) if fresh else ([], 0.0)
         by_candidate = dict(zip(fresh, scores, strict=True))
         return [by_candidate.pop(c, None) for c in candidates], wall / max(len(fresh), 1)
 

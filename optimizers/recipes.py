@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dspy
@@ -42,8 +42,10 @@ class PoolEngine:
     It reads the requested output fields from the system message DSPy's adapters write and answers in
     that adapter's format: `ChatAdapter`'s field markers, or the JSON object `JSONAdapter` asks for
     (GEPA's reflection). Every field whose name mentions "instruction" gets the next pool instruction,
-    the others a short neutral value of their type, so any DSPy proposer signature parses. Asked for
-    more than the pool holds, it raises `PoolExhaustedError` instead of proposing one again."""
+    the others a short neutral value of their type, so any DSPy proposer signature parses; a request
+    with no instruction field (a proposer's summary of the data or the program) takes none from the
+    pool. Asked for more than the pool holds, it raises `PoolExhaustedError` instead of proposing one
+    again."""
 
     def __init__(self, instructions: Sequence[str]):
         self.instructions = list(dict.fromkeys(instructions))
@@ -56,7 +58,7 @@ class PoolEngine:
         from dspy.lm15 import Message, Response, TextPart, Usage
 
         system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or [])
-        text = _answer(system or "", self._take())
+        text = _answer(system or "", self._take)
         return Response(id=None, model="pool", message=Message.assistant([TextPart(text)]), finish_reason="stop",
                         usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0))
 
@@ -78,12 +80,13 @@ class PoolEngine:
         pass
 
 
-def _answer(system: str, instruction: str) -> str:
-    """The proposal in the format the adapter's system message asks for."""
+def _answer(system: str, take: Callable[[], str]) -> str:
+    """The proposal in the format the adapter's system message asks for (`take()`: the next instruction)."""
     block = _OUTPUT_FIELDS.search(system)
     if block is None:  # a raw prompt (GEPA's default reflection): the instruction in a code fence
-        return f"```\n{instruction}\n```"
+        return f"```\n{take()}\n```"
     fields = _FIELD.findall(block.group(1))
+    instruction = take() if any("instruction" in name for name, _ in fields) else ""
     if "Outputs will be a JSON object" in system:  # JSONAdapter
         return json.dumps({name: _value(name, kind, instruction) for name, kind in fields})
     return "".join(f"[[ ## {name} ## ]]\n{_text(_value(name, kind, instruction))}\n\n"
@@ -153,11 +156,11 @@ def miprov2(program: Any, trainset: list, *, lm: Any, metric: Any = None, prompt
             num_candidates: int = 6, num_trials: int = 8, max_demos: int = 0, valset: list | None = None,
             threads: int = 64, seed: int = 0, **kwargs: Any) -> SteeredProgram:
     """DSPy's MIPROv2: proposed instructions (and, with `max_demos`, bootstrapped demos) searched
-    with optuna's TPE. Offline, the proposer's data/program/tip grounding is switched off (the pool
-    does not read it)."""
+    with optuna's TPE. Offline (no `prompt_model`, or a `pool_lm`), the proposer's data/program/tip
+    grounding is switched off (the pool does not read it)."""
     from dspy.teleprompt import MIPROv2
 
-    offline = prompt_model is None
+    offline = prompt_model is None or isinstance(getattr(prompt_model, "engine", None), PoolEngine)
     optimizer = MIPROv2(metric=metric or reasoning_metric(), prompt_model=_prompt_model(prompt_model, pool, program),
                         task_model=lm, auto=None, num_candidates=num_candidates, max_bootstrapped_demos=max_demos,
                         max_labeled_demos=max_demos, num_threads=threads, seed=seed, verbose=False, **kwargs)

@@ -101,14 +101,39 @@ def test_a_killed_run_resumes_from_its_journal(tmp_path):
 
 @pytest.mark.parametrize("name", ["copro", "miprov2"])
 def test_dspy_optimizers_run_as_experiments_with_the_same_budget(tmp_path, name):
+    from optimizers import LIBRARY
+
     folder = _run(tmp_path, f"optimizer.name={name}", "optimizer.n_trials=6")
-    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
-    # offline, the pool proposes: every trial is an instruction from it, none steers
-    assert 1 < len(trials) <= 6 and all(not t["candidate"]["features"] for t in trials)
-    program = json.loads((folder / "program.json").read_text())
-    assert program["steering"] is None
-    assert program["program.predict"]["signature"]["instructions"] in {t["candidate"]["instruction"] for t in trials}
-    assert "optimizer `" + name + "`" in (folder / "report.md").read_text()
+    trials = {t["candidate"]["instruction"]: t for t in map(json.loads, (folder / "trials.jsonl").read_text().splitlines())}
+    own = "Given the fields `question`, produce the fields `answer`."  # DSPy's default: the unoptimized program
+    library = [x for texts in LIBRARY.values() for x in texts]
+    # offline, the pool proposes the library in order, each instruction once and never the program's own
+    assert own in trials and set(trials) - {own} <= set(library[:6])
+    assert all(not t["candidate"]["features"] for t in trials.values())
+    if name == "copro":  # breadth 3, depth 2: the program's own and 2 + 3 proposals, six distinct trials
+        assert set(trials) == {own, *library[:5]}
+    returned = json.loads((folder / "program.json").read_text())["program.predict"]["signature"]["instructions"]
+    report = (folder / "report.md").read_text()
+    best = next(line for line in report.splitlines() if line.startswith("**Best trial**"))
+    # the best is the program the optimizer returned; the baseline is the unoptimized program's trial
+    assert best.startswith(f"**Best trial** #{trials[returned]['number']}:")
+    assert f"(baseline {trials[own]['score']:.4g})" in best and "optimizer `" + name + "`" in report
+
+
+def test_the_report_takes_the_returned_program_and_the_unoptimized_baseline():
+    from experiments.report import returned_trial, unoptimized_trial
+    from optimizers import Candidate, TrialRecord
+
+    def trial(number, instruction, score, features=()):
+        return TrialRecord(number=number, params={}, score=score, activation=score, accuracy=0.5, tokens=10.0,
+                           reflect=0.0, word_rate=0.0, n=4, wall_s=0.0, candidate=Candidate(
+                               instruction=instruction, features=features, strength=0.5 if features else 0.0))
+
+    trials = [trial(0, "Be brief.", 0.3), trial(1, "Own.", 0.1), trial(2, "Top.", 0.9), trial(3, "Own.", 0.5, (7,))]
+    heldout = {"instruction": {"baseline": "Own.", "optimized": "Own."},
+               "steering": trials[3].candidate.steering().model_dump(mode="json")}
+    assert unoptimized_trial(trials, heldout).number == 1  # not trials[0]
+    assert returned_trial(trials, heldout).number == 3  # what the optimizer returned, not the top score
 
 
 def test_the_prompt_filter_skips_candidates_and_says_why(tmp_path):

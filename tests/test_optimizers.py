@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dspy
 import pytest
+from dspy.adapters.chat_adapter import ChatAdapter
 
 from optimizers import InstructionPool, ReasoningOptimizer, SteeredProgram, program_measures, read_journal
 from optimizers.instructions import LIBRARY, current_instruction
@@ -35,7 +36,7 @@ def optimizer(**kwargs):
 
 
 def compile_with(lm, train, **kwargs):
-    with dspy.context(lm=lm):
+    with dspy.context(lm=lm, adapter=LenientChatAdapter()):  # tiny-random does not write DSPy's format
         return optimizer(**kwargs).compile(program(), trainset=train)
 
 
@@ -119,6 +120,23 @@ def test_a_killed_run_resumes_to_the_same_result(lm, train, tmp_path):
     # a journal from another search is refused, not silently mixed in
     with pytest.raises(ValueError, match="different search"):
         compile_with(lm, train, journal=tmp_path / "whole.jsonl", features=[11, planted.PUSH, 3])
+
+
+def test_the_configured_adapter_is_used_and_lenient_parsing_only_when_asked(lm, train):
+    class Counting(LenientChatAdapter):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            type(self).calls += 1
+            return super().__call__(*args, **kwargs)
+
+    with dspy.context(lm=lm, adapter=Counting()):
+        optimizer(n_trials=1, batch_trials=1, steer=False).compile(program(), trainset=train)
+    assert Counting.calls == len(train)  # every trial call went through the user's adapter
+    # with DSPy's own ChatAdapter, tiny-random's unparseable answers are failures, scored zero
+    with dspy.context(lm=lm, adapter=ChatAdapter(use_json_adapter_fallback=False)):
+        strict = optimizer(n_trials=1, batch_trials=1, steer=False).compile(program(), trainset=train)
+    assert strict.trials[0].tokens == 0 and strict.trials[0].accuracy == 0
 
 
 def test_save_and_load_restore_instruction_and_steering(lm, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from optimizers import InstructionPool, ReasoningOptimizer, instruction_scores
 from optimizers.instructions import LIBRARY, current_instruction
+from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.rag import (
     DUPLICATE_SIMILARITY,
     OFF_TOPIC_SIMILARITY,
@@ -252,7 +253,8 @@ def test_the_optimizer_skips_a_planted_duplicate_and_records_why(planted_lm, min
     planted_duplicate = "Check each step before you answer."
     lm = planted_lm(max_tokens=8)
     optimizer = ReasoningOptimizer(pool=[planted_duplicate, "Plan first, then answer."], prompt_filter=pf,
-                                   steer=False, n_trials=4, batch_trials=4, accuracy_margin=None, progress=False)
+                                   steer=False, n_trials=4, batch_trials=4, accuracy_margin=None, progress=False,
+                                   adapter=LenientChatAdapter())
     with dspy.context(lm=lm):
         compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"),
                                      trainset=as_dspy_examples(make_problems(2, split="train")))

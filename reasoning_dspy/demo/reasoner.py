@@ -168,12 +168,13 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     import dspy
 
     from optimizers import ReasoningOptimizer
+    from reasoning_dspy.adapter import LenientChatAdapter
     from reasoning_dspy.lm import engine_of
     from reasoning_dspy.problems import as_dspy_examples, make_problems
 
     train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0))
     optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS, batch_trials=4,
-                                   accuracy_margin=None, seed=0)
+                                   accuracy_margin=None, seed=0, adapter=LenientChatAdapter())
     lm = _lm(state, max_batch_size=4 * OPTIMIZER_PROBLEMS)
     try:
         with dspy.context(lm=lm):
