@@ -1,10 +1,12 @@
 """How a model answers held-out word problems under each instruction style, through DSPy.
 
 The reasoner's acceptance questions, measured the way a DSPy user would run the model: greedy
-`dspy.ChainOfThought("question -> answer")` on held-out problems, per instruction style. Accuracy
-overall and per family; the share of completions that DSPy's standard `ChatAdapter` parses; the
-share of traces that reflect and reasoning words per 100 tokens; and, given an SAE and features,
-their mean activation over the generated tokens.
+`dspy.ChainOfThought(signatures.WordProblem)` on held-out chain problems, per instruction style.
+Accuracy overall and per family; the share of completions that DSPy's standard `ChatAdapter`
+parses; the share of traces that reflect and reasoning words per 100 tokens; step accuracy (the
+value each written step goes on with, against exact arithmetic on the operands it wrote), and how
+often a check caught a wrong quick answer against how often it broke a right one; and, given an SAE
+and features, their mean activation over the generated tokens.
 
     reasoning-dspy reasoner eval --model smollm2-reasoner --n 200
 """
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from reasoning_dspy.reasoner.styles import STYLES
+from reasoning_dspy.reasoner.trace import read_steps
 
 
 def style_instruction(style: str, held_out: bool = False) -> str:
@@ -27,7 +30,7 @@ def style_instruction(style: str, held_out: bool = False) -> str:
     return (STYLES[style].held_out if held_out else STYLES[style].instructions)[0]
 
 
-def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int = 0,
+def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int = 0, family: str = "chains",
                     styles: tuple[str, ...] = tuple(STYLES), held_out: bool = False, program: str = "cot",
                     max_tokens: int = 256, batch_size: int = 32, sae: Any = None, scores: Any = None,
                     features: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
@@ -49,7 +52,7 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
     for style in styles:
         style_instruction(style, held_out)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    problems = make_problems(n, split=split, seed=seed)
+    problems = make_problems(n, split=split, seed=seed, families=[family])
     kwargs: dict[str, Any] = {}
     if sae is not None:
         chosen = features if features is not None else ([int(i) for i in scores.top(3)] if scores is not None else None)
@@ -65,8 +68,9 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
             instruction = style_instruction(style, held_out)
             for row, problem in zip(solve(lm, problems, program=program, instruction=instruction,
                                           threads=batch_size, on_done=bar.update), problems, strict=True):
+                trace = row["reasoning"] if row.get("reasoning") is not None else row["text"]
                 rows.append({**row, "style": style, "instruction": instruction, "family": problem.family,
-                             "difficulty": problem.difficulty})
+                             "difficulty": problem.difficulty, **step_measures(trace)})
     finally:
         bar.close()
         engine_of(lm).close()
@@ -76,7 +80,8 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Per style: accuracy (overall and per family), parse rate, reflection rate, reasoning words per
-    100 generated tokens, mean length, mean feature activation, and the share of degenerate loops."""
+    100 generated tokens, step accuracy and checks, mean length, mean feature activation, and the
+    share of degenerate loops."""
     from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
 
     by_style: dict[str, list[dict]] = defaultdict(list)
@@ -100,5 +105,37 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
             "mean_tokens": tokens / len(group),
             "loop_rate": float(np.mean([is_degenerate(r["text"]) for r in group])),
             "activation": float(np.mean(activation)) if activation else None,
+            **_pooled_steps(group),
         }
     return out
+
+
+def step_measures(trace: str) -> dict[str, int]:
+    """What one trace's steps did (`trace.read_steps`): how many it wrote, how many it went on with
+    a right value, how many quick answers were right, how many it checked, how many checks caught a
+    wrong quick answer and fixed it, and how many checks turned a right quick answer wrong."""
+    from reasoning_dspy.reasoner.scratchpad import ScratchpadError, result
+
+    counts = dict.fromkeys(("steps", "steps_right", "quick_right", "checked", "fixed", "broke"), 0)
+    for w in read_steps(trace):
+        try:
+            exact = result(w.step.a, w.step.op, w.step.b)
+        except ScratchpadError:  # an inexact division: no value is right
+            exact = None
+        counts["steps"] += 1
+        counts["steps_right"] += w.value == exact
+        counts["quick_right"] += w.quick == exact
+        if w.checked is not None:
+            counts["checked"] += 1
+            counts["fixed"] += w.quick != exact and w.checked == exact
+            counts["broke"] += w.quick == exact and w.checked != exact
+    return counts
+
+
+def _pooled_steps(group: list[dict]) -> dict[str, Any]:
+    total = {k: sum(r.get(k, 0) for r in group) for k in ("steps", "steps_right", "quick_right", "checked",
+                                                          "fixed", "broke")}
+    steps = max(total["steps"], 1)
+    return {"step_accuracy": total["steps_right"] / steps, "quick_accuracy": total["quick_right"] / steps,
+            "checked_rate": total["checked"] / steps, "checks_fixed": total["fixed"], "checks_broke": total["broke"],
+            "steps_written": total["steps"]}
