@@ -470,3 +470,20 @@ def test_the_prompt_filter_retrieves_through_the_database(tmp_path, db_url):
         decision, = prompt_filter.check(["Check every step before you answer!"])
         assert decision.verdict == "duplicate" and decision.score == pytest.approx(1.02)
         assert "Check every step before you answer." in decision.reason
+
+
+def test_a_prompt_scored_again_keeps_its_latest_score(tmp_path, db_url):
+    """The prompt index updates a stored score (the filter reuses it), in the database and when the
+    journal is replayed into a new one."""
+    from reasoning_dspy.tracking import TrackedPromptIndex
+
+    vector = np.eye(DIM, dtype=np.float32)[:1]
+    with _open(tmp_path, db_url) as tracker:
+        index = TrackedPromptIndex(tracker, tracker.start_run("prompts", kind="rag"))
+        for score in (0.2, 0.9):
+            index.add(["p1"], vector, [{"prompt": "Think step by step.", "score": score}])
+        hits = index.search(vector[0], k=5)
+    assert [(key, payload["score"]) for key, _, payload in hits] == [("p1", 0.9)]
+    replayed = f"sqlite:///{tmp_path / 'replayed.sqlite'}"
+    with _open(tmp_path, replayed) as tracker:  # the same journal, replayed into an empty database
+        assert TrackedPromptIndex(tracker, index.run_id).search(vector[0], k=5)[0][2]["score"] == 0.9

@@ -35,7 +35,8 @@ class TrackedPromptIndex:
                              f"{vectors.shape}, {len(payload)} payloads")
         for key, vector, data in zip(ids, vectors, payload, strict=True):
             self.tracker.log_generation(self.run_id, str(data.get("prompt", key)), id=stable_id(self.run_id, LABEL, key),
-                                        label=LABEL, prompt_embedding=vector, extra={**data, "index_id": key})
+                                        label=LABEL, prompt_embedding=vector, extra={**data, "index_id": key},
+                                        replace=True)  # a prompt scored again keeps its latest score
         self.tracker.flush()  # searchable at once
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[str, float, dict[str, Any]]]:

@@ -95,6 +95,8 @@ class Generation(_Record):
     activation_vector: list[float] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=_now)
+    replace: bool = Field(False, description="update a stored record with the same id (a score that changed) "
+                                             "instead of keeping the first one written")
 
     @field_validator("prompt_embedding", "activation_vector")
     @classmethod

@@ -1,5 +1,6 @@
 """The database side of tracking: open (check, connect, migrate) and write records with
-insert-or-ignore, so the same record written twice is stored once."""
+insert-or-ignore, so the same record written twice is stored once; a generation marked `replace`
+updates the stored one instead (last write wins, also when the journal is replayed in order)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -109,12 +110,14 @@ class Store:
         the data itself."""
         if not records:
             return
-        rows = self._rows(records)
+        rows = self._rows([r for r in records if not getattr(r, "replace", False)])
+        replacing = self._rows([r for r in records if getattr(r, "replace", False)])
         try:
             with self.engine.begin() as conn:
                 for table in self.schema.data_tables:
                     if rows[table.name]:
                         conn.execute(self._insert_ignore(table), rows[table.name])
+                self._replace(conn, replacing)
                 for end in (r for r in records if isinstance(r, RunEnd)):
                     conn.execute(update(self.schema.runs).where(self.schema.runs.c.id == end.id).values(
                         status=end.status, result=end.result, finished_at=_when(end.finished_at)))
@@ -123,12 +126,27 @@ class Store:
                 raise StoreUnavailable(f"{self.where}: {_reason(err)}") from err
             raise RecordRejected(_reason(err)) from err
 
-    def _insert_ignore(self, table: Any) -> Any:
+    def _insert(self, table: Any) -> Any:
         if self.postgres:
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        return insert(table).on_conflict_do_nothing()
+        return insert(table)
+
+    def _insert_ignore(self, table: Any) -> Any:
+        return self._insert(table).on_conflict_do_nothing()
+
+    def _replace(self, conn: Any, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Write generations over the stored ones with the same id, their feature activations with them."""
+        generations, features = self.schema.generations, self.schema.feature_activations
+        for row in rows["generations"]:  # one at a time: a later record of the same id must win
+            stmt = self._insert(generations)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[generations.c.id],
+                set_={c.name: stmt.excluded[c.name] for c in generations.columns if c.name != "id"}), [row])
+            conn.execute(delete(features).where(features.c.generation_id == row["id"]))
+        if rows["feature_activations"]:
+            conn.execute(self._insert(features), rows["feature_activations"])
 
     def _rows(self, records: Sequence[Record]) -> dict[str, list[dict[str, Any]]]:
         rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self.schema.data_tables}
@@ -141,7 +159,7 @@ class Store:
                 rows["trials"].append({**r.model_dump(exclude={"type", "created_at"}),
                                        "created_at": _when(r.created_at)})
             elif isinstance(r, Generation):
-                rows["generations"].append({**r.model_dump(exclude={"type", "created_at", "features"}),
+                rows["generations"].append({**r.model_dump(exclude={"type", "created_at", "features", "replace"}),
                                             "created_at": _when(r.created_at)})
                 rows["feature_activations"].extend({"generation_id": r.id, "feature": int(f), "value": float(v)}
                                                    for f, v in r.features.items())

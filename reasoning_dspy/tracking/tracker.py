@@ -139,11 +139,11 @@ class Tracker:
                        steering: Mapping[str, Any] | Any = None, reasoning_activation: float | None = None,
                        correct: float | None = None, tokens: int | None = None,
                        features: Mapping[int, float] | None = None, activation_vector: Sequence[float] | None = None,
-                       prompt_embedding: Sequence[float] | None = None, extra: Mapping[str, Any] | None = None
-                       ) -> str:
+                       prompt_embedding: Sequence[float] | None = None, extra: Mapping[str, Any] | None = None,
+                       replace: bool = False) -> str:
         """Record one generated answer; returns its id. The id is stable for a given
-        (run, label, index), so re-recording the same example stores it once. Without
-        `prompt_embedding` the tracker's embedder embeds the prompt."""
+        (run, label, index), so re-recording the same example stores it once (`replace=True`: the
+        latest record replaces it). Without `prompt_embedding` the tracker's embedder embeds the prompt."""
         if id is None:
             id = stable_id(run_id, "generation", label, index) if index is not None else str(uuid.uuid4())
         try:
@@ -158,7 +158,8 @@ class Tracker:
                 trial_number=trial_number, steering=_jsonable(steering), reasoning_activation=reasoning_activation,
                 correct=correct, tokens=tokens, features={int(f): float(v) for f, v in (features or {}).items()},
                 prompt_embedding=None if embedding is None else embedding.tolist(),
-                activation_vector=None if activations is None else activations.tolist(), extra=dict(extra or {}))
+                activation_vector=None if activations is None else activations.tolist(), extra=dict(extra or {}),
+                replace=replace)
         except ValueError as err:
             raise TrackingError(f"generation: {err}") from None
         self._submit([record])
