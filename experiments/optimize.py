@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from experiments.config import ExperimentConfigError
 from experiments.runner import Setup
-from optimizers.trials import TrialRecord, best_trial
+from optimizers.trials import JournalError, TrialRecord, best_trial
+
+#: The run's instruction candidates and the prompt filter's decisions, fixed when the run starts.
+POOL_FILE = "pool.json"
 
 
 def optimize(setup: Setup, journal: Path, *, progress: bool = True, prompt_index: Any = None
@@ -16,9 +20,22 @@ def optimize(setup: Setup, journal: Path, *, progress: bool = True, prompt_index
     `skipped`, the prompt filter's decisions for the candidates it dropped) and every trial. DSPy's
     optimizers keep no journal of their own, so they rerun from the start. `prompt_index`: where the
     prompt filter retrieves (the tracking database; None: in memory)."""
+    pool, prompt_filter = _pool(setup, prompt_index)
+    pool = _frozen(pool, setup, journal.parent / POOL_FILE)
+    try:
+        compiled, trials = _run(setup, pool, journal, progress=progress)
+    except JournalError as err:
+        raise ExperimentConfigError(f"cannot resume: {err}. Pass --new (new=True) to start a new run") from None
+    if prompt_filter is not None:  # later runs skip what this one evaluated, and reuse its scores
+        from optimizers.trials import instruction_scores
+
+        prompt_filter.record_scores(instruction_scores(trials))
+    return compiled, trials
+
+
+def _run(setup: Setup, pool: Any, journal: Path, *, progress: bool) -> tuple[Any, list[TrialRecord]]:
     cfg = setup.cfg
     o = cfg.optimizer
-    pool = _pool(setup, prompt_index)
     if o.name == "reasoning":
         from optimizers import ReasoningOptimizer
 
@@ -33,14 +50,33 @@ def optimize(setup: Setup, journal: Path, *, progress: bool = True, prompt_index
         trials = compiled.trials
     else:
         compiled, trials = _dspy_optimizer(setup, pool, journal, progress=progress)
-    if pool.prompt_filter is not None:  # later runs skip what this one evaluated, and reuse its scores
-        from optimizers.trials import instruction_scores
-
-        pool.prompt_filter.record_scores(instruction_scores(trials))
     return compiled, trials
 
 
-def _pool(setup: Setup, prompt_index: Any = None) -> Any:
+def _frozen(pool: Any, setup: Setup, path: Path) -> Any:
+    """The pool this run searches, the same on every resume: on the first start its candidates and the
+    filter's decisions are written to `path`, and later starts read them back. What other runs record
+    in the prompt filter meanwhile (or a proposer's new answers) cannot change the instructions the
+    journal's trials index."""
+    import json
+
+    from optimizers import InstructionPool
+    from reasoning_dspy._io import atomic_write_json
+    from reasoning_dspy.rag.filter import Decision
+
+    if path.is_file():
+        saved = json.loads(path.read_text())
+    else:
+        candidates = pool.candidates(setup.program(), setup.train)
+        saved = {"candidates": candidates, "skipped": [d.model_dump(mode="json") for d in pool.skipped]}
+        atomic_write_json(path, saved)
+    frozen = InstructionPool(saved["candidates"], library=False, proposer=pool.proposer, n_proposals=0)
+    frozen.skipped = [Decision.model_validate(d) for d in saved["skipped"]]
+    return frozen
+
+
+def _pool(setup: Setup, prompt_index: Any = None) -> tuple[Any, Any]:
+    """The configured instruction pool, and its prompt filter (None when off)."""
     from optimizers import LIBRARY, InstructionPool
 
     o = setup.cfg.optimizer
@@ -59,7 +95,7 @@ def _pool(setup: Setup, prompt_index: Any = None) -> Any:
         prompt_filter = PromptFilter(MiniLMEmbedder(), validator=PromptValidator.for_model(setup.loaded),
                                      reference=reference, index=prompt_index)
     return InstructionPool(o.instructions, library=o.library, proposer=proposer, n_proposals=o.n_proposals,
-                           prompt_filter=prompt_filter)
+                           prompt_filter=prompt_filter), prompt_filter
 
 
 def _copro_breadth(n_trials: int, depth: int, available: int | None) -> int:

@@ -7,13 +7,17 @@
 Everything is checked before anything is written. A run lives in `OUT/NAME/TIMESTAMP/`; re-running
 the same config resumes the latest unfinished run of that name from its `trials.jsonl` (the
 optimizer's proposals depend only on the seed and the finished trials, so the result is the one an
-uninterrupted run gives). Every file is written atomically.
+uninterrupted run gives). One process at a time runs a folder: a run that another process holds is
+refused (`--new` starts a separate one). Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ console = Console(stderr=True)
 
 CONFIG_FILE, TRIALS_FILE, PROGRAM_FILE, HELDOUT_FILE, RESULT_FILE, TRACKING_FILE, SKIPPED_FILE = (
     "config.yaml", "trials.jsonl", "program.json", "heldout.json", "result.json", "tracking.jsonl", "skipped.json")
+LOCK_FILE = ".run.lock"  # held while a process runs the folder
 
 
 @dataclass
@@ -141,7 +146,8 @@ def _resolved(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def run_folder(cfg: ExperimentConfig, *, new: bool = False) -> tuple[Path, bool]:
-    """The latest unfinished run of this config (resumed), or a new timestamped one."""
+    """The latest unfinished run of this config (resumed), or a new timestamped one, created here:
+    `mkdir` either makes a folder or fails, so two runs started together never get the same one."""
     parent = cfg.run_parent()
     if not new and parent.is_dir():
         for folder in sorted((p for p in parent.iterdir() if p.is_dir()), reverse=True):
@@ -149,31 +155,109 @@ def run_folder(cfg: ExperimentConfig, *, new: bool = False) -> tuple[Path, bool]
             if not (folder / RESULT_FILE).exists() and saved.is_file() and \
                     yaml.safe_load(saved.read_text()) == _resolved(cfg):
                 return folder, True
+    parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder, i = parent / stamp, 1
-    while folder.exists():
-        folder, i = parent / f"{stamp}-{i}", i + 1
-    return folder, False
+    while True:
+        try:
+            folder.mkdir()
+            return folder, False
+        except FileExistsError:
+            folder, i = parent / f"{stamp}-{i}", i + 1
+
+
+@contextmanager
+def claimed(cfg: ExperimentConfig, *, new: bool = False, folder: Path | None = None) -> Iterator[tuple[Path, bool]]:
+    """The run folder (see `run_folder`, or `folder`) and whether it is resumed, locked for this process
+    while the block runs, so two runs never write one folder. A run that another process holds is
+    refused with `ExperimentConfigError`; a new folder is removed again when the block fails on a
+    config error (nothing was run in it)."""
+    made = _missing_dirs(cfg.run_parent() if folder is None else folder)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        chosen, resumed, lock = folder, (folder / CONFIG_FILE).is_file(), _lock(folder)
+    else:
+        while True:
+            chosen, resumed = run_folder(cfg, new=new)
+            lock = _lock(chosen)
+            if not (resumed and (chosen / RESULT_FILE).exists()):
+                break
+            lock.release()  # it finished between the look and the lock: choose again
+    try:
+        yield chosen, resumed
+    except ExperimentConfigError:
+        lock.release()
+        if not resumed:
+            _remove_empty(chosen, made)
+        raise
+    finally:
+        lock.release()
+
+
+def _lock(folder: Path) -> Any:
+    """This process's hold on a run folder, or `ExperimentConfigError` when another process has it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(folder / LOCK_FILE, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ExperimentConfigError(
+            f"the run in {str(folder)!r} is in progress in another process (it holds {LOCK_FILE} there); wait "
+            "for it to finish, or pass --new (new=True) to start a separate run") from None
+    return lock
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
+def _remove_empty(folder: Path, made: list[Path]) -> None:
+    """Remove a new run folder that holds nothing but its lock, then the parents this run created."""
+    if folder.is_dir() and not [p for p in folder.iterdir() if p.name != LOCK_FILE]:
+        shutil.rmtree(folder, ignore_errors=True)
+    for path in reversed(made):
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 # -- the run ---------------------------------------------------------------------------------
 def run_experiment(cfg: ExperimentConfig, *, new: bool = False, progress: bool = True,
                    folder: Path | None = None) -> Path:
     """Run (or resume) the experiment; returns its folder."""
+    setup = prepare(cfg)
+    _check_writable(cfg)
+    with claimed(cfg, new=new, folder=folder) as (folder, resumed):
+        tracker = open_tracker(cfg, folder)
+        atomic_write_text(folder / CONFIG_FILE, yaml.safe_dump(_resolved(cfg), sort_keys=False))
+        return _run(setup, folder, tracker, resumed=resumed, progress=progress)
+
+
+def _check_writable(cfg: ExperimentConfig) -> None:
+    from reasoning_dspy._io import NotWritableError, check_writable
+
+    try:
+        check_writable(cfg.run_parent(), "the run folder")
+    except NotWritableError as err:
+        raise ExperimentConfigError(f"out: {err}") from None
+
+
+def _run(setup: Setup, folder: Path, tracker: Any, *, resumed: bool, progress: bool) -> Path:
+    """Trials, held-out evaluation and report in the claimed `folder`, tracked by `tracker`."""
     import dspy
 
     from experiments.heldout import evaluate_heldout
     from experiments.optimize import optimize
     from experiments.report import write_report
 
-    setup = prepare(cfg)
-    if folder is None:
-        folder, resumed = run_folder(cfg, new=new)
-    else:
-        resumed = (folder / CONFIG_FILE).is_file()
-    tracker = open_tracker(cfg, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / CONFIG_FILE, yaml.safe_dump(_resolved(cfg), sort_keys=False))
+    cfg = setup.cfg
     console.print(f"{'resuming' if resumed else 'run'} {cfg.name} in {folder}")
     run_id = tracker.start_run(cfg.name, kind="optimize", config=_resolved(cfg), folder=folder,
                                run_id=run_identity(folder))

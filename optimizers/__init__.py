@@ -9,8 +9,15 @@ from optimizers.instructions import LIBRARY, InstructionPool
 from optimizers.program import ProgramMeasures, SteeredProgram, program_measures
 from optimizers.reasoning_optimizer import ReasoningOptimizer
 from optimizers.space import Candidate, SearchSpace
-from optimizers.trials import TrialRecord, best_trial, instruction_scores, pareto_front, read_journal
+from optimizers.trials import (
+    JournalError,
+    TrialRecord,
+    best_trial,
+    instruction_scores,
+    pareto_front,
+    read_journal,
+)
 
-__all__ = ["LIBRARY", "Candidate", "InstructionPool", "ProgramMeasures", "ReasoningOptimizer", "SearchSpace",
-           "SteeredProgram", "TrialRecord", "best_trial", "instruction_scores", "pareto_front", "program_measures",
-           "read_journal"]
+__all__ = ["LIBRARY", "Candidate", "InstructionPool", "JournalError", "ProgramMeasures", "ReasoningOptimizer",
+           "SearchSpace", "SteeredProgram", "TrialRecord", "best_trial", "instruction_scores", "pareto_front",
+           "program_measures", "read_journal"]

@@ -31,7 +31,14 @@ from optimizers.evaluate import OBJECTIVES, Objective, Scores, answer_correct, e
 from optimizers.instructions import InstructionPool, current_instruction, library_kind, with_instruction
 from optimizers.program import SteeredProgram
 from optimizers.space import Candidate, SearchSpace, feature_indices
-from optimizers.trials import TrialRecord, append_journal, best_trial, read_journal
+from optimizers.trials import (
+    JournalError,
+    TrialRecord,
+    append_journal,
+    best_trial,
+    check_settings,
+    read_journal,
+)
 
 #: Random draws tried for a new candidate when TPE proposes one already scored.
 DUPLICATE_TRIES = 16
@@ -151,7 +158,7 @@ class ReasoningOptimizer(Teleprompter):
                                  add_strength=self.add_strength, clamp_strength=self.clamp_strength,
                                  layer=self.steer_layer)
         self.skipped = list(self.pool.skipped)
-        self.trials = self._resume()
+        self.trials = self._resume(self._settings(lm, examples))
         baseline = Candidate(instruction=current_instruction(student), layer=self.steer_layer)
         bar = _progress(self.n_trials, self.progress)
         bar.update(len(self.trials))
@@ -172,14 +179,36 @@ class ReasoningOptimizer(Teleprompter):
         return program
 
     # -- parts ---------------------------------------------------------------------------------
-    def _resume(self) -> list[TrialRecord]:
-        records = read_journal(self.journal) if self.journal is not None else []
+    def _resume(self, settings: dict[str, Any]) -> list[TrialRecord]:
+        """The journal's trials, when the same search with the same settings wrote them."""
+        if self.journal is None:
+            return []
+        records = read_journal(self.journal)
+        check_settings(self.journal, settings, resuming=bool(records))
         for r in records:
             replay = self.space.suggest(optuna.trial.FixedTrial(r.params))
             if replay != r.candidate:
-                raise ValueError(f"{self.journal} was written by a different search (trial {r.number}: recorded "
-                                 f"{r.candidate.label()}, this configuration gives {replay.label()}); start a new run")
+                raise JournalError(f"{self.journal} was written by a different search (trial {r.number}: recorded "
+                                   f"{r.candidate.label()}, this configuration gives {replay.label()}); start a new "
+                                   "run")
         return records[: self.n_trials]
+
+    def _settings(self, lm: Any, examples: list[Any]) -> dict[str, Any]:
+        """What a trial's scores depend on besides its candidate: a journal is resumed only under the same."""
+        import hashlib
+        import json
+
+        rows = [ex.toDict() if hasattr(ex, "toDict") else ex for ex in examples]
+        digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        metric = self.task_metric
+        metric_name = getattr(metric, "__qualname__", type(metric).__qualname__)
+        kwargs = getattr(lm, "kwargs", {}) or {}
+        return {"objective": self.objective, "multi_objective": self.multi_objective,
+                "accuracy_margin": self.accuracy_margin, "vocabulary": self.vocabulary,
+                "n_examples": len(examples), "examples": digest,
+                "task_metric": f"{getattr(metric, '__module__', '')}.{metric_name}",
+                "lm": str(getattr(lm, "model", type(lm).__name__)),
+                "lm_kwargs": {k: v for k, v in sorted(kwargs.items()) if isinstance(v, (str, int, float, bool))}}
 
     def _study(self) -> optuna.Study:
         """An optuna study holding every finished trial, with a sampler seeded by the history length."""

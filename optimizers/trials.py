@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizers.space import Candidate
 
 
+class JournalError(ValueError):
+    """A journal cannot be resumed: unreadable, or written by another search or with other settings."""
+
+
 class TrialRecord(BaseModel):
     """One evaluated candidate."""
 
@@ -57,10 +61,10 @@ def read_journal(path: str | os.PathLike) -> list[TrialRecord]:
         except ValueError as err:
             if i == len(lines) - 1:
                 break  # cut short by a kill mid-write
-            raise ValueError(f"{path}:{i + 1} is not a trial record: {err}") from None
+            raise JournalError(f"{path}:{i + 1} is not a trial record: {err}") from None
     numbers = [r.number for r in records]
     if numbers != list(range(len(records))):
-        raise ValueError(f"{path} holds trials {numbers[:8]}..., expected 0, 1, 2, ... in order")
+        raise JournalError(f"{path} holds trials {numbers[:8]}..., expected 0, 1, 2, ... in order")
     return records
 
 
@@ -74,6 +78,39 @@ def append_journal(path: str | os.PathLike, records: Sequence[TrialRecord]) -> N
             f.write(json.dumps(record.model_dump(mode="json")) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def settings_path(journal: str | os.PathLike) -> Path:
+    """Where the settings a journal's scores were computed with are kept: `NAME.settings.json` beside it."""
+    journal = Path(journal)
+    return journal.with_name(journal.stem + ".settings.json")
+
+
+def check_settings(journal: str | os.PathLike, settings: dict[str, Any], *, resuming: bool) -> None:
+    """Refuse to resume `journal` when it was scored with other `settings` (objective, examples,
+    metric, LM, ...), naming each one that differs. A new journal (`resuming=False`), or one from
+    before settings were kept, gets `settings` recorded beside it."""
+    path = settings_path(journal)
+    if not resuming or not path.is_file():
+        from reasoning_dspy._io import atomic_write_json
+
+        atomic_write_json(path, settings)
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as err:
+        raise JournalError(f"{path} is not JSON ({err}); delete the journal and its settings to start again") from None
+    settings = json.loads(json.dumps(settings))  # compared as stored: tuples are lists in JSON
+    changed = [k for k in sorted(set(settings) | set(recorded)) if settings.get(k) != recorded.get(k)]
+    if changed:
+        what = "; ".join(f"{k}: recorded {_short(recorded.get(k))}, now {_short(settings.get(k))}" for k in changed)
+        raise JournalError(f"{journal} was scored with other settings ({what}); its trials cannot be mixed with "
+                           "this run's: use the same settings, or another journal")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _drop_torn_line(path: Path) -> None:

@@ -162,3 +162,64 @@ def test_the_prompt_filter_skips_candidates_and_says_why(tmp_path):
     store.close()
     reasons = [t["extra"]["reason"] for t in rows if t["extra"].get("status") == "skipped"]
     assert any("off-topic" in r for r in reasons) and any("near-duplicate" in r for r in reasons)
+
+
+def test_a_prompt_filtered_run_resumes_after_a_kill_in_the_held_out_stage(tmp_path):
+    """The filter learns the evaluated instructions before the held-out stage; a run killed there
+    must still resume with the pool its journal indexes, not the smaller one the filter now gives."""
+    overrides = ["optimizer.prompt_filter=true", "optimizer.steer=false", "optimizer.n_trials=4"]
+    whole = _run(tmp_path / "a", *overrides)
+    folder = _run(tmp_path / "b", *overrides)
+    for name in ("program.json", "heldout.json", "result.json", "report.md"):  # killed while held out
+        (folder / name).unlink()
+    again = _run(tmp_path / "b", *overrides)
+    assert again == folder
+    strip = lambda f: [{k: v for k, v in json.loads(x).items() if k != "wall_s"}  # noqa: E731
+                       for x in (f / "trials.jsonl").read_text().splitlines()]
+    assert strip(again) == strip(whole) and len(strip(again)) == 4
+    assert not (again / "skipped.json").exists()  # what it evaluated itself is not skipped as a near-duplicate
+    assert (again / "pool.json").read_text() == (whole / "pool.json").read_text()
+    assert (again / "program.json").read_text() == (whole / "program.json").read_text()
+
+
+_TOGETHER = """
+import sys, time
+from pathlib import Path
+import experiments.heldout, experiments.optimize, experiments.report, optimizers, reasoning_dspy.lm  # noqa
+from reasoning_dspy.cli import app
+barrier, me = Path(sys.argv[1]), sys.argv[2]
+(barrier / me).touch()
+while len(list(barrier.iterdir())) < 2:  # both processes imported everything: start together
+    time.sleep(0.005)
+app(sys.argv[3:])
+"""
+
+
+def test_two_runs_started_together_never_share_a_folder(tmp_path):
+    """Two processes start the same config at once: each either gets a run folder of its own or a
+    clear refusal, each folder holds each trial once, and the config runs again afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    args = ["optimize", str(TINY), f"out={tmp_path / 'runs'}", "optimizer.n_trials=8"]
+    procs = [subprocess.Popen([sys.executable, "-c", _TOGETHER, str(barrier), str(i), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})  # two threads on a busy CPU crawl
+             for i in range(2)]
+    outs = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    for code, _, err in outs:
+        assert code in (0, 2) and "Traceback" not in err, err
+        if code == 2:
+            assert "is in progress in another process" in err and "--new" in err, err
+    assert any(code == 0 for code, _, _ in outs)
+    folders = sorted(p for p in (tmp_path / "runs" / "optimize-tiny").iterdir() if p.is_dir())
+    assert len(folders) == sum(code == 0 for code, _, _ in outs)
+    for folder in folders:
+        numbers = [json.loads(x)["number"] for x in (folder / "trials.jsonl").read_text().splitlines()]
+        assert numbers == list(range(8)) and (folder / "result.json").is_file()
+    result = CliRunner().invoke(app, args)  # and the config runs again: a new run, the others are finished
+    assert result.exit_code == 0, result.output

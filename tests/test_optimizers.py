@@ -122,6 +122,39 @@ def test_a_killed_run_resumes_to_the_same_result(lm, train, tmp_path):
         compile_with(lm, train, journal=tmp_path / "whole.jsonl", features=[11, planted.PUSH, 3])
 
 
+@pytest.mark.parametrize(("change", "setting"), [
+    ({"objective": "reflect"}, "objective: recorded 'activation', now 'reflect'"),
+    ({"n_examples": 4}, "n_examples: recorded 6, now 4"),
+    ({"task_metric": lambda example, pred, trace=None: 1.0}, "task_metric: recorded 'optimizers.evaluate"),
+    ({"accuracy_margin": 0.1}, "accuracy_margin: recorded None, now 0.1"),
+    ({"lm": 16}, "lm_kwargs: recorded"),
+])
+def test_a_journal_scored_with_other_settings_is_refused(lm, planted_lm, train, tmp_path, change, setting):
+    """Trials scored under another objective, example set, metric, margin or LM are not comparable:
+    resuming their journal names the setting that differs instead of mixing them in."""
+    from optimizers import JournalError
+
+    journal = tmp_path / "trials.jsonl"
+    compile_with(lm, train, journal=journal, n_trials=4, steer=False)
+    change = dict(change)
+    other_lm = planted_lm(max_tokens=change.pop("lm")) if "lm" in change else lm
+    with pytest.raises(JournalError, match="was scored with other settings") as err:
+        compile_with(other_lm, train, journal=journal, n_trials=8, steer=False, **change)
+    assert setting in str(err.value)
+    assert len(read_journal(journal)) == 4  # nothing was added
+    resumed = compile_with(lm, train, journal=journal, n_trials=8, steer=False)  # the same settings resume
+    assert len(resumed.trials) == 8
+
+
+def test_the_docs_count_the_instruction_library_as_it_is():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "optimize.md").read_text()
+    counts = {int(n) for n in re.findall(r"built-in library \((\d+) instructions\)", doc)}
+    assert counts == {sum(len(texts) for texts in LIBRARY.values())}
+
+
 def test_the_configured_adapter_is_used_and_lenient_parsing_only_when_asked(lm, train):
     class Counting(LenientChatAdapter):
         calls = 0
