@@ -42,3 +42,27 @@ def atomic_write_figure(path: str | os.PathLike, fig: Any, *, dpi: int = 110) ->
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+class NotWritableError(ValueError):
+    """An output folder cannot be written; raised before any work starts, naming the folder."""
+
+
+def check_writable(folder: str | os.PathLike, what: str = "the output folder") -> None:
+    """Raise `NotWritableError` now when `folder` (or the folder it would be created in) cannot be
+    written, so a command fails before its work instead of at its first save. It writes a probe file
+    that disappears on close: permission bits alone do not stop root, a read-only mount does."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotWritableError(f"cannot write {what} {str(folder)!r}: {str(existing)!r} is a file, not a folder; "
+                               "choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        inside = "" if existing == folder else f" (it would be created inside {str(existing)!r})"
+        raise NotWritableError(f"cannot write {what} {str(folder)!r}{inside}: {err.strerror or err}; choose a "
+                               "folder you can write, or change its permissions") from None

@@ -31,9 +31,20 @@ def _validation_message(err) -> str:
 
 
 def _check_folder(path: Path, flag: str) -> None:
-    """Fail when an output that must be a folder is an existing file."""
+    """Fail when an output that must be a folder is an existing file, or cannot be written."""
     if path.exists() and not path.is_dir():
         _fail(f"{flag} {str(path)!r} is an existing file; {flag} must be a folder")
+    _check_writable(path, flag)
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """Fail before the work, naming the folder, when the output cannot be written there."""
+    from reasoning_dspy._io import NotWritableError, check_writable
+
+    try:
+        check_writable(folder, f"{flag} folder")
+    except NotWritableError as err:
+        _fail(str(err))
 
 
 @app.command()
@@ -64,6 +75,7 @@ def extract(
     from reasoning_dspy.models import ModelLoadError, load_model
     from reasoning_dspy.prompts import PromptError, load_prompts
 
+    _check_folder(out, "--out")
     try:
         with torchrun_group(device) as ranks:
             texts = (StreamedPrompts(prompts, column=column, limit=limit) if streaming
@@ -93,10 +105,13 @@ def _train_sae(options: dict) -> None:
 
     try:
         cfg = SAETrainConfig(**options)
-        with torchrun_group(cfg.device) as ranks:  # under torchrun: one process per device, one SAE
-            result = train_sae(cfg.model_copy(update={"device": rank_device(cfg.device, ranks)}))
     except ValidationError as err:
         _fail(_validation_message(err))
+    if cfg.out is not None:
+        _check_folder(Path(cfg.out), "--out")
+    try:
+        with torchrun_group(cfg.device) as ranks:  # under torchrun: one process per device, one SAE
+            result = train_sae(cfg.model_copy(update={"device": rank_device(cfg.device, ranks)}))
     except (CacheError, DistributedError, TrainingDivergedError, ValueError) as err:
         _fail(str(err))
     if not ranks.is_main:
@@ -514,6 +529,8 @@ def steer(
               "from `reasoning-dspy score`) or --max-activation")
     if out is not None and out.is_dir():
         _fail(f"--out {str(out)!r} is a folder; --out takes a .jsonl file path")
+    if out is not None:
+        _check_writable(out.parent, "--out")
     tracker = _steer_tracker(out, database_url) if track else None
     try:
         if prompts is not None:

@@ -24,12 +24,20 @@ def load_config(model: type[M], path: str | os.PathLike | None, overrides: list[
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            inside = sorted(p.name for p in file.glob("*.yaml"))[:5]
+            hint = f" (it holds {', '.join(inside)})" if inside else ""
+            raise error(f"{str(path)!r} is a folder; name a YAML config file{hint}")
         if not file.is_file():
             raise error(f"config not found: {str(path)!r}")
         try:
-            data = yaml.safe_load(file.read_text()) or {}
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise error(f"{str(path)!r} is not valid YAML: {err}") from None
+        except UnicodeDecodeError:
+            raise error(f"{str(path)!r} is not UTF-8 text; a config is a YAML file") from None
+        except OSError as err:
+            raise error(f"cannot read {str(path)!r}: {err.strerror or err}") from None
         if not isinstance(data, dict):
             raise error(f"{str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
     for item in overrides:

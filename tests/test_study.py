@@ -112,6 +112,34 @@ def test_study_cli_rejects_bad_configs(tmp_path):
     assert result.exit_code == 2 and "not found" in result.output
 
 
+def test_a_refused_config_writes_nothing_and_the_corrected_one_starts(tmp_path):
+    from reasoning_dspy.study import StudyConfig
+    from reasoning_dspy.study.runner import Study
+
+    out = tmp_path / "study"
+    result = _study(f"out={out}", "layer=99")
+    assert result.exit_code == 2 and "layer 99 is out of range for tiny-random" in result.output
+    assert not out.exists()  # no config.json left behind to refuse the corrected config with
+    study = Study(StudyConfig.load(CONFIG, [f"out={out}", "layer=2", "n_train=2", "n_test=1"]), progress=False)
+    assert study.layer == 2 and json.loads((out / "config.json").read_text())["layer"] == 2
+    study.tracker.close()
+
+
+def test_the_dose_response_plot_leaves_the_matplotlib_backend_alone(study_dir, tmp_path):
+    import matplotlib
+
+    from reasoning_dspy.study.report import plot_dose_response
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        path = plot_dose_response(json.loads((study_dir / "summary.json").read_text()), tmp_path / "dose.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_chat_program_sends_the_question_as_one_user_message(tmp_path):
     from reasoning_dspy.engine import SteeredEngine
     from reasoning_dspy.evaluation import CHAT_SUFFIX

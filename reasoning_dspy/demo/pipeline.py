@@ -67,7 +67,8 @@ def stage_train_sae(state: DemoState) -> None:
     batch = min(512, n)
     cfg = SAETrainConfig(cache=str(state.cache.path), out=str(state.out / "sae"), arch="topk",
                          d_sae=8 * state.cache.d_model, k=16, batch_size=batch, lr=2e-3,
-                         tokens=max(4 * n, 40 * batch), dead_tokens=20 * batch, log_every=5)
+                         tokens=max(4 * n, 40 * batch), dead_tokens=20 * batch, log_every=5,
+                         overwrite=True)  # a demo run redoes every stage: the scores after it follow the new SAE
     import torch
 
     threads = torch.get_num_threads()

@@ -367,18 +367,37 @@ class FeatureScores:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} holds no feature scores: {name} is missing "
                                         "(write them with `reasoning-dspy score`)")
-        t = load_file(folder / SCORES_FILE)
-        meta = json.loads((folder / FEATURES_JSON).read_text(encoding="utf-8"))
-        settings = dict(meta["settings"])
+        from safetensors import SafetensorError
+
+        try:
+            t = load_file(folder / SCORES_FILE)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{str(folder / SCORES_FILE)!r} is not a readable safetensors file ({err}); "
+                             "write the scores again with `reasoning-dspy score`") from None
+        try:
+            meta = json.loads((folder / FEATURES_JSON).read_text(encoding="utf-8"))
+            settings = dict(meta["settings"])
+            threshold, groups = float(settings["threshold"]), list(meta["groups"])
+            n_pos, n_neg = int(settings["n_window_tokens"]), int(settings["n_other_tokens"])
+        except (ValueError, KeyError, TypeError) as err:  # JSON and UTF-8 errors are ValueErrors
+            raise ValueError(f"{str(folder / FEATURES_JSON)!r} is not a ReasonScore table ({type(err).__name__}: "
+                             f"{err}); write the scores again with `reasoning-dspy score`") from None
+        missing = [k for k in _SCORE_TENSORS if k not in t]
+        if missing:
+            raise ValueError(f"{str(folder / SCORES_FILE)!r} lacks the tensors {missing}; write the scores again "
+                             "with `reasoning-dspy score`")
         for key in ("threshold", "d_sae", "n_selected", "n_window_tokens", "n_other_tokens"):
             settings.pop(key, None)
         return cls(
             reason_score=t["reason_score"], mu_pos_by_group=t["mu_pos_by_group"], mu_pos=t["mu_pos"],
             mu_neg=t["mu_neg"], entropy=t["entropy"], max_activation=t["max_activation"], density=t["density"],
-            selected=t["selected"], threshold=float(meta["settings"]["threshold"]), groups=list(meta["groups"]),
-            group_token_counts=t["group_token_counts"], n_pos_tokens=int(meta["settings"]["n_window_tokens"]),
-            n_neg_tokens=int(meta["settings"]["n_other_tokens"]), settings=settings,
+            selected=t["selected"], threshold=threshold, groups=groups, group_token_counts=t["group_token_counts"],
+            n_pos_tokens=n_pos, n_neg_tokens=n_neg, settings=settings,
         )
+
+
+_SCORE_TENSORS = ("reason_score", "mu_pos_by_group", "mu_pos", "mu_neg", "entropy", "max_activation", "density",
+                  "selected", "group_token_counts")
 
 
 # -- the cache pass -------------------------------------------------------------------------------

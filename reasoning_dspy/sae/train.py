@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from reasoning_dspy._io import atomic_write_json
 from reasoning_dspy.models import check_device
 from reasoning_dspy.sae.base import SAE, LossContext, SAEConfig
 from reasoning_dspy.sae.evals import SAEEval, evaluate_sae, fvu
-from reasoning_dspy.sae.io import save_sae
+from reasoning_dspy.sae.io import WEIGHTS_FILE, save_sae
 from reasoning_dspy.sae.train_config import SAETrainConfig
 from reasoning_dspy.sae.train_data import TrainData, open_sources, source_metadata
 from reasoning_dspy.sae.train_files import load_checkpoint, plot_loss_curve, save_checkpoint, write_log
@@ -208,8 +209,8 @@ def train_sae(
     sources = open_sources(activations)
     meta = source_metadata(sources, cfg.hook_layer, cfg.model_name)
     out = Path(cfg.out) if cfg.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"the output {str(out)!r} is an existing file; out (--out) must be a folder")
+    if out is not None:
+        _check_out(out, cfg)
     device = check_device(cfg.device)
     compute_dtype = getattr(torch, cfg.compute_dtype)
 
@@ -248,6 +249,9 @@ def train_sae(
         if out and (out / LOG_FILE).is_file():
             log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines() if line]
             log = [r for r in log if r["step"] <= step]
+
+    if cfg.overwrite and ckpt is not None and ckpt.is_dir() and sync.ranks.is_main:
+        shutil.rmtree(ckpt)  # a later --resume must not continue the replaced run
 
     held_out = data.held_out(EVAL_TOKENS)
     evals = _EvalSets(train=(sample[:EVAL_TOKENS] * scale).to(device),
@@ -341,6 +345,20 @@ def train_sae(
     return _finish(cfg, sae, scale, evals, log, step, total, step - start_step, seconds,
                    out=out if sync.ranks.is_main else None, stopped=stopped,
                    sources=[_describe(s) for s in sources], split=(data.n_train, data.n_val))
+
+
+def _check_out(out: Path, cfg: SAETrainConfig) -> None:
+    """Refuse an output that is a file, or that holds an SAE or a run this call would silently replace
+    (scores computed from that SAE would no longer match it)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {str(out)!r} is an existing file; out (--out) must be a folder")
+    has_ckpt = (out / CHECKPOINT_DIR / "state.json").is_file()
+    held = [name for name in (WEIGHTS_FILE, CHECKPOINT_DIR) if (out / name).exists()]
+    if held and not cfg.overwrite and not (cfg.resume and has_ckpt):
+        what = "an SAE" if WEIGHTS_FILE in held else "an unfinished SAE run"
+        resume = ", --resume (resume=True) to continue its run" if has_ckpt else ""
+        raise ValueError(f"{str(out)!r} already holds {what} ({', '.join(held)}); pass --overwrite "
+                         f"(overwrite=True) to replace it{resume}, or choose another --out")
 
 
 def _describe(source: Any) -> str:

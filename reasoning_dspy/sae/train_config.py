@@ -61,6 +61,8 @@ class SAETrainConfig(BaseModel):
                                    "(default: the cache's; set it when training on a tensor)")
     device: str = Field("cpu", description="torch device")
     resume: bool = Field(False, description="continue from the checkpoint in OUT if there is one")
+    overwrite: bool = Field(False, description="replace the SAE or checkpoint already in OUT (otherwise "
+                            "refused: scores computed from that SAE would no longer match it)")
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -76,6 +78,8 @@ class SAETrainConfig(BaseModel):
     def _check(self) -> SAETrainConfig:
         if self.arch == "topk" and self.k > self.d_sae:
             raise ValueError(f"k={self.k} cannot exceed d_sae={self.d_sae}; lower --k or raise --d-sae")
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in OUT and overwrite replaces it: pass one of them")
         if self.lr_warmup_frac + self.lr_decay_frac > 1:
             raise ValueError(
                 f"lr_warmup_frac + lr_decay_frac = {self.lr_warmup_frac + self.lr_decay_frac} exceeds 1"
@@ -84,7 +88,7 @@ class SAETrainConfig(BaseModel):
 
     def run_identity(self) -> dict[str, Any]:
         """Fields that must match for a checkpoint to be resumed (everything but where/how to run)."""
-        return self.model_dump(exclude={"cache", "out", "resume", "device", "eval_every", "log_every",
+        return self.model_dump(exclude={"cache", "out", "resume", "overwrite", "device", "eval_every", "log_every",
                                         "checkpoint_every", "max_tokens", "max_seconds", "hook_layer",
                                         "model_name"})
 

@@ -62,18 +62,16 @@ def load_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer) -> tuple
 
 
 def plot_loss_curve(log: list[dict[str, Any]], path: Path) -> None:
-    """Loss, FVU and L0 against training tokens, as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss, FVU and L0 against training tokens, as a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     rows = [r for r in log if "loss" in r]
     if not rows:
         return
     tokens = [r["tokens"] for r in rows]
     val = [r for r in log if "fvu_val" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     for ax, key, title in zip(axes, ("loss", "fvu", "l0"), ("training loss", "FVU", "L0"), strict=True):
         ax.plot(tokens, [r[key] for r in rows], label="training batch")
         if key == "fvu" and val:
@@ -89,7 +87,6 @@ def plot_loss_curve(log: list[dict[str, Any]], path: Path) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 

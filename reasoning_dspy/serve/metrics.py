@@ -46,7 +46,7 @@ class Metrics:
             self._trim(now)
 
     def observe_cancel(self, stage: str) -> None:
-        """`stage`: "queued" (dropped before it ran) or "running" (finished, result discarded)."""
+        """`stage`: "queued" (dropped before it ran) or "running" (stopped at its next decoding step)."""
         with self._lock:
             self._cancelled[stage] += 1
 

@@ -81,7 +81,7 @@ class StudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_sae(self) -> StudyConfig:
-        for key in ("cache", "out", "resume"):
+        for key in ("cache", "out", "resume", "overwrite"):
             if key in self.sae:
                 raise ValueError(f"sae.{key} is set by the study itself; remove it from the config")
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from reasoning_dspy._io import atomic_write_text
+from reasoning_dspy._io import atomic_write_figure, atomic_write_text
 from reasoning_dspy.study.conditions import Condition
 from reasoning_dspy.study.measures import TraceMeasures, bootstrap, rate_per_100
 
@@ -93,14 +93,12 @@ def summarize(conditions: list[Condition], generations: dict[str, list[dict]], *
 
 def plot_dose_response(summary: dict[str, Any], path: Path) -> Path:
     """One panel per measure: value against signed strength, top features vs random controls."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     entries = summary["conditions"]
     base = next(e for e in entries if e["kind"] == "baseline")
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig = Figure(figsize=(13, 7))
+    axes = fig.subplots(2, 3)
     for ax, (key, label) in zip(axes.flat, MEASURES, strict=True):
         groups: dict[str, list[tuple[float, dict]]] = {}
         for e in entries:
@@ -122,10 +120,7 @@ def plot_dose_response(summary: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"dose-response on {summary['n_problems']} held-out problems "
                  f"({int(summary['confidence'] * 100)}% bootstrap intervals)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic_write_figure(path, fig, dpi=110)
 
 
 def _fmt(interval: dict, key: str) -> str:

@@ -50,22 +50,33 @@ class Study:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._check_resume()
-        self.tracker = self._open_tracker()
-        self.run_id = self.tracker.start_run(self.out.name, kind="study", config=cfg.model_dump(exclude={"tracking"}),
-                                             folder=self.out, run_id=_stable_id("study", self.out.resolve()))
+        self._check_out()  # everything is checked before the folder or its config.json is written
         self.loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         spec = self.loaded.model_spec
-        self.layer = spec.check_layer(cfg.layer) if cfg.layer is not None else default_layer(spec.n_layers)
+        try:
+            self.layer = spec.check_layer(cfg.layer) if cfg.layer is not None else default_layer(spec.n_layers)
+        except IndexError as err:
+            raise StudyConfigError(f"layer: {err}") from None
         self.train = make_problems(cfg.n_train, split="train", seed=cfg.seed, difficulty=cfg.difficulty)
         self.test = make_problems(cfg.n_test, split="test", seed=cfg.seed, difficulty=cfg.difficulty)
+        self.tracker = self._open_tracker()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", cfg.model_dump(exclude={"tracking"}))  # not where it is tracked
+        self.run_id = self.tracker.start_run(self.out.name, kind="study", config=cfg.model_dump(exclude={"tracking"}),
+                                             folder=self.out, run_id=_stable_id("study", self.out.resolve()))
         self.sae: Any = None
         self.scores: Any = None
         self.conditions: list[Condition] = []
 
-    def _check_resume(self) -> None:
-        """Refuse to mix two different studies in one folder (only where and how fast may change)."""
+    def _check_out(self) -> None:
+        """Refuse an output folder that cannot be written, or that holds another study (only where and
+        how fast may change)."""
+        from reasoning_dspy._io import NotWritableError, check_writable
+
+        try:
+            check_writable(self.out, "the study's out folder")
+        except NotWritableError as err:
+            raise StudyConfigError(f"out: {err}") from None
         path = self.out / "config.json"
         mine = self.cfg.model_dump(exclude={"out", "device", "batch_size", "bootstrap_resamples", "confidence",
                                             "tracking"})
@@ -78,7 +89,6 @@ class Study:
                     f"{str(self.out)!r} holds a study with different settings ({', '.join(changed)}); "
                     "resume it with the same config, or pass another out="
                 )
-        atomic_write_json(path, self.cfg.model_dump(exclude={"tracking"}))  # where it is tracked is not what it is
 
     def _open_tracker(self) -> Any:
         """The study's tracker (journal OUT/tracking.jsonl; database: the config's, else $DATABASE_URL,
