@@ -40,13 +40,18 @@ def test_every_fact_of_every_scratchpad_is_true_and_it_ends_on_the_result():
         assert final_value(text) == result(a, op, b) == expected
 
 
-def test_the_scratchpad_works_digit_by_digit():
-    assert scratchpad(347, "+", 85) == ("ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; "
+def test_the_scratchpad_works_digit_by_digit_on_padded_operands():
+    assert scratchpad(347, "+", 85) == ("347 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; "
                                         "hundreds 3+0+1=4, write 4; so 432")
     assert scratchpad(999, "+", 1).endswith("thousands 1, write 1; so 1000")
-    assert scratchpad(304, "-", 268) == "ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; hundreds 3-1-2=0; so 36"
-    assert scratchpad(8, "*", 55) == scratchpad(55, "*", 8) == "ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44; so 440"
-    assert scratchpad(144, "/", 6) == "1/6=0 r1; 14/6=2 r2; 24/6=4 r0; so 24"
+    assert scratchpad(304, "-", 268) == ("304 - 268: ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; "
+                                         "hundreds 3-1-2=0; so 36")
+    assert scratchpad(8, "*", 55) == scratchpad(55, "*", 8) == (
+        "055 × 8: ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44, write 4 carry 4; hundreds 0×8=0, +4=4; so 440")
+    assert scratchpad(96, "/", 4) == "096 / 4: 0/4=0 r0; 9/4=2 r1; 16/4=4 r0; so 24"
+    # every step of the chains works exactly three columns, each at the same place in the text
+    for a, op, b in ((5, "+", 7), (12, "-", 3), (31, "*", 2), (8, "/", 2)):
+        assert scratchpad(a, op, b).count(";") == 3, scratchpad(a, op, b)
 
 
 def test_a_false_fact_is_found():
@@ -114,11 +119,12 @@ def test_a_written_trace_reads_back_to_its_steps(reflects):
 
 
 def test_a_models_wrong_check_is_read_as_written():
-    text = "Task: Check.\nHmm, I should check each step.\n47 + 85 = 122. Let me check: ones 7+5=12, write 2 " \
-           "carry 1; tens 4+8+1=12, write 2 carry 1; hundreds 1, write 1; so 122. It matches.\nThe answer is 122."
+    text = "Task: Check.\nHmm, I should check each step.\n47 + 85 = 122. Let me check: 047 + 085: ones 7+5=12, " \
+           "write 2 carry 1; tens 4+8+1=12, write 2 carry 1; hundreds 0+0+1=1, write 1; so 122. It matches.\n" \
+           "The answer is 122."
     (w,) = read_steps(text)
     assert (w.quick, w.checked, w.caught, w.value) == (122, 122, False, 122)
-    assert [ok for _, ok in facts(text)] == [True, False]  # the model's own slip in the tens column
+    assert [ok for _, ok in facts(text)] == [True, False, True]  # the model's own slip in the tens column
 
 
 # -- untrained spans in the loss ------------------------------------------------------------------

@@ -2,18 +2,18 @@
 
 A direct answer to "347 + 85" asks a small model to do the whole sum in one token sequence; the
 scratchpad splits it into single-digit facts, one column at a time, each written out (Lee et al.
-2023, "Teaching Arithmetic to Small Transformers"):
+2023, "Teaching Arithmetic to Small Transformers"). It first restates the operands zero-padded to
+three digits, so every column sits at the same offset in every step, then always works three
+columns (four when a carry runs out of them):
 
     >>> scratchpad(347, "+", 85)
-    'ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; hundreds 3+0+1=4, write 4; so 432'
+    '347 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; hundreds 3+0+1=4, write 4; so 432'
     >>> scratchpad(304, "-", 268)
-    'ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; hundreds 3-1-2=0; so 36'
+    '304 - 268: ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; hundreds 3-1-2=0; so 36'
     >>> scratchpad(55, "*", 8)
-    'ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44; so 440'
-    >>> scratchpad(125, "*", 4)
-    'ones 5×4=20, write 0 carry 2; tens 2×4=8, +2=10, write 0 carry 1; hundreds 1×4=4, +1=5; so 500'
+    '055 × 8: ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44, write 4 carry 4; hundreds 0×8=0, +4=4; so 440'
     >>> scratchpad(144, "/", 6)
-    '1/6=0 r1; 14/6=2 r2; 24/6=4 r0; so 24'
+    '144 / 6: 1/6=0 r1; 14/6=2 r2; 24/6=4 r0; so 24'
 
 Every fact in the text is true arithmetic (`facts` reads them back), and the text ends with
 `so <result>`. The operand bounds are those of `reasoning_dspy.problems.chains.in_bounds`.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 
 _PLACES = ("ones", "tens", "hundreds", "thousands")
+WIDTH = 3  # operands are written with at least this many digits
 SYMBOL = {"+": "+", "-": "-", "*": "×", "/": "/"}
 
 
@@ -51,6 +52,14 @@ def result(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b, "/": a // (b or 1)}[op]
 
 
+def _width(*xs: int) -> int:
+    return max(WIDTH, *(len(str(x)) for x in xs))
+
+
+def _padded(x: int, width: int) -> str:
+    return str(x).zfill(width)
+
+
 def _digits(x: int, width: int) -> list[int]:
     """Digits of `x` from the ones place up, padded with zeros to `width`."""
     return [(x // 10**i) % 10 for i in range(width)]
@@ -59,7 +68,7 @@ def _digits(x: int, width: int) -> list[int]:
 def _add(a: int, b: int) -> str:
     if a < 0 or b < 0:
         raise ScratchpadError(f"the addition scratchpad takes whole numbers >= 0, got {a} + {b}")
-    width = max(len(str(a)), len(str(b)))
+    width = _width(a, b)
     parts, carry = [], 0
     for place, x, y in zip(_PLACES, _digits(a, width), _digits(b, width), strict=False):
         total = x + y + carry
@@ -68,13 +77,13 @@ def _add(a: int, b: int) -> str:
         parts.append(f"{place} {terms}={total}, write {total % 10}" + (f" carry {carry}" if carry else ""))
     if carry:
         parts.append(f"{_PLACES[width]} {carry}, write {carry}")
-    return "; ".join(parts) + f"; so {a + b}"
+    return f"{_padded(a, width)} + {_padded(b, width)}: " + "; ".join(parts) + f"; so {a + b}"
 
 
 def _subtract(a: int, b: int) -> str:
     if not 0 <= b <= a:
         raise ScratchpadError(f"the subtraction scratchpad takes a >= b >= 0, got {a} - {b}")
-    width = len(str(a))
+    width = _width(a)
     parts, borrow = [], 0
     for place, x, y in zip(_PLACES, _digits(a, width), _digits(b, width), strict=False):
         top = x - borrow
@@ -85,7 +94,7 @@ def _subtract(a: int, b: int) -> str:
         else:
             parts.append(f"{place} {terms}={top - y}")
             borrow = 0
-    return "; ".join(parts) + f"; so {a - b}"
+    return f"{_padded(a, width)} - {_padded(b, width)}: " + "; ".join(parts) + f"; so {a - b}"
 
 
 def _multiply(a: int, b: int) -> str:
@@ -94,7 +103,8 @@ def _multiply(a: int, b: int) -> str:
     if not (0 <= a <= 999 and 0 <= b <= 9):
         raise ScratchpadError(f"the multiplication scratchpad takes a number below 1000 times a 1-digit one, "
                               f"got {a} × {b}")
-    digits = _digits(a, len(str(a)))
+    width = _width(a)
+    digits = _digits(a, width)
     parts, carry = [], 0
     for i, (place, x) in enumerate(zip(_PLACES, digits, strict=False)):
         product = x * b
@@ -104,18 +114,18 @@ def _multiply(a: int, b: int) -> str:
         if i < len(digits) - 1:  # the last column writes its whole number
             text += f", write {total % 10}" + (f" carry {carry}" if carry else "")
         parts.append(text)
-    return "; ".join(parts) + f"; so {a * b}"
+    return f"{_padded(a, width)} × {b}: " + "; ".join(parts) + f"; so {a * b}"
 
 
 def _divide(a: int, b: int) -> str:
     if not (2 <= b <= 9 and a > 0 and a % b == 0):
         raise ScratchpadError(f"the division scratchpad takes a whole number divided exactly by 2-9, got {a} / {b}")
     parts, rest = [], 0
-    for digit in str(a):
+    for digit in _padded(a, _width(a)):
         part = rest * 10 + int(digit)
         q, rest = divmod(part, b)
         parts.append(f"{part}/{b}={q} r{rest}")
-    return "; ".join(parts) + f"; so {a // b}"
+    return f"{_padded(a, _width(a))} / {b}: " + "; ".join(parts) + f"; so {a // b}"
 
 
 # -- reading a scratchpad back ---------------------------------------------------------------------
