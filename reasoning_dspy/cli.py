@@ -408,13 +408,73 @@ def reasoner_eval(
     from rich.table import Table
 
     table = Table(title=f"{result['model']}: {n} {split} problems, {program}")
-    for col in ("style", "accuracy", "parsed", "reflect", "words/100 tok", "tokens", "loops", "activation"):
+    for col in ("style", "accuracy", "parsed", "reflect", "words/100 tok", "step acc", "fixed/broke", "tokens",
+                "loops", "activation"):
         table.add_column(col)
     for style, m in result["summary"].items():
         act = "" if m["activation"] is None else f"{m['activation']:.3f}"
         table.add_row(style, f"{m['accuracy']:.3f}", f"{m['parse_rate']:.3f}", f"{m['reflect_rate']:.3f}",
-                      f"{m['words_per_100_tokens']:.2f}", f"{m['mean_tokens']:.0f}", f"{m['loop_rate']:.3f}", act)
+                      f"{m['words_per_100_tokens']:.2f}", f"{m['step_accuracy']:.3f}",
+                      f"{m['checks_fixed']}/{m['checks_broke']}", f"{m['mean_tokens']:.0f}", f"{m['loop_rate']:.3f}",
+                      act)
     Console().print(table)
+
+
+@reasoner_app.command("causal")
+def reasoner_causal(
+    model: str = typer.Option("smollm2-reasoner", help="any name load_model takes"),
+    n: int = typer.Option(200, min=1, help="held-out chain problems, each answered with the decision forced both ways"),
+    instruction: str = typer.Option("Solve the word problem.", help="the one instruction both branches run under"),
+    split: str = typer.Option("test", help="problem split: test or validation"),
+    seed: int = typer.Option(0, help="seed of the problem list"),
+    max_tokens: int = typer.Option(448, min=8, help="tokens generated per answer"),
+    out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file"),
+) -> None:
+    """Is reflection causal? Force the token that decides to reflect both ways under one instruction:
+    paired accuracy difference with a bootstrap 95 % interval, and checks that fixed or broke a step."""
+    from reasoning_dspy._io import atomic_write_json
+    from reasoning_dspy.models import ModelLoadError, load_model
+    from reasoning_dspy.problems import ProblemError, make_problems
+    from reasoning_dspy.reasoner.causal import forced_decisions, summarize_forced
+
+    if split not in ("test", "validation"):
+        _fail(f"split must be 'test' or 'validation' (held-out problems), got {split!r}")
+    try:
+        problems = make_problems(n, split=split, seed=seed, families=["chains"])
+        rows = forced_decisions(load_model(model), problems, instruction, max_tokens=max_tokens)
+    except (ModelLoadError, ProblemError, ValueError) as err:
+        _fail(str(err))
+    summary = summarize_forced(rows)
+    if out is not None:
+        atomic_write_json(out, {"model": model, "instruction": instruction, "summary": summary, "rows": rows})
+    d = summary["reflect_minus_plain"]
+    for side in ("reflect", "plain"):
+        m = summary[side]
+        typer.echo(f"{side:8s} accuracy {m['accuracy']:.3f}  step accuracy {m['step_accuracy']:.3f}  "
+                   f"checks fixed {m['fixed']}, broke {m['broke']}")
+    typer.echo(f"reflect - plain: {d['value']:+.3f} (95 % CI {d['low']:+.3f} to {d['high']:+.3f}), n={summary['n']}")
+
+
+@reasoner_app.command("steps")
+def reasoner_steps(
+    model: str = typer.Option("smollm2", help="any name load_model takes"),
+    n: int = typer.Option(48, min=1, help="steps of each kind"),
+    shots: int = typer.Option(3, min=0, help="worked examples before each step"),
+    out: Path | None = typer.Option(None, help="write the accuracies to this JSON file"),
+) -> None:
+    """Per-step arithmetic accuracy by kind of step, answered directly and by digit scratchpad (few-shot, greedy)."""
+    from reasoning_dspy._io import atomic_write_json
+    from reasoning_dspy.models import ModelLoadError, load_model
+    from reasoning_dspy.reasoner.step_probe import probe_steps
+
+    try:
+        result = probe_steps(load_model(model), n=n, shots=shots)
+    except (ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    if out is not None:
+        atomic_write_json(out, result)
+    for kind, acc in result.items():
+        typer.echo(f"{kind:8s} direct {acc['direct']:.3f}  scratchpad {acc['scratchpad']:.3f}")
 
 
 @reasoner_app.command("ship")

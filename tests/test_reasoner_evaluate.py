@@ -85,3 +85,19 @@ def test_forced_decisions_take_each_branch_from_the_same_prompt(tiny):
         assert r["reflect"]["reasoning"].startswith(head) and r["plain"]["reasoning"].startswith(head)
         assert r["reflect"]["reasoning"][len(head):].startswith(tuple(reflective))
         assert not r["plain"]["reasoning"][len(head):].startswith(tuple(reflective))
+
+
+def test_cli_causal_and_steps_run_and_refuse_bad_input(tmp_path):
+    out = tmp_path / "causal.json"
+    result = CliRunner().invoke(app, ["reasoner", "causal", "--model", "tiny-random", "--n", "2", "--max-tokens", "8",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["summary"]["n"] == 2 and len(saved["rows"]) == 2
+    d = saved["summary"]["reflect_minus_plain"]
+    assert d["low"] <= d["value"] <= d["high"] and "reflect - plain" in result.output
+    result = CliRunner().invoke(app, ["reasoner", "causal", "--model", "tiny-random", "--split", "train"])
+    assert result.exit_code == 2 and "held-out" in result.output
+    result = CliRunner().invoke(app, ["reasoner", "steps", "--model", "tiny-random", "--n", "2", "--shots", "1"])
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.output.splitlines() if "scratchpad" in line]) == 7

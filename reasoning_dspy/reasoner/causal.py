@@ -71,3 +71,25 @@ def _decide(model: Any, prompt_ids: list[int], reflective: set[int]) -> dict[str
     mask[list(reflective)] = True
     return {"reflect": int(torch.where(mask, logits, -torch.inf).argmax()),
             "plain": int(torch.where(mask, -torch.inf, logits).argmax())}
+
+
+def summarize_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and step measures of each branch, and the paired bootstrap 95 % interval of
+    reflecting minus plain accuracy over the same problems."""
+    import numpy as np
+
+    from reasoning_dspy.study.measures import bootstrap
+
+    if not rows:
+        raise ValueError("no forced-decision rows to summarize")
+    out: dict[str, Any] = {}
+    for side in ("reflect", "plain"):
+        totals = {k: int(sum(r[side][k] for r in rows)) for k in ("steps", "steps_right", "quick_right", "checked",
+                                                                 "fixed", "broke")}
+        out[side] = {"accuracy": float(np.mean([r[side]["correct"] for r in rows])),
+                     "step_accuracy": totals["steps_right"] / max(totals["steps"], 1), **totals}
+    diff = bootstrap([np.array([r["reflect"]["correct"] for r in rows], float),
+                      np.array([r["plain"]["correct"] for r in rows], float)], lambda a, b: float(np.mean(a - b)))
+    out["reflect_minus_plain"] = {"value": diff.value, "low": diff.low, "high": diff.high}
+    out["n"] = len(rows)
+    return out
