@@ -35,6 +35,7 @@ class DatasetConfig(_Section):
     n_train: int = Field(16, ge=1, description="examples each trial is scored on")
     n_test: int = Field(100, ge=1, description="held-out examples")
     difficulty: list[int] | None = Field(None, description="word-problem difficulty levels (None: all)")
+    families: list[str] | None = Field(None, description="word-problem families, e.g. [chains] (None: the default mix)")
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:

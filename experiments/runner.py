@@ -119,8 +119,10 @@ def _examples(cfg: ExperimentConfig) -> tuple[list[Any], list[Any]]:
 
     d = cfg.dataset
     if d.name == WORD_PROBLEMS:
-        return (as_dspy_examples(make_problems(d.n_train, split=d.train_split, seed=cfg.seed, difficulty=d.difficulty)),
-                as_dspy_examples(make_problems(d.n_test, split=d.test_split, seed=cfg.seed, difficulty=d.difficulty)))
+        return (as_dspy_examples(make_problems(d.n_train, split=d.train_split, seed=cfg.seed, difficulty=d.difficulty,
+                                               families=d.families)),
+                as_dspy_examples(make_problems(d.n_test, split=d.test_split, seed=cfg.seed, difficulty=d.difficulty,
+                                               families=d.families)))
     import dspy
 
     rows = []

@@ -223,3 +223,16 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
         assert numbers == list(range(8)) and (folder / "result.json").is_file()
     result = CliRunner().invoke(app, args)  # and the config runs again: a new run, the others are finished
     assert result.exit_code == 0, result.output
+
+
+def test_dataset_families_pick_the_problems_and_an_unknown_one_is_named(tmp_path):
+    from experiments.runner import _examples
+
+    cfg = load_experiment(TINY, [f"out={tmp_path}", "dataset.families=[chains]"])
+    from reasoning_dspy.problems import make_problems
+
+    _, test = _examples(cfg)
+    chains = make_problems(cfg.dataset.n_test, split="test", seed=cfg.seed, families=["chains"])
+    assert [ex.question for ex in test] == [p.question for p in chains] != _test_questions()
+    with pytest.raises(Exception, match=r"unknown problem families \['poems'\]"):
+        _examples(load_experiment(TINY, [f"out={tmp_path}", "dataset.families=[poems]"]))

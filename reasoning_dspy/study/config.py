@@ -32,6 +32,8 @@ class StudyConfig(BaseModel):
     n_train: int = Field(200, ge=1, description="training problems whose traces the SAE is trained on")
     n_test: int = Field(200, ge=1, description="held-out test problems each steering condition is measured on")
     difficulty: list[int] | None = Field(None, description="problem difficulty levels to draw from (None: all)")
+    families: list[str] | None = Field(None, description="problem families, e.g. [chains] for smollm2-reasoner's "
+                                       "chain problems (None: the default mix)")
     program: Literal["cot", "predict", "chat"] = Field("cot", description=(
         "dspy.ChainOfThought or dspy.Predict (question -> answer), or chat: the question and CHAT_SUFFIX "
         "as one user message straight to the SteeredLM, for models too small to follow DSPy's field format"))

@@ -57,8 +57,10 @@ class Study:
             self.layer = spec.check_layer(cfg.layer) if cfg.layer is not None else default_layer(spec.n_layers)
         except IndexError as err:
             raise StudyConfigError(f"layer: {err}") from None
-        self.train = make_problems(cfg.n_train, split="train", seed=cfg.seed, difficulty=cfg.difficulty)
-        self.test = make_problems(cfg.n_test, split="test", seed=cfg.seed, difficulty=cfg.difficulty)
+        self.train = make_problems(cfg.n_train, split="train", seed=cfg.seed, difficulty=cfg.difficulty,
+                                   families=cfg.families)
+        self.test = make_problems(cfg.n_test, split="test", seed=cfg.seed, difficulty=cfg.difficulty,
+                                  families=cfg.families)
         self.tracker = self._open_tracker()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "config.json", cfg.model_dump(exclude={"tracking"}))  # not where it is tracked
