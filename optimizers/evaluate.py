@@ -147,7 +147,7 @@ def evaluate_programs(
     with dspy.context(lm=lm, adapter=adapter or dspy.settings.adapter), quiet_truncation():
         executor = ParallelExecutor(num_threads=threads, disable_progress_bar=True, max_errors=len(jobs) + 1,
                                     timeout=10**6)
-        with engine.expect(len(jobs)):  # the whole batch decodes together, in a fixed order
+        with engine.expect(len(jobs), threads=threads):  # waves of `threads` calls, each decoded together
             results = executor.execute(run, jobs)
     wall = time.perf_counter() - start
     if failures:

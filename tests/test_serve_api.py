@@ -142,6 +142,35 @@ def test_seed_makes_sampling_reproducible(client):
     assert sample(8)[0].message.content != first[0].message.content
 
 
+def test_a_seeded_request_neither_uses_nor_reseeds_the_global_rng(client):
+    """Another thread drawing from torch's global generator while a seeded request samples changes
+    nothing in the answer, and the request leaves that generator's stream as it was."""
+    import threading
+
+    import torch
+
+    quiet = [c.message.content for c in chat(client, temperature=1.0, seed=11, n=2).choices]
+    stop = threading.Event()
+
+    def draw():
+        while not stop.wait(0.0005):  # a draw every half millisecond: between the request's sampling steps
+            torch.rand(8)
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        busy = [c.message.content for c in chat(client, temperature=1.0, seed=11, n=2).choices]
+    finally:
+        stop.set()
+        thread.join()
+    assert busy == quiet
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    chat(client, temperature=1.0, seed=5)
+    assert torch.equal(torch.rand(4), expected)  # no draw and no reseed of the caller's stream
+
+
 def test_explain_a_completion_and_a_text(server, client):
     steered = chat(client, extra_body={"steering": PUSH})
     headers = {"Authorization": f"Bearer {KEY}"}

@@ -302,15 +302,16 @@ class SteeredEngine:
             future.add_done_callback(lambda _f: feed.close())
         return calls.Row(job, future, feed)
 
-    def expect(self, n: int) -> AbstractContextManager[None]:
+    def expect(self, n: int, threads: int | None = None) -> AbstractContextManager[None]:
         """Announce `n` calls about to arrive from parallel threads (a context manager): they are
         gathered whole and run in model batches of `max_batch_size`, in an order fixed by their
-        content, so the same calls always decode in the same batches.
+        content, so the same calls always decode in the same batches. With `threads` (fewer than
+        `n` callers, each waiting for its answer), each wave of `threads` calls runs as soon as it is in.
 
-        >>> with engine.expect(len(jobs)):
+        >>> with engine.expect(len(jobs), threads=8):
         ...     results = executor.execute(run, jobs)
         """
-        return self._batcher.expect(n)
+        return self._batcher.expect(n, threads)
 
     def close(self) -> None:
         """Stop the worker thread (a new engine is needed afterwards)."""

@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-import torch
-
 from reasoning_dspy.engine.generate import GenResult
 from reasoning_dspy.engine.jobs import GenerateJob
 from reasoning_dspy.engine.microbatcher import BatchStats, model_lock
@@ -72,13 +70,14 @@ class EngineBridge:
 
     # -- generation -----------------------------------------------------------------------------
     def job(self, prompt_ids: list[int], spec: SteeringSpec | None, *, max_tokens: int, temperature: float,
-            top_p: float, stop: tuple[str, ...], capture: bool) -> GenerateJob:
-        """One generation row; steering and context errors become 400s."""
+            top_p: float, stop: tuple[str, ...], capture: bool, seed: int | None = None) -> GenerateJob:
+        """One generation row (sampled from its own `torch.Generator` when `seed` is given); steering
+        and context errors become 400s."""
         from dspy.lm15 import ContextLengthError, InvalidRequestError
 
         try:
             return self.engine._job(list(prompt_ids), spec, max_tokens, temperature, top_p, stop,
-                                    capture and self.engine.sae is not None)
+                                    capture and self.engine.sae is not None, seed=seed)
         except ContextLengthError as err:
             raise APIError(400, str(err), code="context_length_exceeded", param="messages") from None
         except (InvalidRequestError, SteeringError) as err:
@@ -88,14 +87,14 @@ class EngineBridge:
         """Queue a row for the next batch: a future of its `GenResult`, cancellable while queued."""
         return self.engine._batcher.submit(job)
 
-    def run_seeded(self, jobs: Sequence[GenerateJob], seed: int) -> list[GenResult]:
-        """Run `jobs` as one batch of their own with the RNG seeded first: the same request with the
-        same seed samples the same tokens. Blocks (call it from a worker thread); holds the model."""
+    def run_seeded(self, jobs: Sequence[GenerateJob]) -> list[GenResult]:
+        """Run seeded `jobs` as one batch of their own, so the same request with the same seed meets
+        the same batch and samples the same tokens. Each row draws from its own `torch.Generator`
+        (`GenRow.seed`): no global RNG, CPU or CUDA, is seeded or consumed. Blocks (call it from a
+        worker thread); holds the model."""
         with model_lock(self.engine.model):
             self.engine._sync_prefix_cache()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self.engine._generate([j.row for j in jobs])
+            return self.engine._generate([j.row for j in jobs])
 
     # -- gauges -----------------------------------------------------------------------------------
     def queue_depth(self) -> int:

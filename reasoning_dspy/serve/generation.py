@@ -5,8 +5,8 @@ queued on the engine's micro-batcher, so concurrent requests — steered differe
 batched generates. Each row carries a `RowWatch`: a streaming request receives every token as soon
 as it is decoded, and a client that disconnects withdraws its rows still waiting in the queue and
 stops its running rows at the next decoding step (a batch whose rows all went away ends there). A
-request with a `seed` and temperature > 0 runs as a batch of its own with the RNG seeded, so it is
-reproducible (it is not batched with others).
+request with a `seed` and temperature > 0 runs as a batch of its own, each row sampling from its own
+`torch.Generator`, so it is reproducible (it is not batched with others) and no global RNG is touched.
 """
 
 from __future__ import annotations
@@ -96,10 +96,14 @@ def plan(config: ServeConfig, req, prompts: Sequence[Sequence[int]], context_len
 
 def make_jobs(bridge: EngineBridge, prompts: Sequence[Sequence[int]], spec: SteeringSpec | None,
               params: GenParams) -> list[GenerateJob]:
-    """One job per choice: prompt 0's n choices first, then prompt 1's, ..."""
+    """One job per choice: prompt 0's n choices first, then prompt 1's, ... A seeded request's choice
+    i samples with `candidate_seed(seed, i)`, as `SteeredLM` does for a call's n candidates."""
+    from reasoning_dspy.engine.calls import candidate_seed
+
     return [bridge.job(list(ids), spec, max_tokens=params.max_tokens, temperature=params.temperature,
-                       top_p=params.top_p, stop=params.stop, capture=True)
-            for ids in prompts for _ in range(params.n)]
+                       top_p=params.top_p, stop=params.stop, capture=True,
+                       seed=candidate_seed(params.seed, i) if params.seeded else None)
+            for ids in prompts for i in range(params.n)]
 
 
 class Rows:
@@ -126,7 +130,7 @@ class Rows:
         self.futures: list[Future] = []
         self._seeded: asyncio.Future | None = None
         if params.seeded:
-            self._seeded = asyncio.ensure_future(asyncio.to_thread(bridge.run_seeded, jobs, params.seed))
+            self._seeded = asyncio.ensure_future(asyncio.to_thread(bridge.run_seeded, jobs))
             self._seeded.add_done_callback(lambda _f: admission.release(len(jobs)))
             return
         try:

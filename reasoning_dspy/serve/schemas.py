@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reasoning_dspy.serve.errors import APIError, bad_request
 
-#: `seed` is a 64-bit signed integer, as in OpenAI's API.
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+#: `seed`: a 64-bit integer, as a `torch.Generator` takes it.
+SEED_MIN, SEED_MAX = 0, 2**64 - 1
 
 #: Deepest nesting of arrays and objects a request body may have (real requests need fewer than 10).
 MAX_JSON_DEPTH = 32
@@ -40,7 +40,7 @@ class _GenerationRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="a 64-bit signed integer")
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="0 to 2**64 - 1")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     steering: Any = None
