@@ -115,7 +115,7 @@ GROUPS_IN = ("{name} buys {g} {groups} with {size} {many} in each.", "{They} get
              "{name} adds {g} full {groups}, each holding {size} {many}.")
 GROUPS_OUT = ("{name} sells {g} {groups} of {size} {many}.", "{They} give{s} away {g} {groups} with {size} {many} each.",
               "{g} {groups} of {size} {many} are taken away.")
-TIMES = ("A week later, {name} has {k} times as many {many}.", "{They} multiply {their} {many} by {k}.",
+TIMES = ("A week later, {name} has {k} times as many {many}.", "{name} ends up with {k} times as many {many}.",
          "By the end of the month the number of {many} is {k} times bigger.")
 SHARE = ("{name} splits the {many} equally into {k} {groups}.", "{They} share{s} the {many} equally among {k} friends.",
          "The {many} are packed equally into {k} {groups}.")
