@@ -36,13 +36,26 @@ class RowWatch:
     quick and thread-safe (hand the token to an event loop or a queue). It sees each generated
     token once, EOS excluded; a row cut at a stop string may have shown a few tokens past the cut.
     After `cancel()` the row decodes no further token; a batch whose rows are all cancelled ends.
+
+    The watch records what it handed over (`sent`). A row that runs again (the micro-batcher
+    retries the rows of a failed batch one by one) is forced through those tokens and hands over
+    only the ones after them: its stream goes on where it stopped, and its answer, stop check,
+    activation report and perturbation still cover every token from the first.
     """
 
     on_token: Callable[[int], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    sent: list[int] = field(default_factory=list)  # tokens handed to `on_token`, in order
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def deliver(self, position: int, token_id: int) -> None:
+        """Hand over the row's token at `position` (0 = the first generated), unless it already was."""
+        if self.on_token is None or position < len(self.sent):
+            return
+        self.sent.append(token_id)
+        self.on_token(token_id)
 
 
 @dataclass
@@ -90,14 +103,17 @@ class _RowSampler:
     Greedy rows (temperature 0) take their argmax; sampled rows draw from their own temperature and
     top-p distribution over the whole vocabulary, with their own `torch.Generator` when seeded (so a
     seeded row samples the same tokens whatever else runs, and the global RNG is never reseeded),
-    else with the global RNG. `generate` runs in greedy mode, so it picks exactly the chosen token
-    and none of Hugging Face's sampling warpers (a default top-k of 50 among them) ever runs after
-    this one.
+    else with the global RNG. A row with `forced` tokens takes them first, whatever it would have
+    chosen (a sampled row still draws, so its generator advances as it did the first time).
+    `generate` runs in greedy mode, so it picks exactly the chosen token and none of Hugging Face's
+    sampling warpers (a default top-k of 50 among them) ever runs after this one.
     """
 
-    def __init__(self, temperature: Tensor, top_p: Tensor, generators: Sequence[torch.Generator | None] = ()):
+    def __init__(self, temperature: Tensor, top_p: Tensor, generators: Sequence[torch.Generator | None] = (),
+                 forced: Sequence[Sequence[int]] = (), prompt_len: int = 0):
         self.temperature, self.top_p = temperature, top_p  # [B], [B]
         self.generators = list(generators) or [None] * len(temperature)
+        self.forced, self.prompt_len = [list(f) for f in forced], prompt_len
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scores = scores.float()
@@ -112,6 +128,10 @@ class _RowSampler:
                 remove = probs.cumsum(-1) - probs > top_p[:, None]  # keep the token that crosses top_p
                 logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
             choice[sampled] = self._draw(logits.softmax(-1), sampled.nonzero().flatten().tolist())
+        step = input_ids.shape[1] - self.prompt_len
+        for b, tokens in enumerate(self.forced):
+            if step < len(tokens):
+                choice[b] = tokens[step]
         return torch.full_like(scores, float("-inf")).scatter(-1, choice[:, None], 0.0)
 
     def _draw(self, probs: Tensor, rows: list[int]) -> Tensor:
@@ -143,7 +163,7 @@ class _RowStopping:
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
         n_new = input_ids.shape[1] - self.prompt_len
         if self.watched:
-            self._hand_over(input_ids[:, -1].tolist())
+            self._hand_over(input_ids[:, -1].tolist(), n_new - 1)
         self.done |= self.max_new <= n_new
         for b, row in enumerate(self.rows):
             if row.stop and not self.done[b]:
@@ -155,7 +175,7 @@ class _RowStopping:
                 self.done[b], self.cancelled[b] = True, n_new
         return self.done.to(input_ids.device)
 
-    def _hand_over(self, last: list[int]) -> None:
+    def _hand_over(self, last: list[int], position: int) -> None:
         for b in self.watched:
             if self._ended[b]:
                 continue
@@ -166,7 +186,7 @@ class _RowStopping:
             if self._ended[b] or self.rows[b].watch.on_token is None:
                 continue
             try:
-                self.rows[b].watch.on_token(last[b])
+                self.rows[b].watch.deliver(position, last[b])
             except Exception:  # noqa: BLE001 - a listener's failure must not fail the batch
                 logger.exception("a RowWatch.on_token callback failed; the row goes on without it")
 
@@ -260,12 +280,14 @@ def generate_rows(
     gen_cfg = _generation_config(max(r.max_new_tokens for r in rows), min_new_tokens, pad_id, eos,
                                  output_logits or want_logprobs)
     processors = LogitsProcessorList()
-    if any(r.temperature > 0 for r in rows):
+    forced = [list(r.watch.sent) if r.watch is not None else [] for r in rows]  # handed over by an earlier run
+    if any(r.temperature > 0 for r in rows) or any(forced):
         processors.append(_RowSampler(
             torch.tensor([r.temperature for r in rows], device=device, dtype=torch.float32),
             torch.tensor([r.top_p for r in rows], device=device, dtype=torch.float32),
             [torch.Generator(device=device).manual_seed(r.seed) if r.seed is not None and r.temperature > 0 else None
              for r in rows],
+            forced, width,
         ))
     stopping = _RowStopping(rows, width, tokenizer, eos)
     want_capture = capture if any(r.capture for r in rows) else None
