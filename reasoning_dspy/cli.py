@@ -800,6 +800,13 @@ def dashboard(
     dtype: str | None = typer.Option(None, help="dtype to run the model in (default: the checkpoint's)"),
     device: str = typer.Option("cpu", help="torch device"),
     seed: int = typer.Option(0, help="seed of offline random models"),
+    auth: str | None = typer.Option(None, help="'user:password' the browser must log in with (default: "
+                                    "$REASONING_DSPY_DASHBOARD_AUTH, which other users cannot read from the process "
+                                    "list; none: open to whoever reaches the port)"),
+    sae_roots: list[Path] | None = typer.Option(None, help="a folder the SAE box may load SAEs and "
+                                                "scores from, besides the shipped SAEs (repeatable; default: the "
+                                                "working directory)"),
+    max_upload_mb: float = typer.Option(5.0, help="largest file a browser may upload, in MB (up to 1024)"),
 ) -> None:
     """The explainability dashboard (Gradio, 127.0.0.1, analytics off): token heatmaps, steering side by side,
     feature pages, a UMAP feature map and tracked experiments. See docs/dashboard.md."""

@@ -5,6 +5,7 @@ uploads are capped, and listening beyond loopback without a login is warned abou
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,3 +114,83 @@ def test_a_login_is_required_and_uploads_are_capped(dash):
         assert big.status_code == 413 and small.status_code == 200
     finally:
         running.demo.close()  # the module's dashboard stays open for the other tests
+
+
+def test_the_cli_flags_are_the_config_fields():
+    import inspect
+
+    from reasoning_dspy.cli import dashboard
+
+    params = inspect.signature(dashboard).parameters
+    assert set(params) == set(DashboardConfig.model_fields)
+    for name, field in DashboardConfig.model_fields.items():
+        assert params[name].default.default == field.default, name
+
+
+@pytest.fixture
+def cli_configs(monkeypatch):
+    """Run `reasoning-dspy dashboard` up to the point it would load the model: the configs it built."""
+    from reasoning_dspy.dashboard import launch
+
+    built: list[DashboardConfig] = []
+
+    def start(cfg: DashboardConfig, dash=None):
+        built.append(cfg)
+        raise DashboardError("stopped before loading anything")
+
+    monkeypatch.setattr(launch, "start", start)
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    return built
+
+
+def _dashboard_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from reasoning_dspy.cli import app
+
+    return CliRunner(env={"COLUMNS": "200"}).invoke(app, ["dashboard", "--model", "tiny-random", *args])
+
+
+def test_login_sae_roots_and_upload_cap_flags_reach_the_config(cli_configs, tmp_path):
+    first, second = tmp_path / "saes", tmp_path / "more saes"
+    first.mkdir()
+    second.mkdir()
+    result = _dashboard_cli("--auth", "ada:s3cret", "--sae-roots", str(first), "--sae-roots", str(second),
+                            "--max-upload-mb", "12.5")
+    assert result.exit_code == 2 and "stopped before loading anything" in result.output
+    (cfg,) = cli_configs
+    assert cfg.resolved_auth() == ("ada", "s3cret")
+    assert cfg.resolved_sae_roots() == [first.resolve(), second.resolve()]
+    assert cfg.max_upload_mb == 12.5
+    result = _dashboard_cli()  # without the flags: no login, the working directory, 5 MB
+    defaults = cli_configs[-1]
+    assert defaults.resolved_auth() is None and defaults.max_upload_mb == 5.0
+    assert defaults.resolved_sae_roots() == [Path.cwd().resolve()]
+    help_text = " ".join(_dashboard_cli("--help").output.split())
+    for flag in ("--auth", "--sae-roots", "--max-upload-mb"):
+        assert flag in help_text
+    assert "$REASONING_DSPY_DASHBOARD_AUTH" in help_text and "repeatable" in help_text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--auth", "nopassword"], "auth must be 'user:password' with both parts"),
+    (["--auth", "ada:"], "auth must be 'user:password' with both parts"),
+    (["--max-upload-mb", "0"], "max_upload_mb: Input should be greater than 0"),
+    (["--max-upload-mb", "-3"], "max_upload_mb: Input should be greater than 0"),
+    (["--max-upload-mb", "5000"], "max_upload_mb: Input should be less than or equal to 1024"),
+    (["--max-upload-mb", "inf"], "max_upload_mb: Input should be a finite number"),
+    (["--max-upload-mb", "nan"], "max_upload_mb: Input should be a finite number"),
+    (["--max-upload-mb", "lots"], "Invalid value for '--max-upload-mb'"),
+    (["--sae-roots", "no/such/folder"], "sae_roots: 'no/such/folder' is not an existing folder"),
+])
+def test_bad_dashboard_flags_are_refused_before_loading(cli_configs, args, message):
+    result = _dashboard_cli(*args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and not cli_configs
+    assert "nopassword" not in result.output  # a login's text is never echoed
+
+
+def test_an_sae_root_that_is_a_file_is_refused(cli_configs, tmp_path):
+    (tmp_path / "sae.txt").write_text("not a folder")
+    result = _dashboard_cli("--sae-roots", str(tmp_path / "sae.txt"))
+    assert result.exit_code == 2 and "is not an existing folder" in result.output and not cli_configs

@@ -48,7 +48,8 @@ class DashboardConfig(BaseModel):
                                                "none: open to whoever reaches the port)")
     sae_roots: list[Path] | None = Field(None, description="folders the SAE box may load SAEs and scores from, "
                                                            "besides the shipped SAEs (default: the working directory)")
-    max_upload_mb: float = Field(5.0, gt=0, le=1024, description="largest file a browser may upload, in MB")
+    max_upload_mb: float = Field(5.0, gt=0, le=1024, allow_inf_nan=False,
+                                 description="largest file a browser may upload, in MB")
 
     @field_validator("host")
     @classmethod
@@ -66,6 +67,14 @@ class DashboardConfig(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"server must be an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
         return value.removesuffix("/v1")
+
+    @field_validator("sae_roots")
+    @classmethod
+    def _sae_roots(cls, value: list[Path] | None) -> list[Path] | None:
+        for root in value or ():
+            if not Path(root).expanduser().is_dir():
+                raise ValueError(f"{str(root)!r} is not an existing folder; give folders that hold SAEs")
+        return value
 
     @field_validator("auth")
     @classmethod
