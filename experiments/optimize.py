@@ -120,7 +120,7 @@ def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -
     metric = RecordingMetric(cfg.metric.objective, vocabulary=cfg.vocabulary)
     prompt_model = pool.proposer  # None offline: the recipes fall back to the pool
     offline_pool = recipes.pool_lm(pool, student) if prompt_model is None else prompt_model
-    available = len(offline_pool.engine.instructions) if prompt_model is None else None  # offline proposals
+    available = recipes.pool_room(offline_pool, student)  # offline: the proposals each predictor can get
     lm = dspy.settings.lm
     with dspy.context(adapter=cfg.program.make_adapter()):
         if o.name == "copro":
@@ -129,10 +129,14 @@ def _dspy_optimizer(setup: Setup, pool: Any, journal: Path, *, progress: bool) -
             compiled = recipes.copro(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
                                      breadth=breadth, depth=depth)
         else:
-            compiled = recipes.miprov2(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
-                                       num_candidates=o.settings.get("num_candidates", min(o.n_trials, available or o.n_trials)),
-                                       num_trials=o.settings.get("num_trials", o.n_trials - 1),
-                                       valset=setup.train, seed=cfg.seed)
+            num_candidates = o.settings.get("num_candidates", o.n_trials if available is None else min(o.n_trials, available))
+            try:
+                compiled = recipes.miprov2(student, setup.train, lm=lm, metric=metric, prompt_model=offline_pool,
+                                           num_candidates=num_candidates,
+                                           num_trials=o.settings.get("num_trials", o.n_trials - 1),
+                                           valset=setup.train, seed=cfg.seed)
+            except recipes.PoolExhaustedError as err:  # raised before any work: the settings ask too much
+                raise ExperimentConfigError(f"optimizer.settings.num_candidates: {err}") from None
     trials = metric.records()
     baseline = next((r.accuracy for r in trials if r.candidate.instruction == current_instruction(student)),
                     trials[0].accuracy)

@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 
 from optimizers.evaluate import answer_correct
-from optimizers.instructions import LIBRARY, InstructionPool, current_instruction
+from optimizers.instructions import LIBRARY, InstructionPool, current_instruction, predictors_of
 from optimizers.program import SteeredProgram
 from reasoning_dspy.metrics import ReasoningActivationMetric
 
@@ -70,6 +70,12 @@ class PoolEngine:
                     "give it more (pool=[...]) or ask the optimizer for fewer candidates")
             self._next += 1
             return self.instructions[self._next - 1]
+
+    @property
+    def remaining(self) -> int:
+        """How many instructions the pool has not handed out yet."""
+        with self._lock:
+            return len(self.instructions) - self._next
 
     def stream(self, request: Any) -> Any:
         from dspy.lm15 import response_to_events
@@ -124,6 +130,29 @@ def pool_lm(pool: InstructionPool | Sequence[str] | None = None, program: Any = 
     return dspy.LM("pool/instructions", engine=PoolEngine(instructions), cache=False, num_retries=0)
 
 
+def pool_room(prompt_model: Any, program: Any) -> int | None:
+    """How many proposals for each of `program`'s predictors an offline `pool_lm` has left (None for
+    any other LM): DSPy's proposers ask for their instructions predictor by predictor."""
+    engine = getattr(prompt_model, "engine", None)
+    return engine.remaining // len(predictors_of(program)) if isinstance(engine, PoolEngine) else None
+
+
+def _check_pool_room(prompt_model: Any, program: Any, num_candidates: int) -> None:
+    """MIPROv2 asks its proposer for `num_candidates` instructions per predictor (the first it then
+    replaces with the program's own). A pool with fewer would run out mid-proposal, after the demos
+    were bootstrapped, so it is refused before any work, naming the setting to change."""
+    room = pool_room(prompt_model, program)
+    if room is None or num_candidates <= room:
+        return
+    n = len(predictors_of(program))
+    left = prompt_model.engine.remaining
+    fix = f"pass num_candidates={room} or fewer, or " if room else ""
+    raise PoolExhaustedError(
+        f"MIPROv2 asks the offline proposer for num_candidates={num_candidates} instructions for each of the "
+        f"program's {n} predictor{'s' if n > 1 else ''}, {num_candidates * n} in all, but its pool has {left} "
+        f"(each is proposed once, never the program's own); {fix}give the pool more instructions (pool=[...])")
+
+
 def reasoning_metric(task_metric: Any = answer_correct, **kwargs: Any) -> ReasoningActivationMetric:
     """The reasoning metric the recipes use by default: correctness × reasoning activation.
 
@@ -157,11 +186,14 @@ def miprov2(program: Any, trainset: list, *, lm: Any, metric: Any = None, prompt
             threads: int = 64, seed: int = 0, **kwargs: Any) -> SteeredProgram:
     """DSPy's MIPROv2: proposed instructions (and, with `max_demos`, bootstrapped demos) searched
     with optuna's TPE. Offline (no `prompt_model`, or a `pool_lm`), the proposer's data/program/tip
-    grounding is switched off (the pool does not read it)."""
+    grounding is switched off (the pool does not read it), and `num_candidates` must fit the pool
+    (`pool_room`): `PoolExhaustedError` otherwise."""
     from dspy.teleprompt import MIPROv2
 
     offline = prompt_model is None or isinstance(getattr(prompt_model, "engine", None), PoolEngine)
-    optimizer = MIPROv2(metric=metric or reasoning_metric(), prompt_model=_prompt_model(prompt_model, pool, program),
+    prompt_model = _prompt_model(prompt_model, pool, program)
+    _check_pool_room(prompt_model, program, num_candidates)
+    optimizer = MIPROv2(metric=metric or reasoning_metric(), prompt_model=prompt_model,
                         task_model=lm, auto=None, num_candidates=num_candidates, max_bootstrapped_demos=max_demos,
                         max_labeled_demos=max_demos, num_threads=threads, seed=seed, verbose=False, **kwargs)
     with dspy.context(lm=lm):

@@ -120,6 +120,14 @@ def test_dspy_optimizers_run_as_experiments_with_the_same_budget(tmp_path, name)
     assert f"(baseline {trials[own]['score']:.4g})" in best and "optimizer `" + name + "`" in report
 
 
+def test_miprov2_asked_for_more_candidates_than_the_pool_holds_names_the_setting(tmp_path):
+    """Offline, the library's 12 instructions are MIPROv2's proposals: asking for 13 per predictor is a
+    config error that names the setting, not an exhausted pool deep inside DSPy."""
+    with pytest.raises(ExperimentConfigError, match=r"optimizer.settings.num_candidates: .*num_candidates=13 .*"
+                                                   r"pool has 12 .* num_candidates=12 or fewer"):
+        _run(tmp_path, "optimizer.name=miprov2", "optimizer.n_trials=6", "optimizer.settings={num_candidates: 13}")
+
+
 def test_the_report_takes_the_returned_program_and_the_unoptimized_baseline():
     from experiments.report import returned_trial, unoptimized_trial
     from optimizers import Candidate, TrialRecord

@@ -71,6 +71,22 @@ def test_the_pool_lm_hands_out_each_instruction_once_never_the_programs_own():
             predict(task="x")
 
 
+def test_miprov2_offline_refuses_more_candidates_than_its_pool_holds_before_any_work(lm, train):
+    """MIPROv2 asks its proposer for `num_candidates` instructions per predictor: a pool of 3 cannot
+    give 4, and the refusal says so before a demo is bootstrapped or a trial is scored."""
+    metric = RecordingMetric("activation")
+    with pytest.raises(recipes.PoolExhaustedError,
+                       match=r"num_candidates=4 .* 1 predictor.* pool has 3 .* num_candidates=3 or fewer"):
+        recipes.miprov2(dspy.ChainOfThought("question -> answer"), train, lm=lm, metric=metric, num_candidates=4,
+                        num_trials=3, pool=POOL)
+    assert metric.records() == []
+    two = dspy.Predict("question -> answer")
+    two.second = dspy.Predict("answer -> question")  # two predictors: 2 x 2 proposals from a pool of 3
+    with pytest.raises(recipes.PoolExhaustedError, match=r"num_candidates=2 .* 2 predictors, 4 in all"):
+        recipes.miprov2(two, train, lm=lm, metric=metric, num_candidates=2, num_trials=3, pool=POOL)
+    assert recipes.pool_room(recipes.pool_lm(POOL), two) == 1 and recipes.pool_room(lm, two) is None
+
+
 def test_the_pool_lm_answers_json_to_the_json_adapter():
     """GEPA parses its reflection proposals with `JSONAdapter`: the pool answers in JSON there."""
     predict = dspy.Predict("task -> new_instruction, notes: list[str]")
