@@ -424,7 +424,8 @@ def reasoner_eval(
 def reasoner_causal(
     model: str = typer.Option("smollm2-reasoner", help="any name load_model takes"),
     n: int = typer.Option(200, min=1, help="held-out chain problems, each answered with the decision forced both ways"),
-    instruction: str = typer.Option("Solve the word problem.", help="the one instruction both branches run under"),
+    instruction: str | None = typer.Option(None, help="the one instruction both branches run under "
+                                           "(default: WordProblem's own, DSPy's default)"),
     split: str = typer.Option("test", help="problem split: test or validation"),
     seed: int = typer.Option(0, help="seed of the problem list"),
     max_tokens: int = typer.Option(448, min=8, help="tokens generated per answer"),
@@ -440,6 +441,9 @@ def reasoner_causal(
     if split not in ("test", "validation"):
         _fail(f"split must be 'test' or 'validation' (held-out problems), got {split!r}")
     try:
+        from signatures import WordProblem
+
+        instruction = instruction or WordProblem.instructions
         problems = make_problems(n, split=split, seed=seed, families=["chains"])
         rows = forced_decisions(load_model(model), problems, instruction, max_tokens=max_tokens)
     except (ModelLoadError, ProblemError, ValueError) as err:

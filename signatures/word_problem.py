@@ -5,8 +5,11 @@ from __future__ import annotations
 import dspy
 
 
+# Its instructions are the words DSPy itself writes for `question -> answer`, so an unoptimized
+# program sends DSPy's default instruction, as every measurement quoted "under DSPy's default
+# instruction" assumes; optimizers and instruction styles replace them (`word_problem`).
 class WordProblem(dspy.Signature):
-    """Solve the word problem."""
+    """Given the fields `question`, produce the fields `answer`."""
 
     question: str = dspy.InputField()
     answer: str = dspy.OutputField()

@@ -199,10 +199,10 @@ def test_messages_are_dspys_inference_prompt_and_parse_back(corpus):
         assert adapter.format(built, demos=[], inputs={"question": question}) == e.messages[:2]
 
 
-def test_the_unoptimized_program_sends_a_training_instruction(corpus):
+def test_the_unoptimized_program_sends_dspys_default_instruction(corpus):
     adapter = dspy.ChatAdapter()
-    assert WordProblem.instructions in STYLES["neutral"].instructions
-    assert DSPY_DEFAULT_INSTRUCTION in STYLES["neutral"].instructions
+    assert WordProblem.instructions == DSPY_DEFAULT_INSTRUCTION in STYLES["neutral"].instructions
+    assert dspy.Signature("question -> answer").instructions == DSPY_DEFAULT_INSTRUCTION
     e = next(e for e in corpus if e.instruction == WordProblem.instructions and e.program == "cot")
     question = e.messages[1]["content"].split("\n", 1)[1].split("\n\nRespond with")[0]
     unoptimized = make_program("cot").predict.signature
