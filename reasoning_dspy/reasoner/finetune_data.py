@@ -191,18 +191,23 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], stops: set[in
     return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer, weights)
 
 
+def _offsets(tokenizer: Any, full_text: str, needed_by: str) -> list[tuple[int, int]]:
+    """Character offsets of each token of `full_text`, tokenized as `_tokenize_text` does."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{needed_by} needs a fast tokenizer (character offsets); this one has none")
+    bos = tokenizer.bos_token
+    return tokenizer(full_text, add_special_tokens=not (bos and full_text.startswith(bos)),
+                     return_offsets_mapping=True)["offset_mapping"]
+
+
 def untrained_positions(tokenizer: Any, full_text: str, answer: str, spans: Spans, prompt_len: int,
                         index: int = 0) -> list[int]:
     """Positions, in the ids of `full_text`, of the tokens that overlap a character span of `answer`."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("untrained spans need a fast tokenizer (character offsets); this one has none")
+    offsets = _offsets(tokenizer, full_text, "untrained spans")
     at = full_text.rfind(answer)
     if at < 0:
         raise ValueError(f"example {index}: the chat template changed the answer text, so its untrained spans "
                          "cannot be placed")
-    bos = tokenizer.bos_token
-    offsets = tokenizer(full_text, add_special_tokens=not (bos and full_text.startswith(bos)),
-                        return_offsets_mapping=True)["offset_mapping"]
     return [k for k in range(prompt_len, len(offsets))
             if any(offsets[k][0] < at + end and at + start < offsets[k][1] for start, end in spans)]
 
@@ -211,11 +216,7 @@ def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0
     """Positions, in the ids of `full_text`, of the token that starts each output field's value in the
     answer: the token after a DSPy `[[ ## field ## ]]` marker line (the `completed` marker excluded).
     There a chain-of-thought trace commits to its approach and its answer."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("field_start_weight needs a fast tokenizer (character offsets); this one has none")
-    bos = tokenizer.bos_token
-    offsets = tokenizer(full_text, add_special_tokens=not (bos and full_text.startswith(bos)),
-                        return_offsets_mapping=True)["offset_mapping"]
+    offsets = _offsets(tokenizer, full_text, "field_start_weight")
     answer_from = offsets[prompt_len][0] if prompt_len < len(offsets) else len(full_text)
     positions = []
     for m in FIELD_MARKER.finditer(full_text, answer_from):
