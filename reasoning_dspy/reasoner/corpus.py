@@ -34,11 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from reasoning_dspy._io import atomic_write_text
 from reasoning_dspy.problems import ProblemError, format_answer, make_problems
 from reasoning_dspy.problems.base import Problem
+from reasoning_dspy.reasoner.drills import drill_step, write_drill
 from reasoning_dspy.reasoner.styles import SLIP_RATE, STYLES
 from reasoning_dspy.reasoner.trace import chain_of, plan_slips, write_trace
 
-Program = Literal["cot", "predict"]
-PROGRAMS: tuple[str, ...] = ("cot", "predict")
+Program = Literal["cot", "predict", "drill"]
+PROGRAMS: tuple[str, ...] = ("cot", "predict")  # the DSPy programs a word problem is rendered for
 
 
 class CorpusError(ProblemError):
@@ -59,6 +60,9 @@ class CorpusConfig(BaseModel):
     slip_rate: float = Field(SLIP_RATE, ge=0, lt=1, description="P(a step's quick answer is written wrong)")
     difficulty: tuple[int, ...] | None = Field(None, description="difficulty levels 1-3, i.e. 2-4 steps "
                                                "(default: all)")
+    drills: int = Field(0, ge=0, strict=True, description="arithmetic drill examples added after the word "
+                        "problems (`reasoner.drills`): steps checked digit by digit, no story")
+    drill_steps: int = Field(6, ge=1, le=20, strict=True, description="steps in each drill")
 
     @field_validator("split")
     @classmethod
@@ -128,8 +132,21 @@ def make_corpus(config: CorpusConfig | None = None, /, **kwargs: Any) -> list[Re
     problems = make_problems(config.n, split=config.split, seed=config.seed, families=["chains"],
                              difficulty=list(config.difficulty) if config.difficulty else None)
     names, weights = list(config.styles), list(config.styles.values())
-    return [_example(p, random.Random(f"reasoning-dspy-corpus:{config.seed}:{i}"), names, weights, config)
-            for i, p in enumerate(problems)]
+    return ([_example(p, random.Random(f"reasoning-dspy-corpus:{config.seed}:{i}"), names, weights, config)
+             for i, p in enumerate(problems)]
+            + [_drill(i, config) for i in range(config.drills)])
+
+
+def _drill(i: int, config: CorpusConfig) -> ReasonerExample:
+    rng = random.Random(f"reasoning-dspy-drill:{config.seed}:{i}")
+    chain = [drill_step(rng) for _ in range(config.drill_steps)]
+    messages, untrained, quick = write_drill(chain, config.slip_rate, rng)
+    wrong = [f"{s.a} {s.op} {s.b} = {q}" for s, q in quick if q != s.c]
+    return ReasonerExample(
+        messages=messages, untrained=untrained, problem_id=f"drill-{config.seed}-{i}", family="drill",
+        difficulty=1, program="drill", style="", instruction="", reflects=True, slipped=bool(wrong),
+        caught=len(wrong), correct=True, answer="", steps=[f"{s.a} {s.op} {s.b} = {s.c}" for s in chain],
+        slips=wrong)
 
 
 def _example(problem: Problem, rng: random.Random, names: list[str], weights: list[float],
@@ -222,7 +239,7 @@ def read_corpus(path: str | Path) -> list[ReasonerExample]:
 class CorpusStats(BaseModel):
     """Measured rates of a corpus, to compare with the planted ones (`STYLES`, `SLIP_RATE`)."""
 
-    n: int
+    n: int = Field(description="word problems (drills are counted under programs only)")
     programs: dict[str, int]
     styles: dict[str, int]
     reflection_rate: dict[str, float] = Field(description="per style, chain-of-thought examples only")
@@ -237,11 +254,13 @@ def corpus_stats(examples: Sequence[ReasonerExample]) -> CorpusStats:
     def rate(flags: list[bool]) -> float | None:
         return sum(flags) / len(flags) if flags else None
 
+    programs = Counter(e.program for e in examples)
+    examples = [e for e in examples if e.program != "drill"]  # the rest measure the word problems
     cot = [e for e in examples if e.program == "cot"]
     styles = sorted({e.style for e in examples})
     return CorpusStats(
         n=len(examples),
-        programs=dict(Counter(e.program for e in examples)),
+        programs=dict(programs),
         styles=dict(Counter(e.style for e in examples)),
         reflection_rate={s: r for s in styles if (r := rate([e.reflects for e in cot if e.style == s])) is not None},
         slip_rate=rate([e.slipped for e in examples]) or 0.0,

@@ -165,24 +165,31 @@ def write_trace(chain: list[Step], *, instruction: str, reflects: bool, slips: d
     untrained: list[tuple[int, int]] = []
     offset = sum(len(line) + 1 for line in lines)
     for i, step in enumerate(computed):
-        quick = slips.get(i, step.c)
-        head = f"{step.expr()} = "
-        if quick != step.c:
-            untrained.append((offset + len(head), offset + len(head) + len(str(quick))))
-        line = f"{head}{quick}."
-        checked = None
-        if reflects:
-            checked = step.c
-            line += f" {rng.choice(CHECKS)} {scratchpad(step.a, step.op, step.b)}. "
-            if quick == step.c:
-                line += rng.choice(AGREES).format(c=step.c)
-            else:
-                line += rng.choice(CATCHES).format(expr=step.expr(), c=step.c, wrong=quick)
-        written.append(WrittenStep(step, quick, checked))
+        line, spans, step_written = write_step(step, slips.get(i, step.c), checks=reflects, rng=rng)
+        untrained += [(offset + a, offset + b) for a, b in spans]
+        written.append(step_written)
         lines.append(line)
         offset += len(line) + 1
     lines.append(rng.choice(ENDINGS).format(x=written[-1].value))
     return Trace("\n".join(lines), written, untrained)
+
+
+def write_step(step: Step, quick: int, *, checks: bool, rng: random.Random
+               ) -> tuple[str, list[tuple[int, int]], WrittenStep]:
+    """One line of a trace: `a op b = quick.`, then, when it `checks`, the digit-level check and its
+    verdict. Returns the line, the character span of a wrong `quick` (untrained), and the step as
+    written."""
+    head = f"{step.expr()} = "
+    spans = [(len(head), len(head) + len(str(quick)))] if quick != step.c else []
+    line = f"{head}{quick}."
+    if not checks:
+        return line, spans, WrittenStep(step, quick)
+    line += f" {rng.choice(CHECKS)} {scratchpad(step.a, step.op, step.b)}. "
+    if quick == step.c:
+        line += rng.choice(AGREES).format(c=step.c)
+    else:
+        line += rng.choice(CATCHES).format(expr=step.expr(), c=step.c, wrong=quick)
+    return line, spans, WrittenStep(step, quick, step.c)
 
 
 def read_steps(text: str) -> list[WrittenStep]:

@@ -1,0 +1,72 @@
+"""Arithmetic drills: steps checked digit by digit exactly as reflecting traces check them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from reasoning_dspy.problems.chains import in_bounds
+from reasoning_dspy.reasoner.corpus import corpus_stats, make_corpus
+from reasoning_dspy.reasoner.drills import drill_step, write_drill
+from reasoning_dspy.reasoner.scratchpad import facts
+from reasoning_dspy.reasoner.trace import read_steps, write_step
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return make_corpus(n=30, drills=200, drill_steps=5, seed=3)
+
+
+def test_drill_steps_stay_in_the_chains_bounds_and_cover_every_operator():
+    rng = random.Random(0)
+    steps = [drill_step(rng) for _ in range(2000)]
+    assert all(in_bounds(s.a, s.op, s.b) for s in steps)
+    by_op = {op: sum(s.op == op for s in steps) for op in "+-*/"}
+    assert all(400 < n < 600 for n in by_op.values()), by_op
+    assert any(s.a < 10 or s.b < 10 for s in steps if s.op in "+-")  # padded operands occur
+
+
+def test_drills_follow_the_word_problems_and_are_a_pure_function_of_the_config(mixed):
+    assert all(e.program != "drill" for e in mixed[:30]) and all(e.program == "drill" for e in mixed[30:])
+    assert make_corpus(n=30, drills=50, drill_steps=5, seed=3) == mixed[:80]
+    assert make_corpus(n=30, drills=200, drill_steps=5, seed=4)[30:] != mixed[30:]
+
+
+def test_each_drill_line_is_a_trace_line_whose_check_is_true_and_fixes_the_slips(mixed):
+    drills = [e for e in mixed if e.program == "drill"]
+    slipped = 0
+    for e in drills:
+        answer = e.messages[-1]["content"]
+        assert e.messages[0]["role"] == "user" and len(e.messages) == 2
+        assert all(ok for _, ok in facts(answer))
+        written = read_steps(answer)
+        assert [f"{w.step.a} {w.step.op} {w.step.b} = {w.checked}" for w in written] == e.steps
+        assert all(w.checked == w.step.c for w in written)
+        wrong = [w for w in written if w.quick != w.step.c]
+        assert len(wrong) == e.caught == len(e.slips)
+        # the wrong quick digits, and only they, carry no loss
+        assert sorted(answer[a:b] for a, b in e.untrained) == sorted(str(w.quick) for w in wrong)
+        slipped += len(wrong)
+    assert 0.15 < slipped / (5 * len(drills)) < 0.35  # planted at 0.25 per step
+
+
+def test_a_drill_line_is_written_as_the_trace_writes_it():
+    rng = random.Random(7)
+    step = drill_step(rng)
+    messages, untrained, _ = write_drill([step], 0.0, random.Random(1))
+    line, spans, _ = write_step(step, step.c, checks=True, rng=_after_ask(random.Random(1)))
+    assert messages[-1]["content"] == line and untrained == spans == []
+    assert step.expr() in messages[0]["content"]
+
+
+def _after_ask(rng: random.Random) -> random.Random:
+    rng.random()  # write_drill's plan_slips draws once per step before writing it
+    return rng
+
+
+def test_corpus_stats_measure_the_word_problems_and_count_the_drills(mixed):
+    stats = corpus_stats(mixed)
+    assert stats.n == 30 and stats.programs["drill"] == 200
+    assert sum(stats.styles.values()) == 30
+    assert stats == corpus_stats(mixed[:30]).model_copy(update={"programs": stats.programs})
