@@ -181,8 +181,13 @@ def test_field_starts_weigh_the_first_token_of_each_dspy_field(tiny):
                    zip(enc.weights, enc.labels, range(len(enc)), strict=True) if k not in heavy)
         wide = encode_example(tok, example.messages, stops, field_start_weight=2.0, field_start_tokens=3)
         assert [k for k, w in enumerate(wide.weights) if w == 2.0] == [k + j for k in heavy for j in range(3)]
-    with pytest.raises(ValueError, match="no DSPy field marker"):
-        encode_example(tok, EXAMPLES[1]["messages"], stops, field_start_weight=5.0)
+    # a plain answer (an arithmetic drill) mixes in unweighted; data with no marker at all is refused
+    plain_answer = encode_example(tok, EXAMPLES[1]["messages"], stops, field_start_weight=5.0)
+    assert set(plain_answer.weights) == {0.0, 1.0}
+    mixed = encode_examples(tok, [EXAMPLES[1]["messages"], example.messages], stops, 10_000, field_start_weight=5.0)
+    assert mixed.examples[0].weights == plain_answer.weights
+    with pytest.raises(ValueError, match="none of the 2 answers has a DSPy field marker"):
+        encode_examples(tok, [EXAMPLES[1]["messages"]] * 2, stops, 10_000, field_start_weight=5.0)
 
 
 def test_weighted_loss_is_the_weighted_sum_on_both_paths(tiny):

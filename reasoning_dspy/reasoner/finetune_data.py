@@ -215,7 +215,8 @@ def untrained_positions(tokenizer: Any, full_text: str, answer: str, spans: Span
 def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0) -> list[int]:
     """Positions, in the ids of `full_text`, of the token that starts each output field's value in the
     answer: the token after a DSPy `[[ ## field ## ]]` marker line (the `completed` marker excluded).
-    There a chain-of-thought trace commits to its approach and its answer."""
+    There a chain-of-thought trace commits to its approach and its answer. An answer without markers
+    (plain text, such as an arithmetic drill) has none."""
     offsets = _offsets(tokenizer, full_text, "field_start_weight")
     answer_from = offsets[prompt_len][0] if prompt_len < len(offsets) else len(full_text)
     positions = []
@@ -225,9 +226,6 @@ def field_starts(tokenizer: Any, full_text: str, prompt_len: int, index: int = 0
         k = next((k for k in range(prompt_len, len(offsets)) if offsets[k][0] <= m.end() < offsets[k][1]), None)
         if k is not None:
             positions.append(k)
-    if not positions:
-        raise ValueError(f"example {index}: field_start_weight is set but the answer has no DSPy field marker "
-                         "([[ ## name ## ]]) to weight")
     return positions
 
 
@@ -250,6 +248,9 @@ def encode_examples(tokenizer: Any, conversations: list[list[dict[str, str]]], s
     if not out:
         raise ValueError(f"all {len(conversations)} examples are longer than max_length={max_length} tokens "
                          f"(overlong={overlong!r}); raise max_length or shorten the prompts")
+    if field_start_weight != 1.0 and not any(w == field_start_weight for enc in out for w in enc.weights or ()):
+        raise ValueError(f"field_start_weight={field_start_weight} is set but none of the {len(out)} answers has a "
+                         "DSPy field marker ([[ ## name ## ]]) to weight; leave it at 1 for plain chat data")
     return EncodedSet(out, truncated, dropped)
 
 
