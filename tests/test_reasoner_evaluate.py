@@ -66,10 +66,10 @@ def test_step_measures_count_fixes_and_breaks_against_exact_arithmetic():
              "132 - 30 = 102. Let me check: 132 - 030: ones 2-0=2; tens 3-3=0; hundreds 1-0=1; so 102. It matches.\n"
              "102 / 3 = 34. Let me check: 102 / 3: 1/3=0 r1; 10/3=3 r1; 12/3=4 r0; so 35. Wait, 102 / 3 is 35, not 34.\n"
              "The answer is 35.")                                                          # a right one, broken
-    assert step_measures(trace) == {"steps": 3, "steps_right": 2, "quick_right": 2, "checked": 3, "fixed": 1,
-                                    "broke": 1}
+    assert step_measures(trace) == {"steps": 3, "steps_right": 2, "quick_right": 2, "checked": 3, "checked_right": 2,
+                                    "fixed": 1, "broke": 1}
     assert step_measures("Task: Be brief.\n12 × 3 = 36.\n36 + 4 = 41.\nThe answer is 41.") == {
-        "steps": 2, "steps_right": 1, "quick_right": 1, "checked": 0, "fixed": 0, "broke": 0}
+        "steps": 2, "steps_right": 1, "quick_right": 1, "checked": 0, "checked_right": 0, "fixed": 0, "broke": 0}
 
 
 def test_forced_decisions_take_each_branch_from_the_same_prompt(tiny):

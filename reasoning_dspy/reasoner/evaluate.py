@@ -113,10 +113,11 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
 def step_measures(trace: str) -> dict[str, int]:
     """What one trace's steps did (`trace.read_steps`): how many it wrote, how many it went on with
     a right value, how many quick answers were right, how many it checked, how many checks caught a
-    wrong quick answer and fixed it, and how many checks turned a right quick answer wrong."""
+    wrong quick answer and fixed it, how many checks reached the right value, and how many checks
+    turned a right quick answer wrong."""
     from reasoning_dspy.reasoner.scratchpad import ScratchpadError, result
 
-    counts = dict.fromkeys(("steps", "steps_right", "quick_right", "checked", "fixed", "broke"), 0)
+    counts = dict.fromkeys(("steps", "steps_right", "quick_right", "checked", "checked_right", "fixed", "broke"), 0)
     for w in read_steps(trace):
         try:
             exact = result(w.step.a, w.step.op, w.step.b)
@@ -127,6 +128,7 @@ def step_measures(trace: str) -> dict[str, int]:
         counts["quick_right"] += w.quick == exact
         if w.checked is not None:
             counts["checked"] += 1
+            counts["checked_right"] += w.checked == exact
             counts["fixed"] += w.quick != exact and w.checked == exact
             counts["broke"] += w.quick == exact and w.checked != exact
     return counts
@@ -134,8 +136,9 @@ def step_measures(trace: str) -> dict[str, int]:
 
 def _pooled_steps(group: list[dict]) -> dict[str, Any]:
     total = {k: sum(r.get(k, 0) for r in group) for k in ("steps", "steps_right", "quick_right", "checked",
-                                                          "fixed", "broke")}
+                                                          "checked_right", "fixed", "broke")}
     steps = max(total["steps"], 1)
     return {"step_accuracy": total["steps_right"] / steps, "quick_accuracy": total["quick_right"] / steps,
-            "checked_rate": total["checked"] / steps, "checks_fixed": total["fixed"], "checks_broke": total["broke"],
-            "steps_written": total["steps"]}
+            "checked_rate": total["checked"] / steps,
+            "check_accuracy": total["checked_right"] / total["checked"] if total["checked"] else None,
+            "checks_fixed": total["fixed"], "checks_broke": total["broke"], "steps_written": total["steps"]}
