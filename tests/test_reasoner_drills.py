@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -70,3 +71,35 @@ def test_corpus_stats_measure_the_word_problems_and_count_the_drills(mixed):
     assert stats.n == 30 and stats.programs["drill"] == 200
     assert sum(stats.styles.values()) == 30
     assert stats == corpus_stats(mixed[:30]).model_copy(update={"programs": stats.programs})
+
+
+def test_fact_sheet_columns_are_true_cover_every_kind_and_train_only_what_they_compute():
+    from collections import Counter
+
+    from reasoning_dspy.reasoner.drills import write_fact_sheet
+
+    kinds = Counter()
+    for seed in range(40):
+        messages, untrained = write_fact_sheet(30, random.Random(seed))
+        answer = messages[-1]["content"]
+        columns = answer.split("; ")
+        assert len(columns) == 30
+        checked = facts(answer)
+        assert checked and all(ok for _, ok in checked)
+        given = [answer[a:b] for a, b in untrained]
+        assert all(re.fullmatch(r"\d+([+\-×/]\d+)*", g) for g in given), given
+        trained = "".join(c for k, c in enumerate(answer) if not any(a <= k < b for a, b in untrained))
+        assert "carry" in trained and "borrow" in trained and " r" in trained  # the outputs carry loss
+        for column in columns:
+            kinds["×" if "×" in column else "/" if "/" in column else "-" if "-" in column.split("=")[0] else "+"] += 1
+            # every column's given operands are untrained: its text up to the first = or ", borrow"
+            head = re.split(r"=|, borrow", column)[0]
+            assert head in given
+    assert all(250 < kinds[k] < 350 for k in "+-×/"), kinds
+
+
+def test_fact_sheets_follow_the_drills_in_the_corpus():
+    corpus = make_corpus(n=4, drills=3, fact_sheets=5, sheet_columns=10, seed=1)
+    assert [e.program for e in corpus[4:]] == ["drill"] * 3 + ["facts"] * 5
+    assert corpus_stats(corpus).n == 4 and corpus_stats(corpus).programs["facts"] == 5
+    assert make_corpus(n=4, drills=3, fact_sheets=2, sheet_columns=10, seed=1) == corpus[:9]

@@ -34,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from reasoning_dspy._io import atomic_write_text
 from reasoning_dspy.problems import ProblemError, format_answer, make_problems
 from reasoning_dspy.problems.base import Problem
-from reasoning_dspy.reasoner.drills import drill_step, write_drill
+from reasoning_dspy.reasoner.drills import drill_step, write_drill, write_fact_sheet
 from reasoning_dspy.reasoner.styles import SLIP_RATE, STYLES
 from reasoning_dspy.reasoner.trace import chain_of, plan_slips, write_trace
 
-Program = Literal["cot", "predict", "drill"]
+Program = Literal["cot", "predict", "drill", "facts"]
 PROGRAMS: tuple[str, ...] = ("cot", "predict")  # the DSPy programs a word problem is rendered for
 
 
@@ -63,6 +63,9 @@ class CorpusConfig(BaseModel):
     drills: int = Field(0, ge=0, strict=True, description="arithmetic drill examples added after the word "
                         "problems (`reasoner.drills`): steps checked digit by digit, no story")
     drill_steps: int = Field(6, ge=1, le=20, strict=True, description="steps in each drill")
+    fact_sheets: int = Field(0, ge=0, strict=True, description="fact sheets added after the drills "
+                             "(`reasoner.drills`): single scratchpad columns, every kind equally often")
+    sheet_columns: int = Field(36, ge=1, le=200, strict=True, description="columns on each fact sheet")
 
     @field_validator("split")
     @classmethod
@@ -134,7 +137,8 @@ def make_corpus(config: CorpusConfig | None = None, /, **kwargs: Any) -> list[Re
     names, weights = list(config.styles), list(config.styles.values())
     return ([_example(p, random.Random(f"reasoning-dspy-corpus:{config.seed}:{i}"), names, weights, config)
              for i, p in enumerate(problems)]
-            + [_drill(i, config) for i in range(config.drills)])
+            + [_drill(i, config) for i in range(config.drills)]
+            + [_fact_sheet(i, config) for i in range(config.fact_sheets)])
 
 
 def _drill(i: int, config: CorpusConfig) -> ReasonerExample:
@@ -147,6 +151,15 @@ def _drill(i: int, config: CorpusConfig) -> ReasonerExample:
         difficulty=1, program="drill", style="", instruction="", reflects=True, slipped=bool(wrong),
         caught=len(wrong), correct=True, answer="", steps=[f"{s.a} {s.op} {s.b} = {s.c}" for s in chain],
         slips=wrong)
+
+
+def _fact_sheet(i: int, config: CorpusConfig) -> ReasonerExample:
+    rng = random.Random(f"reasoning-dspy-facts:{config.seed}:{i}")
+    messages, untrained = write_fact_sheet(config.sheet_columns, rng)
+    return ReasonerExample(
+        messages=messages, untrained=untrained, problem_id=f"facts-{config.seed}-{i}", family="facts",
+        difficulty=1, program="facts", style="", instruction="", reflects=False, slipped=False, correct=True,
+        answer="", steps=[])
 
 
 def _example(problem: Problem, rng: random.Random, names: list[str], weights: list[float],
@@ -239,7 +252,7 @@ def read_corpus(path: str | Path) -> list[ReasonerExample]:
 class CorpusStats(BaseModel):
     """Measured rates of a corpus, to compare with the planted ones (`STYLES`, `SLIP_RATE`)."""
 
-    n: int = Field(description="word problems (drills are counted under programs only)")
+    n: int = Field(description="word problems (drills and fact sheets are counted under programs only)")
     programs: dict[str, int]
     styles: dict[str, int]
     reflection_rate: dict[str, float] = Field(description="per style, chain-of-thought examples only")
@@ -255,7 +268,7 @@ def corpus_stats(examples: Sequence[ReasonerExample]) -> CorpusStats:
         return sum(flags) / len(flags) if flags else None
 
     programs = Counter(e.program for e in examples)
-    examples = [e for e in examples if e.program != "drill"]  # the rest measure the word problems
+    examples = [e for e in examples if e.program in PROGRAMS]  # the word problems; drills are only counted
     cot = [e for e in examples if e.program == "cot"]
     styles = sorted({e.style for e in examples})
     return CorpusStats(

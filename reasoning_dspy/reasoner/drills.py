@@ -12,13 +12,21 @@ practice per CPU second, in the very text the word problems use. Quick answers a
     >>> messages[-1]["content"]  # doctest: +ELLIPSIS
     '413 + 76 = 489. ... 413 + 076: ones 3+6=9, write 9; tens 1+7=8, write 8; hundreds 4+0=4, write 4; so 489. ...'
 
-`corpus.make_corpus` mixes `CorpusConfig.drills` of them into the corpus.
+A fact sheet goes one level lower: single scratchpad columns (`7+5=12, write 2 carry 1`,
+`4-8, borrow: 14-8=6`), drawn uniformly over every column the scratchpads can write rather than at
+their natural rates (where `0+0=0` is the commonest). Only what a column computes carries loss; the
+digits it is given do not, since nothing could predict them.
+
+`corpus.make_corpus` mixes `CorpusConfig.drills` drills and `CorpusConfig.fact_sheets` sheets into
+the corpus.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
+from reasoning_dspy.reasoner.scratchpad import add_column, divide_column, multiply_column, subtract_column
 from reasoning_dspy.reasoner.trace import Step, plan_slips, write_step
 
 #: What the user asks of a drill, one step a line after it.
@@ -66,3 +74,42 @@ def write_drill(steps: list[Step], slip_rate: float, rng: random.Random
     ask = rng.choice(ASKS) + "\n" + "\n".join(s.expr() for s in steps)
     messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "\n".join(lines)}]
     return messages, untrained, quick
+
+
+#: What the user asks of a fact sheet.
+SHEET_ASKS = ("Single-digit columns:", "Work these columns:", "Column facts:")
+_GIVEN_END = re.compile(r"=|, borrow")
+_GIVEN_CARRY = re.compile(r", \+\d+")
+
+
+def fact_column(rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
+    """One scratchpad column, each kind (add, subtract, multiply, divide) equally often and its inputs
+    uniform, and the character spans of what it is given (its operands, and a multiplication's carry)."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        text = add_column(rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 1))
+    elif kind == 1:
+        text = subtract_column(rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 1))
+    elif kind == 2:
+        b = rng.randint(2, 9)
+        text = multiply_column(rng.randint(0, 9), b, rng.randint(0, b - 1), last=rng.random() < 0.25)
+    else:
+        b = rng.randint(2, 9)
+        text = divide_column(rng.randint(0, 10 * b - 1), b)
+    given = [(0, _GIVEN_END.search(text).start())]
+    given += [(m.start() + 3, m.end()) for m in _GIVEN_CARRY.finditer(text)]  # the digits after ", +"
+    return text, given
+
+
+def write_fact_sheet(columns: int, rng: random.Random) -> tuple[list[dict[str, str]], list[tuple[int, int]]]:
+    """The chat messages of one fact sheet of `columns` columns, and the untrained character spans of
+    its answer (every column's given digits)."""
+    parts, untrained, offset = [], [], 0
+    for _ in range(columns):
+        text, given = fact_column(rng)
+        untrained += [(offset + a, offset + b) for a, b in given]
+        parts.append(text)
+        offset += len(text) + 2
+    messages = [{"role": "user", "content": rng.choice(SHEET_ASKS)},
+                {"role": "assistant", "content": "; ".join(parts)}]
+    return messages, untrained

@@ -71,10 +71,8 @@ def _add(a: int, b: int) -> str:
     width = _width(a, b)
     parts, carry = [], 0
     for place, x, y in zip(_PLACES, _digits(a, width), _digits(b, width), strict=False):
-        total = x + y + carry
-        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
-        carry = total // 10
-        parts.append(f"{place} {terms}={total}, write {total % 10}" + (f" carry {carry}" if carry else ""))
+        parts.append(f"{place} {add_column(x, y, carry)}")
+        carry = (x + y + carry) // 10
     if carry:
         parts.append(f"{_PLACES[width]} {carry}, write {carry}")
     return f"{_padded(a, width)} + {_padded(b, width)}: " + "; ".join(parts) + f"; so {a + b}"
@@ -86,14 +84,8 @@ def _subtract(a: int, b: int) -> str:
     width = _width(a)
     parts, borrow = [], 0
     for place, x, y in zip(_PLACES, _digits(a, width), _digits(b, width), strict=False):
-        top = x - borrow
-        terms = f"{x}-1-{y}" if borrow else f"{x}-{y}"
-        if top < y:
-            parts.append(f"{place} {terms}, borrow: {top + 10}-{y}={top + 10 - y}")
-            borrow = 1
-        else:
-            parts.append(f"{place} {terms}={top - y}")
-            borrow = 0
+        parts.append(f"{place} {subtract_column(x, y, borrow)}")
+        borrow = int(x - borrow < y)
     return f"{_padded(a, width)} - {_padded(b, width)}: " + "; ".join(parts) + f"; so {a - b}"
 
 
@@ -107,13 +99,8 @@ def _multiply(a: int, b: int) -> str:
     digits = _digits(a, width)
     parts, carry = [], 0
     for i, (place, x) in enumerate(zip(_PLACES, digits, strict=False)):
-        product = x * b
-        total = product + carry
-        text = f"{place} {x}×{b}={product}" + (f", +{carry}={total}" if carry else "")
-        carry = total // 10
-        if i < len(digits) - 1:  # the last column writes its whole number
-            text += f", write {total % 10}" + (f" carry {carry}" if carry else "")
-        parts.append(text)
+        parts.append(f"{place} {multiply_column(x, b, carry, last=i == len(digits) - 1)}")
+        carry = (x * b + carry) // 10
     return f"{_padded(a, width)} × {b}: " + "; ".join(parts) + f"; so {a * b}"
 
 
@@ -123,9 +110,44 @@ def _divide(a: int, b: int) -> str:
     parts, rest = [], 0
     for digit in _padded(a, _width(a)):
         part = rest * 10 + int(digit)
-        q, rest = divmod(part, b)
-        parts.append(f"{part}/{b}={q} r{rest}")
+        parts.append(divide_column(part, b))
+        rest = part % b
     return f"{_padded(a, _width(a))} / {b}: " + "; ".join(parts) + f"; so {a // b}"
+
+
+# -- one column each: the single-digit facts a scratchpad is made of --------------------------------
+def add_column(x: int, y: int, carry: int) -> str:
+    """`7+5=12, write 2 carry 1`: digits `x` and `y` plus the carry coming in (0 or 1)."""
+    total = x + y + carry
+    terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+    out = total // 10
+    return f"{terms}={total}, write {total % 10}" + (f" carry {out}" if out else "")
+
+
+def subtract_column(x: int, y: int, borrow: int) -> str:
+    """`4-8, borrow: 14-8=6` or `3-1-2=0`: digit `y` taken from `x`, less the borrow coming in (0 or 1)."""
+    top = x - borrow
+    terms = f"{x}-1-{y}" if borrow else f"{x}-{y}"
+    if top < y:
+        return f"{terms}, borrow: {top + 10}-{y}={top + 10 - y}"
+    return f"{terms}={top - y}"
+
+
+def multiply_column(x: int, b: int, carry: int, *, last: bool = False) -> str:
+    """`5×8=40, +4=44, write 4 carry 4`: digit `x` times `b`, plus the carry coming in; the last
+    column writes its whole number."""
+    product = x * b
+    total = product + carry
+    text = f"{x}×{b}={product}" + (f", +{carry}={total}" if carry else "")
+    if not last:
+        text += f", write {total % 10}" + (f" carry {total // 10}" if total // 10 else "")
+    return text
+
+
+def divide_column(part: int, b: int) -> str:
+    """`14/6=2 r2`: the part of the dividend brought down so far, divided by `b`."""
+    q, rest = divmod(part, b)
+    return f"{part}/{b}={q} r{rest}"
 
 
 # -- reading a scratchpad back ---------------------------------------------------------------------
