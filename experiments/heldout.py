@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.runner import Setup
+from experiments.setup import Setup
 from reasoning_dspy._io import atomic_write_json
 
 ARMS = ("baseline", "optimized", "steered")

@@ -234,7 +234,7 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
 
 
 def test_dataset_families_pick_the_problems_and_an_unknown_one_is_named(tmp_path):
-    from experiments.runner import _examples
+    from experiments.setup import _examples
 
     cfg = load_experiment(TINY, [f"out={tmp_path}", "dataset.families=[chains]"])
     from reasoning_dspy.problems import make_problems
