@@ -3,6 +3,7 @@
 * `residuals`: read the residual stream after one layer, stopping the forward there.
 * `cache`: the on-disk cache (manifest + safetensors shards) and its reader, `ActivationCache`.
 * `extract`: `extract_activations`, prompts in, a resumable cache out.
+* `chunked`: the same extraction by chunks of prompts shared by the ranks of a process group.
 """
 
 from reasoning_dspy.activations.cache import (

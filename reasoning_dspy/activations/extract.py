@@ -54,7 +54,7 @@ def extract_activations(
     Inside a `torch.distributed` process group, with `shard_prompts` set, or with `prompts` an iterable
     that is not a sequence (a streamed dataset, `reasoning_dspy.distributed.StreamedPrompts`), the run is
     split into chunks of `shard_prompts` prompts taken in turn by the ranks
-    (`reasoning_dspy.distributed.extract`); the cache holds the same rows in the same order. A cache
+    (`reasoning_dspy.activations.chunked`); the cache holds the same rows in the same order. A cache
     started that way records its `shard_prompts`, and a resumed run takes it from there when not given.
     """
     from tqdm.auto import tqdm
@@ -64,7 +64,7 @@ def extract_activations(
     if shard_prompts is None and not overwrite:
         shard_prompts = _recorded_shard_prompts(Path(out_dir))
     if shard_prompts is not None or is_distributed() or not isinstance(prompts, Sequence):
-        from reasoning_dspy.distributed.extract import extract_chunked
+        from reasoning_dspy.activations.chunked import extract_chunked
 
         return extract_chunked(model, tokenizer, prompts, layer, out_dir, model_name=model_name,
                                batch_size=batch_size, max_length=max_length, dtype=dtype,
