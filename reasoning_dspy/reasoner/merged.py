@@ -57,8 +57,8 @@ def adapter_fingerprint(folder: Path) -> str:
 
 def merged_folder(adapter: Path, name: str) -> Path:
     """The safetensors folder of `adapter` merged into its base model, merging it first if needed."""
-    from reasoning_dspy.gguf_models import cached_folder
     from reasoning_dspy.models import ModelLoadError, load_model
+    from reasoning_dspy.models.gguf import cached_folder
     from reasoning_dspy.reasoner.finetune_files import AdapterError, adapter_info, load_adapter
 
     def write(out: Path) -> None:
