@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from reasoning_dspy import tiny as tiny_models
 from reasoning_dspy.engine.requests import render_chat
 from reasoning_dspy.models import LoadedModel, load_model, model_spec
+from reasoning_dspy.models import tiny as tiny_models
 from reasoning_dspy.reasoner.finetune import (
     AdapterError,
     FinetuneConfig,

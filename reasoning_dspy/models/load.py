@@ -194,7 +194,7 @@ def load_model(
     - the short name of a GGUF model converted earlier on this machine;
     - a Hugging Face hub id or a local `save_pretrained` folder.
     """
-    from reasoning_dspy import tiny
+    from reasoning_dspy.models import tiny
 
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)
@@ -251,7 +251,7 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, gguf_file: str | None = None) -> Any:
     """Just the tokenizer of a model (any source `load_model` takes), e.g. to read a cache's token
     ids without loading weights; always with a pad token."""
-    from reasoning_dspy import tiny
+    from reasoning_dspy.models import tiny
 
     name_or_path = os.fspath(name_or_path)
     if name_or_path in tiny.OFFLINE_MODELS and gguf_file is None:
@@ -285,7 +285,7 @@ def _from_hub(name_or_path: str, from_pretrained, **kwargs) -> Any:
     try:
         return from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:  # hub unreachable / not found / not a model
-        from reasoning_dspy.tiny import OFFLINE_MODELS
+        from reasoning_dspy.models.tiny import OFFLINE_MODELS
 
         where = "local folder" if is_local else "Hugging Face model id"
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
