@@ -65,8 +65,8 @@ def load_model(
 def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str]:
     """`(name, location)`: the short name the model is recorded under, and what `from_pretrained`
     should read. GGUF sources are converted (once) and resolve to their safetensors folder."""
+    from reasoning_dspy.models import adapters as merged
     from reasoning_dspy.models import gguf as gguf_models
-    from reasoning_dspy.reasoner import merged
 
     path = Path(name_or_path)
     if name_or_path in merged.SHIPPED_ADAPTERS and gguf_file is None:
