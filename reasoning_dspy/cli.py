@@ -490,7 +490,7 @@ def reasoner_ship(
     """Copy a trained adapter and/or a study's SAE and scores into the package, so that
     load_model/load_sae("smollm2-reasoner") use them (after checking that they load)."""
     from reasoning_dspy.models import ModelLoadError
-    from reasoning_dspy.reasoner.finetune_files import AdapterError
+    from reasoning_dspy.models.adapter_files import AdapterError
     from reasoning_dspy.reasoner.ship import ship_adapter, ship_study
     from reasoning_dspy.sae import SAEFileError
 

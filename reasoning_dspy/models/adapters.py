@@ -14,7 +14,7 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+from reasoning_dspy.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
 
 #: Adapters shipped in `reasoning_dspy/data/`, by the model name they load under.
 SHIPPED_ADAPTERS: tuple[str, ...] = ("smollm2-reasoner",)
@@ -58,8 +58,8 @@ def adapter_fingerprint(folder: Path) -> str:
 def merged_folder(adapter: Path, name: str) -> Path:
     """The safetensors folder of `adapter` merged into its base model, merging it first if needed."""
     from reasoning_dspy.models import ModelLoadError, load_model
+    from reasoning_dspy.models.adapter_files import AdapterError, adapter_info, load_adapter
     from reasoning_dspy.models.gguf import cached_folder
-    from reasoning_dspy.reasoner.finetune_files import AdapterError, adapter_info, load_adapter
 
     def write(out: Path) -> None:
         try:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from reasoning_dspy.models import LoadedModel, check_device, load_model, model_spec
+from reasoning_dspy.models.adapter_files import AdapterError, load_adapter
 from reasoning_dspy.reasoner.finetune_config import FinetuneConfig
 from reasoning_dspy.reasoner.finetune_data import (
     IGNORE,
@@ -47,8 +48,6 @@ from reasoning_dspy.reasoner.finetune_data import (
 from reasoning_dspy.reasoner.finetune_files import (
     CHECKPOINT_DIR,
     LOG_FILE,
-    AdapterError,
-    load_adapter,
     load_checkpoint,
     read_log,
     save_adapter,
