@@ -70,11 +70,11 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
 
     path = Path(name_or_path)
     if name_or_path in merged.SHIPPED_ADAPTERS and gguf_file is None:
-        return name_or_path, str(merged.merged_folder(merged.shipped_adapter(name_or_path), name_or_path))
+        return name_or_path, str(merged.merged_folder(merged.shipped_adapter(name_or_path), name_or_path, load_model))
     if gguf_file is None and merged.is_adapter_folder(path):
         folder = path.resolve()  # `reasoner train` writes OUT/adapter: name it after OUT
         name = gguf_models.short_name(folder.parent.name if folder.name == "adapter" else folder.name)
-        return name, str(merged.merged_folder(path, name))
+        return name, str(merged.merged_folder(path, name, load_model))
     if name_or_path in gguf_models.ALIASES and gguf_file is None:
         name = gguf_models.ALIASES[name_or_path]
         return name, str(gguf_models.convert(gguf_models.bundled_path(name_or_path), name))
