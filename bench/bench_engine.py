@@ -26,8 +26,8 @@ from tqdm import tqdm  # noqa: E402
 
 from reasoning_dspy.adapter import LenientChatAdapter  # noqa: E402
 from reasoning_dspy.engine import SteeredEngine  # noqa: E402
-from reasoning_dspy.lm import SteeredLM, engine_of  # noqa: E402
 from reasoning_dspy.models import load_model  # noqa: E402
+from reasoning_dspy.program.lm import SteeredLM, engine_of  # noqa: E402
 from reasoning_dspy.prompts import load_prompts  # noqa: E402
 from reasoning_dspy.sae import SAE, SAEConfig  # noqa: E402
 from reasoning_dspy.steering import SteeringSpec  # noqa: E402

@@ -168,7 +168,7 @@ def _run(setup: Setup, folder: Path, tracker: Any, *, resumed: bool, progress: b
             heldout = evaluate_heldout(setup, lm, compiled, folder / HELDOUT_FILE, progress=progress)
             track_heldout(tracker, run_id, setup, heldout)
         finally:
-            from reasoning_dspy.lm import engine_of
+            from reasoning_dspy.program.lm import engine_of
 
             engine_of(lm).close()
         report = write_report(folder, cfg, trials, heldout)

@@ -25,7 +25,7 @@ class Setup:
     test: list[Any]
 
     def lm(self, **kwargs: Any) -> Any:
-        from reasoning_dspy.lm import SteeredLM
+        from reasoning_dspy.program.lm import SteeredLM
 
         max_activation = self.scores.max_activation if self.scores is not None else None
         return SteeredLM(self.loaded, sae=self.sae, max_activation=max_activation, cache=False,

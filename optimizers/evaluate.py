@@ -121,8 +121,8 @@ def evaluate_programs(
     from dspy.utils.parallelizer import ParallelExecutor
 
     from reasoning_dspy.evaluation import quiet_truncation
-    from reasoning_dspy.lm import engine_of
     from reasoning_dspy.metrics import metric_value
+    from reasoning_dspy.program.lm import engine_of
 
     engine = engine_of(lm)
     if engine.sae is None:

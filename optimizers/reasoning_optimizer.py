@@ -139,7 +139,7 @@ class ReasoningOptimizer(Teleprompter):
                 valset: list[Any] | None = None, lm: Any = None, **kwargs: Any) -> SteeredProgram:
         """Search, and return `student` with the best instruction and steering as a `SteeredProgram`
         (its `trials`, `best_trial` and `skipped` attached)."""
-        from reasoning_dspy.lm import engine_of
+        from reasoning_dspy.program.lm import engine_of
 
         lm = lm or dspy.settings.lm
         if lm is None:

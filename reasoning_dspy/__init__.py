@@ -52,7 +52,7 @@ _EXPORTS: dict[str, str] = {
     "Steerer": "reasoning_dspy.steering",
     "steer": "reasoning_dspy.steering",
     "SteeredEngine": "reasoning_dspy.engine",
-    "SteeredLM": "reasoning_dspy.lm",
+    "SteeredLM": "reasoning_dspy.program.lm",
     "LenientChatAdapter": "reasoning_dspy.adapter",
     "SAESteeringModule": "reasoning_dspy.modules",
     "ReasoningActivationMetric": "reasoning_dspy.metrics",
@@ -68,7 +68,6 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.features.analysis import analyze_features  # noqa: F401
     from reasoning_dspy.features.reasonscore import FeatureScores, score_features  # noqa: F401
     from reasoning_dspy.features.vocab import Vocabulary  # noqa: F401
-    from reasoning_dspy.lm import SteeredLM  # noqa: F401
     from reasoning_dspy.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
     from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
@@ -82,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
         extract_answer,
         make_problems,
     )
+    from reasoning_dspy.program.lm import SteeredLM  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
     from reasoning_dspy.sae import (  # noqa: F401
         SAE,

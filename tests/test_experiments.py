@@ -193,7 +193,7 @@ def test_a_prompt_filtered_run_resumes_after_a_kill_in_the_held_out_stage(tmp_pa
 _TOGETHER = """
 import sys, time
 from pathlib import Path
-import experiments.heldout, experiments.optimize, experiments.report, optimizers, reasoning_dspy.lm  # noqa
+import experiments.heldout, experiments.optimize, experiments.report, optimizers, reasoning_dspy.program.lm  # noqa
 from reasoning_dspy.cli import app
 barrier, me = Path(sys.argv[1]), sys.argv[2]
 (barrier / me).touch()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from reasoning_dspy.lm import SteeredLM, engine_of
 from reasoning_dspy.metrics import ReasoningActivationMetric, exact_match
+from reasoning_dspy.program.lm import SteeredLM, engine_of
 
 
 def _pred(answer="4", act=0.6, top=((3, 0.9), (8, 0.2))):

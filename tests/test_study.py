@@ -169,7 +169,7 @@ def test_the_programs_instruction_reaches_the_model(tmp_path):
         study.generate(lm, study.train, None, tmp_path / "rows.jsonl", "rows")
         prompts = [h["messages"][0]["content"] for h in lm.history]
     finally:
-        from reasoning_dspy.lm import engine_of
+        from reasoning_dspy.program.lm import engine_of
 
         engine_of(lm).close()
     assert len(prompts) == 2 and all("Check every step." in p for p in prompts)
