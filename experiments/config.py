@@ -67,7 +67,7 @@ class ProgramConfig(_Section):
         import dspy
 
         if self.adapter == "lenient":
-            from reasoning_dspy.adapter import LenientChatAdapter
+            from reasoning_dspy.program.adapter import LenientChatAdapter
 
             return LenientChatAdapter()
         return dspy.ChatAdapter() if self.adapter == "chat" else dspy.JSONAdapter()

@@ -116,7 +116,7 @@ def evaluate_programs(
     the batch's wall time in seconds. A call that fails (an answer the adapter cannot parse among
     them) scores zero and counts as wrong; the first failure is logged. `adapter`: the DSPy adapter
     the calls use (None: the configured one, `dspy.configure(adapter=...)`, else DSPy's default);
-    pass `reasoning_dspy.adapter.LenientChatAdapter()` to score what small models write instead."""
+    pass `reasoning_dspy.program.adapter.LenientChatAdapter()` to score what small models write instead."""
     import dspy
     from dspy.utils.parallelizer import ParallelExecutor
 

@@ -68,7 +68,7 @@ class ReasoningOptimizer(Teleprompter):
         vocabulary: reasoning words counted by `word_rate` (default: the paper's).
         journal: a JSONL file recording every trial; an existing one is resumed.
         adapter: the DSPy adapter the trials' calls use (None: the configured one, else DSPy's
-            default); `reasoning_dspy.adapter.LenientChatAdapter()` scores the answers of models that
+            default); `reasoning_dspy.program.adapter.LenientChatAdapter()` scores the answers of models that
             do not follow DSPy's format instead of counting them as failures.
         prompt_filter: a `reasoning_dspy.rag.PromptFilter` that drops invalid, near-duplicate and
             off-topic instructions from the pool before any is evaluated; the compiled program's

@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     "steer": "reasoning_dspy.steering",
     "SteeredEngine": "reasoning_dspy.engine",
     "SteeredLM": "reasoning_dspy.program.lm",
-    "LenientChatAdapter": "reasoning_dspy.adapter",
+    "LenientChatAdapter": "reasoning_dspy.program.adapter",
     "SAESteeringModule": "reasoning_dspy.modules",
     "ReasoningActivationMetric": "reasoning_dspy.metrics",
     "ReasonScoreMetric": "reasoning_dspy.metrics",
@@ -63,7 +63,6 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations, residual_at  # noqa: F401
-    from reasoning_dspy.adapter import LenientChatAdapter  # noqa: F401
     from reasoning_dspy.engine import SteeredEngine  # noqa: F401
     from reasoning_dspy.features.analysis import analyze_features  # noqa: F401
     from reasoning_dspy.features.reasonscore import FeatureScores, score_features  # noqa: F401
@@ -81,6 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
         extract_answer,
         make_problems,
     )
+    from reasoning_dspy.program.adapter import LenientChatAdapter  # noqa: F401
     from reasoning_dspy.program.lm import SteeredLM  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
     from reasoning_dspy.sae import (  # noqa: F401

@@ -52,7 +52,7 @@ def solve(lm: Any, problems: Sequence[Any], *, program: str | Any = "cot", instr
     import dspy
     from dspy.utils.parallelizer import ParallelExecutor
 
-    from reasoning_dspy.adapter import LenientChatAdapter
+    from reasoning_dspy.program.adapter import LenientChatAdapter
     from reasoning_dspy.program.lm import collect_reports, engine_of
 
     module = make_program(program, instruction)

@@ -168,8 +168,8 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     import dspy
 
     from optimizers import ReasoningOptimizer
-    from reasoning_dspy.adapter import LenientChatAdapter
     from reasoning_dspy.problems import as_dspy_examples, make_problems
+    from reasoning_dspy.program.adapter import LenientChatAdapter
     from reasoning_dspy.program.lm import engine_of
 
     train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0))
