@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "SteeredEngine": "reasoning_dspy.engine",
     "SteeredLM": "reasoning_dspy.program.lm",
     "LenientChatAdapter": "reasoning_dspy.program.adapter",
-    "SAESteeringModule": "reasoning_dspy.modules",
+    "SAESteeringModule": "reasoning_dspy.program.modules",
     "ReasoningActivationMetric": "reasoning_dspy.metrics",
     "ReasonScoreMetric": "reasoning_dspy.metrics",
 }
@@ -69,7 +69,6 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.features.vocab import Vocabulary  # noqa: F401
     from reasoning_dspy.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
-    from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.problems import (  # noqa: F401
         Problem,
         ProblemError,
@@ -82,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     )
     from reasoning_dspy.program.adapter import LenientChatAdapter  # noqa: F401
     from reasoning_dspy.program.lm import SteeredLM  # noqa: F401
+    from reasoning_dspy.program.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
     from reasoning_dspy.sae import (  # noqa: F401
         SAE,
