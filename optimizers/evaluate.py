@@ -73,7 +73,7 @@ class Scores:
 def measured(pred: Any) -> tuple[float, int, str]:
     """What `SteeredProgram` attached to a prediction: (reasoning activation, tokens, completion);
     zeros for a prediction without them."""
-    from reasoning_dspy.metrics import program_measures
+    from reasoning_dspy.program.metrics import program_measures
 
     m = program_measures(pred)
     if m is None:
@@ -84,7 +84,7 @@ def measured(pred: Any) -> tuple[float, int, str]:
 def answer_correct(example: Any, pred: Any, trace: Any = None) -> float:
     """Numeric answers match within rounding (word problems); other answers match exactly."""
     from reasoning_dspy.evaluation import is_correct
-    from reasoning_dspy.metrics import exact_match
+    from reasoning_dspy.program.metrics import exact_match
 
     expected = getattr(example, "answer", None)
     try:
@@ -121,8 +121,8 @@ def evaluate_programs(
     from dspy.utils.parallelizer import ParallelExecutor
 
     from reasoning_dspy.evaluation import quiet_truncation
-    from reasoning_dspy.metrics import metric_value
     from reasoning_dspy.program.lm import engine_of
+    from reasoning_dspy.program.metrics import metric_value
 
     engine = engine_of(lm)
     if engine.sae is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import dspy
 
-from reasoning_dspy.metrics import MEASURES_ATTR, ProgramMeasures, program_measures
+from reasoning_dspy.program.metrics import MEASURES_ATTR, ProgramMeasures, program_measures
 from reasoning_dspy.steering import SteeringSpec
 
 __all__ = ["ProgramMeasures", "SteeredProgram", "measure", "predictors_instruction", "program_measures"]

@@ -12,9 +12,9 @@ import pytest
 from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.utils.exceptions import AdapterParseError
 
-from reasoning_dspy.metrics import ReasoningActivationMetric, exact_match
 from reasoning_dspy.program.adapter import LenientChatAdapter
 from reasoning_dspy.program.lm import SteeredLM, engine_of
+from reasoning_dspy.program.metrics import ReasoningActivationMetric, exact_match
 from reasoning_dspy.program.modules import SAESteeringModule
 from reasoning_dspy.steering import SteeringError
 from signatures import ExplainDecision, ReasonedQA, StepByStepPlan
