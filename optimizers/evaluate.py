@@ -83,7 +83,7 @@ def measured(pred: Any) -> tuple[float, int, str]:
 
 def answer_correct(example: Any, pred: Any, trace: Any = None) -> float:
     """Numeric answers match within rounding (word problems); other answers match exactly."""
-    from reasoning_dspy.evaluation import is_correct
+    from reasoning_dspy.program.evaluation import is_correct
     from reasoning_dspy.program.metrics import exact_match
 
     expected = getattr(example, "answer", None)
@@ -120,7 +120,7 @@ def evaluate_programs(
     import dspy
     from dspy.utils.parallelizer import ParallelExecutor
 
-    from reasoning_dspy.evaluation import quiet_truncation
+    from reasoning_dspy.program.evaluation import quiet_truncation
     from reasoning_dspy.program.lm import engine_of
     from reasoning_dspy.program.metrics import metric_value
 

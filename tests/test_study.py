@@ -142,7 +142,7 @@ def test_the_dose_response_plot_leaves_the_matplotlib_backend_alone(study_dir, t
 
 def test_chat_program_sends_the_question_as_one_user_message(tmp_path):
     from reasoning_dspy.engine import SteeredEngine
-    from reasoning_dspy.evaluation import CHAT_SUFFIX
+    from reasoning_dspy.program.evaluation import CHAT_SUFFIX
     from reasoning_dspy.study import StudyConfig
     from reasoning_dspy.study.runner import Study
 

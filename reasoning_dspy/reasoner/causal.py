@@ -31,7 +31,7 @@ def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_
 
     from reasoning_dspy.engine.generate import GenRow, generate_rows
     from reasoning_dspy.engine.requests import render_chat
-    from reasoning_dspy.evaluation import is_correct, make_program
+    from reasoning_dspy.program.evaluation import is_correct, make_program
     from reasoning_dspy.reasoner.evaluate import step_measures
 
     tok, model = loaded.tokenizer, loaded.model

@@ -41,9 +41,9 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
     """
     from tqdm.auto import tqdm
 
-    from reasoning_dspy.evaluation import solve
     from reasoning_dspy.models import LoadedModel, load_model
     from reasoning_dspy.problems import make_problems
+    from reasoning_dspy.program.evaluation import solve
     from reasoning_dspy.program.lm import SteeredLM, engine_of
 
     if split not in ("validation", "test"):

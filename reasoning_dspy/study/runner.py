@@ -130,7 +130,7 @@ class Study:
         are dealt to the problems in turn (default: the study's one instruction)."""
         from tqdm.auto import tqdm
 
-        from reasoning_dspy.evaluation import solve
+        from reasoning_dspy.program.evaluation import solve
 
         rows = _read_jsonl(path)
         done = {r["id"] for r in rows}
