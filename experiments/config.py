@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reasoning_dspy.config_files import load_config
+from reasoning_dspy._config import load_config
 from reasoning_dspy.tracking.config import TrackingConfig
 
 #: The bundled dataset; any other `dataset.name` is a JSONL file of {"question", "answer"} rows.
