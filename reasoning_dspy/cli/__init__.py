@@ -840,6 +840,3 @@ def dashboard(
     finally:
         running.close()
 
-
-if __name__ == "__main__":
-    app()
