@@ -47,7 +47,7 @@ class Scores:
     def add(self, activation: float, correct: float, tokens: int, text: str,
             vocabulary: Sequence[str] | None = None) -> int:
         """Record one example; returns its reasoning-word count."""
-        from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
+        from reasoning_dspy.features.measures import REASONING_WORDS, count_words, reflects
 
         words = count_words(text, vocabulary or REASONING_WORDS)
         self.activation.append(activation)

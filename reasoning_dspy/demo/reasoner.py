@@ -77,10 +77,10 @@ def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
 def stage_traces(state: ReasonerDemoState) -> None:
     """Held-out problems answered greedily through `dspy.ChainOfThought("question -> answer")`, with
     DSPy's default instruction (what an unoptimized program sends) and with a careful one."""
+    from reasoning_dspy.features.measures import reflects
     from reasoning_dspy.problems import make_problems
     from reasoning_dspy.program.evaluation import solve
     from reasoning_dspy.program.lm import engine_of
-    from reasoning_dspy.study.measures import reflects
 
     state.problems = make_problems(state.limit, split="test", seed=0)
     lm = _lm(state)
@@ -134,9 +134,9 @@ def stage_features(state: ReasonerDemoState) -> None:
 
 def stage_steer(state: ReasonerDemoState) -> None:
     """The same problems with the recommended steering: reflection words and correctness side by side."""
+    from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
     from reasoning_dspy.program.evaluation import solve
     from reasoning_dspy.program.lm import engine_of
-    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
 
     lm = _lm(state)
     try:

@@ -82,7 +82,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Per style: accuracy (overall and per family), parse rate, reflection rate, reasoning words per
     100 generated tokens, step accuracy and checks, mean length, mean feature activation, and the
     share of degenerate loops."""
-    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
 
     by_style: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
