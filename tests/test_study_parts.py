@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning_dspy.features.measures import bootstrap, count_words, is_degenerate, rate_per_100, reflects
+from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
 from reasoning_dspy.features.reasonscore import FeatureScores
+from reasoning_dspy.reports.stats import bootstrap, rate_per_100
 from reasoning_dspy.study import StudyConfig, StudyConfigError, build_conditions, matched_random_features
 
 

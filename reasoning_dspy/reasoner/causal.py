@@ -78,7 +78,7 @@ def summarize_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
     reflecting minus plain accuracy over the same problems."""
     import numpy as np
 
-    from reasoning_dspy.features.measures import bootstrap
+    from reasoning_dspy.reports.stats import bootstrap
 
     if not rows:
         raise ValueError("no forced-decision rows to summarize")
