@@ -21,52 +21,8 @@ LAYER_PATHS: tuple[str, ...] = (
     "h",
 )
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says why and what to do instead."""
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Accept `torch.bfloat16`, "bfloat16" or "bf16"; None keeps the checkpoint's own dtype."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(set(_DTYPES))}") from None
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """Parse a device string ("cpu", "cuda", "cuda:1", "mps") and check this machine has that device."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {str(device)!r}; expected cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {str(device)!r} is not available: this torch build "
-                             f"({torch.__version__}) sees no CUDA GPU; use 'cpu' instead")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {str(device)!r} is not available: there are {count} CUDA GPU(s) "
-                             f"(cuda:0..cuda:{count - 1})")
-        return dev
-    if dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device {str(device)!r} is not available on this machine; use 'cpu' instead")
-        return dev
-    raise ValueError(f"device type {dev.type!r} is not supported; expected cpu, cuda, cuda:N or mps")
 
 
 def kv_cache_kwarg(model: nn.Module) -> str:
