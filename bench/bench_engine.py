@@ -24,10 +24,10 @@ import torch  # noqa: E402
 from _result import Ratio, ResultWriter, Table, Target, add_result_args, check_device_arg  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from reasoning_dspy.adapter import LenientChatAdapter  # noqa: E402
 from reasoning_dspy.engine import SteeredEngine  # noqa: E402
-from reasoning_dspy.lm import SteeredLM, engine_of  # noqa: E402
 from reasoning_dspy.models import load_model  # noqa: E402
+from reasoning_dspy.program.adapter import LenientChatAdapter  # noqa: E402
+from reasoning_dspy.program.lm import SteeredLM, engine_of  # noqa: E402
 from reasoning_dspy.prompts import load_prompts  # noqa: E402
 from reasoning_dspy.sae import SAE, SAEConfig  # noqa: E402
 from reasoning_dspy.steering import SteeringSpec  # noqa: E402

@@ -22,10 +22,10 @@ import torch  # noqa: E402
 from _result import Ratio, ResultWriter, Table, Target, add_result_args, check_device_arg  # noqa: E402
 
 from optimizers import ReasoningOptimizer  # noqa: E402
-from reasoning_dspy.adapter import LenientChatAdapter  # noqa: E402
-from reasoning_dspy.lm import SteeredLM, engine_of  # noqa: E402
 from reasoning_dspy.models import load_model  # noqa: E402
 from reasoning_dspy.problems import as_dspy_examples, make_problems  # noqa: E402
+from reasoning_dspy.program.adapter import LenientChatAdapter  # noqa: E402
+from reasoning_dspy.program.lm import SteeredLM, engine_of  # noqa: E402
 
 METHOD = ("The same `ReasoningOptimizer` search run twice in one process with the same seed, so the same candidates "
           "(checked): once on a micro-batched engine (`max_batch_size` = `batch_size`: a batch of `batch_trials` "

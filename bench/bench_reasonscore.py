@@ -49,7 +49,7 @@ def write_synthetic_cache(path: Path, n_tokens: int, d_in: int, seed: int = 0, s
     from safetensors.torch import save
 
     from reasoning_dspy.activations import CacheManifest, ShardInfo
-    from reasoning_dspy.tiny import build_tokenizer
+    from reasoning_dspy.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
     rng = random.Random(seed)
@@ -119,7 +119,7 @@ def child(mode: str, cache_dir: str, d_sae: int, device: str) -> None:
 
     from reasoning_dspy.activations import ActivationCache
     from reasoning_dspy.features.reasonscore import score_features
-    from reasoning_dspy.tiny import build_tokenizer
+    from reasoning_dspy.models.tiny import build_tokenizer
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)

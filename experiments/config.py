@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reasoning_dspy.config_files import load_config
+from reasoning_dspy._config import load_config
 from reasoning_dspy.tracking.config import TrackingConfig
 
 #: The bundled dataset; any other `dataset.name` is a JSONL file of {"question", "answer"} rows.
@@ -67,7 +67,7 @@ class ProgramConfig(_Section):
         import dspy
 
         if self.adapter == "lenient":
-            from reasoning_dspy.adapter import LenientChatAdapter
+            from reasoning_dspy.program.adapter import LenientChatAdapter
 
             return LenientChatAdapter()
         return dspy.ChatAdapter() if self.adapter == "chat" else dspy.JSONAdapter()

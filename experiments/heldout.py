@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.runner import Setup
+from experiments.setup import Setup
 from reasoning_dspy._io import atomic_write_json
 
 ARMS = ("baseline", "optimized", "steered")
@@ -59,7 +59,7 @@ def _columns(row: dict[str, list]) -> dict[str, np.ndarray]:
 
 
 def _statistic(measure: str):
-    from reasoning_dspy.study.measures import rate_per_100
+    from reasoning_dspy.reports.stats import rate_per_100
 
     if measure == "word_rate":
         return lambda words, tokens: rate_per_100(words, tokens)
@@ -73,7 +73,7 @@ def _cols(cols: dict[str, np.ndarray], measure: str) -> list[np.ndarray]:
 def summarize(rows: dict[str, dict], *, seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
     """Each arm's measures with 95 % bootstrap intervals, and each arm minus the baseline, paired
     over examples (the same resampled examples for both arms)."""
-    from reasoning_dspy.study.measures import bootstrap
+    from reasoning_dspy.reports.stats import bootstrap
 
     cols = {arm: _columns(row) for arm, row in rows.items()}
     out: dict[str, Any] = {}

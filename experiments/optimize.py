@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ExperimentConfigError
-from experiments.runner import Setup
+from experiments.setup import Setup
 from optimizers.trials import JournalError, TrialRecord, best_trial
 
 #: The run's instruction candidates and the prompt filter's decisions, fixed when the run starts.

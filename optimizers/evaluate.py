@@ -47,7 +47,7 @@ class Scores:
     def add(self, activation: float, correct: float, tokens: int, text: str,
             vocabulary: Sequence[str] | None = None) -> int:
         """Record one example; returns its reasoning-word count."""
-        from reasoning_dspy.study.measures import REASONING_WORDS, count_words, reflects
+        from reasoning_dspy.features.measures import REASONING_WORDS, count_words, reflects
 
         words = count_words(text, vocabulary or REASONING_WORDS)
         self.activation.append(activation)
@@ -73,7 +73,7 @@ class Scores:
 def measured(pred: Any) -> tuple[float, int, str]:
     """What `SteeredProgram` attached to a prediction: (reasoning activation, tokens, completion);
     zeros for a prediction without them."""
-    from reasoning_dspy.metrics import program_measures
+    from reasoning_dspy.program.metrics import program_measures
 
     m = program_measures(pred)
     if m is None:
@@ -83,8 +83,8 @@ def measured(pred: Any) -> tuple[float, int, str]:
 
 def answer_correct(example: Any, pred: Any, trace: Any = None) -> float:
     """Numeric answers match within rounding (word problems); other answers match exactly."""
-    from reasoning_dspy.evaluation import is_correct
-    from reasoning_dspy.metrics import exact_match
+    from reasoning_dspy.program.evaluation import is_correct
+    from reasoning_dspy.program.metrics import exact_match
 
     expected = getattr(example, "answer", None)
     try:
@@ -116,13 +116,13 @@ def evaluate_programs(
     the batch's wall time in seconds. A call that fails (an answer the adapter cannot parse among
     them) scores zero and counts as wrong; the first failure is logged. `adapter`: the DSPy adapter
     the calls use (None: the configured one, `dspy.configure(adapter=...)`, else DSPy's default);
-    pass `reasoning_dspy.adapter.LenientChatAdapter()` to score what small models write instead."""
+    pass `reasoning_dspy.program.adapter.LenientChatAdapter()` to score what small models write instead."""
     import dspy
     from dspy.utils.parallelizer import ParallelExecutor
 
-    from reasoning_dspy.evaluation import quiet_truncation
-    from reasoning_dspy.lm import engine_of
-    from reasoning_dspy.metrics import metric_value
+    from reasoning_dspy.program.evaluation import quiet_truncation
+    from reasoning_dspy.program.lm import engine_of
+    from reasoning_dspy.program.metrics import metric_value
 
     engine = engine_of(lm)
     if engine.sae is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import dspy
 
-from reasoning_dspy.metrics import MEASURES_ATTR, ProgramMeasures, program_measures
+from reasoning_dspy.program.metrics import MEASURES_ATTR, ProgramMeasures, program_measures
 from reasoning_dspy.steering import SteeringSpec
 
 __all__ = ["ProgramMeasures", "SteeredProgram", "measure", "predictors_instruction", "program_measures"]
@@ -41,7 +41,7 @@ class SteeredProgram(dspy.Module):
         self.steering = _spec(steering)
 
     def forward(self, **kwargs: Any) -> Any:
-        from reasoning_dspy.lm import collect_reports
+        from reasoning_dspy.program.lm import collect_reports
 
         with collect_reports() as collected, self._steered():
             pred = self.program(**kwargs)
@@ -53,7 +53,7 @@ class SteeredProgram(dspy.Module):
     def _steered(self) -> Iterator[None]:
         """Every LM call inside carries the steering, and asks the engine to record the SAE latents
         as it generates: the prediction's measurements then cost no second forward."""
-        from reasoning_dspy.lm import _engine_or_none, engine_of
+        from reasoning_dspy.program.lm import _engine_or_none, engine_of
 
         lm = dspy.settings.lm
         if self.steering is not None and lm is None:

@@ -68,7 +68,7 @@ class ReasoningOptimizer(Teleprompter):
         vocabulary: reasoning words counted by `word_rate` (default: the paper's).
         journal: a JSONL file recording every trial; an existing one is resumed.
         adapter: the DSPy adapter the trials' calls use (None: the configured one, else DSPy's
-            default); `reasoning_dspy.adapter.LenientChatAdapter()` scores the answers of models that
+            default); `reasoning_dspy.program.adapter.LenientChatAdapter()` scores the answers of models that
             do not follow DSPy's format instead of counting them as failures.
         prompt_filter: a `reasoning_dspy.rag.PromptFilter` that drops invalid, near-duplicate and
             off-topic instructions from the pool before any is evaluated; the compiled program's
@@ -139,7 +139,7 @@ class ReasoningOptimizer(Teleprompter):
                 valset: list[Any] | None = None, lm: Any = None, **kwargs: Any) -> SteeredProgram:
         """Search, and return `student` with the best instruction and steering as a `SteeredProgram`
         (its `trials`, `best_trial` and `skipped` attached)."""
-        from reasoning_dspy.lm import engine_of
+        from reasoning_dspy.program.lm import engine_of
 
         lm = lm or dspy.settings.lm
         if lm is None:

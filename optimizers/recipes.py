@@ -26,7 +26,7 @@ import dspy
 from optimizers.evaluate import answer_correct
 from optimizers.instructions import LIBRARY, InstructionPool, current_instruction, predictors_of
 from optimizers.program import SteeredProgram
-from reasoning_dspy.metrics import ReasoningActivationMetric
+from reasoning_dspy.program.metrics import ReasoningActivationMetric
 
 _OUTPUT_FIELDS = re.compile(r"Your output fields are:\s*(.*?)(?:\n\n|\Z)", re.S)
 _FIELD = re.compile(r"^\s*\d+\.\s*`(\w+)`\s*(?:\(([^)]*)\))?", re.M)

@@ -31,8 +31,8 @@ class RecordingMetric:
 
     def __call__(self, example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
                  ) -> Any:
-        from reasoning_dspy.metrics import metric_value, program_measures
-        from reasoning_dspy.study.measures import reflects
+        from reasoning_dspy.features.measures import reflects
+        from reasoning_dspy.program.metrics import metric_value, program_measures
 
         activation, tokens, text = measured(pred)
         correct = metric_value(self.task_metric(example, pred, None))

@@ -52,26 +52,22 @@ _EXPORTS: dict[str, str] = {
     "Steerer": "reasoning_dspy.steering",
     "steer": "reasoning_dspy.steering",
     "SteeredEngine": "reasoning_dspy.engine",
-    "SteeredLM": "reasoning_dspy.lm",
-    "LenientChatAdapter": "reasoning_dspy.adapter",
-    "SAESteeringModule": "reasoning_dspy.modules",
-    "ReasoningActivationMetric": "reasoning_dspy.metrics",
-    "ReasonScoreMetric": "reasoning_dspy.metrics",
+    "SteeredLM": "reasoning_dspy.program.lm",
+    "LenientChatAdapter": "reasoning_dspy.program.adapter",
+    "SAESteeringModule": "reasoning_dspy.program.modules",
+    "ReasoningActivationMetric": "reasoning_dspy.program.metrics",
+    "ReasonScoreMetric": "reasoning_dspy.program.metrics",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
     from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations, residual_at  # noqa: F401
-    from reasoning_dspy.adapter import LenientChatAdapter  # noqa: F401
     from reasoning_dspy.engine import SteeredEngine  # noqa: F401
     from reasoning_dspy.features.analysis import analyze_features  # noqa: F401
     from reasoning_dspy.features.reasonscore import FeatureScores, score_features  # noqa: F401
     from reasoning_dspy.features.vocab import Vocabulary  # noqa: F401
-    from reasoning_dspy.lm import SteeredLM  # noqa: F401
-    from reasoning_dspy.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
     from reasoning_dspy.models import LoadedModel, ModelLoadError, ModelSpec, load_model, load_tokenizer  # noqa: F401
-    from reasoning_dspy.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.problems import (  # noqa: F401
         Problem,
         ProblemError,
@@ -82,6 +78,10 @@ if TYPE_CHECKING:  # pragma: no cover  (static names for type checkers and IDEs)
         extract_answer,
         make_problems,
     )
+    from reasoning_dspy.program.adapter import LenientChatAdapter  # noqa: F401
+    from reasoning_dspy.program.lm import SteeredLM  # noqa: F401
+    from reasoning_dspy.program.metrics import ReasoningActivationMetric, ReasonScoreMetric  # noqa: F401
+    from reasoning_dspy.program.modules import SAESteeringModule  # noqa: F401
     from reasoning_dspy.prompts import PromptError, load_prompts  # noqa: F401
     from reasoning_dspy.sae import (  # noqa: F401
         SAE,

@@ -99,7 +99,7 @@ def planted_sae(tiny):
 def planted_lm(tiny, planted_sae):
     """`planted_lm(max_tokens)`: a SteeredLM on tiny-random with the planted SAE, measuring its
     reasoning feature; closed when the module's tests are done."""
-    from reasoning_dspy.lm import SteeredLM, engine_of
+    from reasoning_dspy.program.lm import SteeredLM, engine_of
     from reasoning_dspy.sae import planted
 
     made = []

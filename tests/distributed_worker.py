@@ -24,7 +24,8 @@ LAYER = 2
 
 
 def run(job: dict) -> None:
-    from reasoning_dspy.distributed import ExtractionInterrupted, StreamedPrompts, extract_chunked
+    from reasoning_dspy.activations.chunked import ExtractionInterrupted, extract_chunked
+    from reasoning_dspy.distributed import StreamedPrompts
     from reasoning_dspy.models import load_model
     from reasoning_dspy.sae import SAETrainConfig, train_sae
 

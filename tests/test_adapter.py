@@ -11,8 +11,8 @@ import dspy
 import pytest
 from dspy.adapters.chat_adapter import ChatAdapter
 
-from reasoning_dspy import adapter as adapter_module
-from reasoning_dspy.adapter import LenientChatAdapter
+from reasoning_dspy.program import adapter as adapter_module
+from reasoning_dspy.program.adapter import LenientChatAdapter
 
 COT = dspy.ChainOfThought("question -> answer").predict.signature  # reasoning, answer: str
 COT_INT = dspy.ChainOfThought("question -> answer: int").predict.signature

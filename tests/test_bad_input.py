@@ -272,7 +272,7 @@ def _resolve_delta_overflows(env):
 
 
 def _engine_max_activation_nan(env):
-    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.program.lm import SteeredEngine
 
     SteeredEngine(env.tiny.model, env.tiny.tokenizer, sae=env.sae, max_activation=torch.full((64,), math.nan))
 

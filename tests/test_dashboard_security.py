@@ -119,7 +119,7 @@ def test_a_login_is_required_and_uploads_are_capped(dash):
 def test_the_cli_flags_are_the_config_fields():
     import inspect
 
-    from reasoning_dspy.cli import dashboard
+    from reasoning_dspy.cli.services import dashboard
 
     params = inspect.signature(dashboard).parameters
     assert set(params) == set(DashboardConfig.model_fields)

@@ -20,11 +20,10 @@ import torch
 from distributed_worker import EXTRACT, LAYER
 
 from reasoning_dspy.activations import ActivationCache, CacheError, extract_activations
+from reasoning_dspy.activations.chunked import ExtractionInterrupted, extract_chunked
 from reasoning_dspy.distributed import (
     DistributedError,
-    ExtractionInterrupted,
     StreamedPrompts,
-    extract_chunked,
     process_group,
 )
 from reasoning_dspy.prompts import PromptError

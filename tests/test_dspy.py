@@ -12,10 +12,10 @@ import pytest
 from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.utils.exceptions import AdapterParseError
 
-from reasoning_dspy.adapter import LenientChatAdapter
-from reasoning_dspy.lm import SteeredLM, engine_of
-from reasoning_dspy.metrics import ReasoningActivationMetric, exact_match
-from reasoning_dspy.modules import SAESteeringModule
+from reasoning_dspy.program.adapter import LenientChatAdapter
+from reasoning_dspy.program.lm import SteeredLM, engine_of
+from reasoning_dspy.program.metrics import ReasoningActivationMetric, exact_match
+from reasoning_dspy.program.modules import SAESteeringModule
 from reasoning_dspy.steering import SteeringError
 from signatures import ExplainDecision, ReasonedQA, StepByStepPlan
 
@@ -147,7 +147,7 @@ def test_bad_steering_in_metadata_is_refused_with_our_message(lm, steer_sae):
 def test_steering_in_metadata_may_use_int_keys_or_a_spec(lm, steer_sae):
     """Python users write `{"features": {5: 2.0}}` or pass a `SteeringSpec`; both reach the engine
     in JSON form instead of failing DSPy's JSON check on request metadata."""
-    from reasoning_dspy.lm import collect_reports
+    from reasoning_dspy.program.lm import collect_reports
     from reasoning_dspy.steering import SteeringSpec
 
     ask = dspy.Predict("question -> answer")

@@ -193,7 +193,7 @@ def test_a_prompt_filtered_run_resumes_after_a_kill_in_the_held_out_stage(tmp_pa
 _TOGETHER = """
 import sys, time
 from pathlib import Path
-import experiments.heldout, experiments.optimize, experiments.report, optimizers, reasoning_dspy.lm  # noqa
+import experiments.heldout, experiments.optimize, experiments.report, optimizers, reasoning_dspy.program.lm  # noqa
 from reasoning_dspy.cli import app
 barrier, me = Path(sys.argv[1]), sys.argv[2]
 (barrier / me).touch()
@@ -234,7 +234,7 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
 
 
 def test_dataset_families_pick_the_problems_and_an_unknown_one_is_named(tmp_path):
-    from experiments.runner import _examples
+    from experiments.setup import _examples
 
     cfg = load_experiment(TINY, [f"out={tmp_path}", "dataset.families=[chains]"])
     from reasoning_dspy.problems import make_problems

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reasoning_dspy import gguf_models
 from reasoning_dspy.models import ModelLoadError, load_model, load_tokenizer
+from reasoning_dspy.models import gguf as gguf_models
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -105,7 +105,7 @@ def test_smollm2_loads_offline_with_outputs_identical_to_transformers_gguf_load(
         assert torch.equal(again.model(ids).logits, loaded.model(ids).logits)
     assert load_tokenizer("smollm2").pad_token is not None
 
-    from reasoning_dspy.lm import SteeredLM
+    from reasoning_dspy.program.lm import SteeredLM
 
     assert SteeredLM(loaded).model.startswith("local/smollm2-135m-instruct-")  # no site-packages path
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from dspy.lm15 import Config, Message, Request
 
-from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.engine import GenRow, MicroBatcher, RowWatch, generate_rows
 from reasoning_dspy.engine.state import LIVE_ENGINES
-from reasoning_dspy.lm import SteeredEngine, SteeredLM, collect_reports, engine_of
+from reasoning_dspy.program.adapter import LenientChatAdapter
+from reasoning_dspy.program.lm import SteeredEngine, SteeredLM, collect_reports, engine_of
 from reasoning_dspy.sae import save_sae
 from reasoning_dspy.steering import SteeringSpec
 

@@ -14,7 +14,7 @@ from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.streaming import StreamListener, StreamResponse
 
 from reasoning_dspy.engine.requests import render_chat
-from reasoning_dspy.lm import SteeredLM, engine_of
+from reasoning_dspy.program.lm import SteeredLM, engine_of
 
 ANSWER = "Paris is the capital of France."
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from reasoning_dspy.lm import SteeredLM, engine_of
-from reasoning_dspy.metrics import ReasoningActivationMetric, exact_match
+from reasoning_dspy.program.lm import SteeredLM, engine_of
+from reasoning_dspy.program.metrics import ReasoningActivationMetric, exact_match
 
 
 def _pred(answer="4", act=0.6, top=((3, 0.9), (8, 0.2))):
@@ -54,7 +54,7 @@ def test_errors_and_second_pass_fallback(tiny, steer_sae, steer_fmax):
 
 
 def test_deprecated_name_still_works_and_warns():
-    from reasoning_dspy.metrics import ReasonScoreMetric
+    from reasoning_dspy.program.metrics import ReasonScoreMetric
 
     with pytest.warns(DeprecationWarning, match="ReasoningActivationMetric"):
         metric = ReasonScoreMetric(target=2.0)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from reasoning_dspy.models import ModelLoadError, find_layers, load_model, model_spec
-from reasoning_dspy.tiny import OFFLINE_MODELS
+from reasoning_dspy.models.tiny import OFFLINE_MODELS
 
 
 def test_tiny_random_shape_and_chat_template(tiny):

@@ -7,9 +7,9 @@ import gc
 import dspy
 import pytest
 
-from reasoning_dspy.adapter import LenientChatAdapter
-from reasoning_dspy.lm import SteeredLM, engine_of
-from reasoning_dspy.modules import SAESteeringModule
+from reasoning_dspy.program.adapter import LenientChatAdapter
+from reasoning_dspy.program.lm import SteeredLM, engine_of
+from reasoning_dspy.program.modules import SAESteeringModule
 from reasoning_dspy.sae import SAE, SAEConfig
 from reasoning_dspy.steering import SteeringSpec
 

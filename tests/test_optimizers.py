@@ -9,8 +9,8 @@ from dspy.adapters.chat_adapter import ChatAdapter
 
 from optimizers import InstructionPool, ReasoningOptimizer, SteeredProgram, program_measures, read_journal
 from optimizers.instructions import LIBRARY, current_instruction
-from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.problems import as_dspy_examples, make_problems
+from reasoning_dspy.program.adapter import LenientChatAdapter
 from reasoning_dspy.sae import planted
 from reasoning_dspy.steering import SteeringSpec
 

@@ -12,7 +12,7 @@ import pytest
 
 from optimizers import InstructionPool, ReasoningOptimizer, instruction_scores
 from optimizers.instructions import LIBRARY, current_instruction
-from reasoning_dspy.adapter import LenientChatAdapter
+from reasoning_dspy.program.adapter import LenientChatAdapter
 from reasoning_dspy.rag import (
     DUPLICATE_SIMILARITY,
     OFF_TOPIC_SIMILARITY,

@@ -11,9 +11,9 @@ import dspy
 import pytest
 from pydantic import ValidationError
 
-from reasoning_dspy.evaluation import make_program
 from reasoning_dspy.features.vocab import REASONING_SPELLINGS
 from reasoning_dspy.problems import format_answer, make_problems
+from reasoning_dspy.program.evaluation import make_program
 from reasoning_dspy.reasoner.corpus import (
     CorpusConfig,
     CorpusError,

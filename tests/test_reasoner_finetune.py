@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from reasoning_dspy import tiny as tiny_models
 from reasoning_dspy.engine.requests import render_chat
 from reasoning_dspy.models import LoadedModel, load_model, model_spec
+from reasoning_dspy.models import tiny as tiny_models
 from reasoning_dspy.reasoner.finetune import (
     AdapterError,
     FinetuneConfig,
@@ -132,7 +132,7 @@ def test_chatml_template_trains_up_to_im_end_not_the_newline_after_it():
 
 
 def test_smollm2_tokenizer_ends_answers_with_im_end():
-    from reasoning_dspy import gguf_models
+    from reasoning_dspy.models import gguf as gguf_models
     from reasoning_dspy.models import load_tokenizer
 
     if gguf_models.converted_folder("smollm2-135m-instruct") is None:
@@ -495,7 +495,7 @@ def test_an_adapter_folder_loads_as_a_merged_model_cached_by_its_contents(straig
 
 def test_the_shipped_reasoner_name_says_how_to_rebuild_when_its_files_are_missing(monkeypatch, tmp_path):
     from reasoning_dspy.models import ModelLoadError
-    from reasoning_dspy.reasoner import merged
+    from reasoning_dspy.models import adapters as merged
 
     monkeypatch.setattr(merged, "resources", type("R", (), {"files": staticmethod(lambda _: tmp_path)}))
     with pytest.raises(ModelLoadError, match="reasoner train experiments/configs/reasoner-smollm2.yaml"):

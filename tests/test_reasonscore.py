@@ -150,7 +150,7 @@ def test_matching_a_sentencepiece_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from reasoning_dspy.tiny import corpus_text
+    from reasoning_dspy.models.tiny import corpus_text
 
     raw = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")

@@ -8,8 +8,8 @@ import pytest
 from optimizers import SteeredProgram, program_measures, recipes
 from optimizers.instructions import current_instruction
 from optimizers.recording import RecordingMetric
-from reasoning_dspy.adapter import LenientChatAdapter
 from reasoning_dspy.problems import as_dspy_examples, make_problems
+from reasoning_dspy.program.adapter import LenientChatAdapter
 
 POOL = ["Answer directly.", "Check every step before you answer.", "Be brief."]
 

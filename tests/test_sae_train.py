@@ -10,7 +10,7 @@ from sparse_dictionary import dictionary_recovery, sparse_dictionary_data
 
 from reasoning_dspy.sae import SAETrainConfig, load_sae, train_sae
 from reasoning_dspy.sae.evals import evaluate_sae
-from reasoning_dspy.sae.train import geometric_median, lr_at, sparsity_at
+from reasoning_dspy.sae.train_schedule import geometric_median, lr_at, sparsity_at
 
 
 @pytest.fixture(scope="module")

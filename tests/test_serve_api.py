@@ -44,7 +44,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def steered_lm(served):
-    from reasoning_dspy.lm import SteeredLM, engine_of
+    from reasoning_dspy.program.lm import SteeredLM, engine_of
 
     lm = SteeredLM(served.loaded, sae=served.sae, max_activation=served.max_activation, max_tokens=12, cache=False)
     yield lm

@@ -54,7 +54,7 @@ def metric(url: str, name: str) -> float:
 
 
 def test_64_clients_times_4_requests(served):
-    from reasoning_dspy.lm import SteeredLM, engine_of
+    from reasoning_dspy.program.lm import SteeredLM, engine_of
 
     cfg = ServeConfig(model="tiny-random", sae="tiny-planted", max_queue=256, max_batch_size=32)
     with ServerThread(create_app(cfg, served)) as server:

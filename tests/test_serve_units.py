@@ -28,7 +28,7 @@ def served():
 
 
 def test_cli_flags_are_the_config_fields():
-    from reasoning_dspy.cli import serve
+    from reasoning_dspy.cli.services import serve
 
     params = inspect.signature(serve).parameters
     assert set(params) == set(ServeConfig.model_fields)

@@ -37,7 +37,7 @@ def trained(tiny, tiny_cache, tmp_path_factory):
 
 
 def _plain(tiny, prompt: str, max_tokens: int) -> str:
-    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.program.lm import SteeredEngine
 
     engine = SteeredEngine(tiny.model, tiny.tokenizer, max_tokens=max_tokens)
     try:
@@ -47,7 +47,7 @@ def _plain(tiny, prompt: str, max_tokens: int) -> str:
 
 
 def test_steer_writes_baseline_and_steered_answers(tiny, trained, tmp_path):
-    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.program.lm import SteeredEngine
     from reasoning_dspy.sae import load_sae
     from reasoning_dspy.steering import SteeringSpec
 
@@ -109,7 +109,7 @@ def test_steer_clamp_with_chosen_features_and_a_prompts_file(tiny, trained, tmp_
 def test_steer_in_residual_units_without_f_max_prints_the_perturbation(tiny, trained, tmp_path):
     """--units residual needs no --scores: each token moves by γ·√2·‖x‖ for two features, which the
     command prints and writes; the answer is the engine's for the recorded spec."""
-    from reasoning_dspy.lm import SteeredEngine
+    from reasoning_dspy.program.lm import SteeredEngine
     from reasoning_dspy.sae import load_sae
     from reasoning_dspy.steering import SteeringSpec
 

@@ -142,7 +142,7 @@ def test_the_dose_response_plot_leaves_the_matplotlib_backend_alone(study_dir, t
 
 def test_chat_program_sends_the_question_as_one_user_message(tmp_path):
     from reasoning_dspy.engine import SteeredEngine
-    from reasoning_dspy.evaluation import CHAT_SUFFIX
+    from reasoning_dspy.program.evaluation import CHAT_SUFFIX
     from reasoning_dspy.study import StudyConfig
     from reasoning_dspy.study.runner import Study
 
@@ -169,7 +169,7 @@ def test_the_programs_instruction_reaches_the_model(tmp_path):
         study.generate(lm, study.train, None, tmp_path / "rows.jsonl", "rows")
         prompts = [h["messages"][0]["content"] for h in lm.history]
     finally:
-        from reasoning_dspy.lm import engine_of
+        from reasoning_dspy.program.lm import engine_of
 
         engine_of(lm).close()
     assert len(prompts) == 2 and all("Check every step." in p for p in prompts)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
 from reasoning_dspy.features.reasonscore import FeatureScores
+from reasoning_dspy.reports.stats import bootstrap, rate_per_100
 from reasoning_dspy.study import StudyConfig, StudyConfigError, build_conditions, matched_random_features
-from reasoning_dspy.study.measures import bootstrap, count_words, is_degenerate, rate_per_100, reflects
 
 
 @pytest.mark.parametrize(("text", "words", "reflection"), [

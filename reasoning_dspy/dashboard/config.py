@@ -14,7 +14,7 @@ AUTH_ENV = "REASONING_DSPY_DASHBOARD_AUTH"
 
 def default_cache_dir() -> Path:
     """`<reasoning-dspy cache>/dashboard`: corpus activations and map layouts, reused across starts."""
-    from reasoning_dspy.gguf_models import cache_root
+    from reasoning_dspy.models.gguf import cache_root
 
     return cache_root() / "dashboard"
 

@@ -74,7 +74,7 @@ def _first_line(err: Exception) -> str:
 
 def measure(label: str, answer: Answer) -> list[Any]:
     """One MEASURE_COLUMNS row."""
-    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
 
     act = answer.reasoning_activation
     return [label, count_words(answer.text), "yes" if reflects(answer.text) else "no", answer.n_tokens,
@@ -114,7 +114,7 @@ def sweep(backend: Backend, ws: Workspace, prompt: str, spec: SteeringSpec, stre
           max_tokens: int = 64) -> list[list[Any]]:
     """The dose-response for one prompt: the same features at each strength (0 = unsteered), all in
     one engine batch. Rows are SWEEP_COLUMNS."""
-    from reasoning_dspy.study.measures import count_words
+    from reasoning_dspy.features.measures import count_words
 
     if not (prompt or "").strip():
         raise DashboardError("the prompt is empty: type a question or some text first")

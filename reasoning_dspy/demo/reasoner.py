@@ -67,7 +67,7 @@ def stage_load(state: ReasonerDemoState) -> None:
 
 
 def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
-    from reasoning_dspy.lm import SteeredLM
+    from reasoning_dspy.program.lm import SteeredLM
 
     return SteeredLM(state.loaded, sae=state.sae, max_activation=state.scores, capture=True,
                      reasoning_features=list(state.steering.features), max_tokens=MAX_TOKENS, cache=False,
@@ -77,10 +77,10 @@ def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
 def stage_traces(state: ReasonerDemoState) -> None:
     """Held-out problems answered greedily through `dspy.ChainOfThought("question -> answer")`, with
     DSPy's default instruction (what an unoptimized program sends) and with a careful one."""
-    from reasoning_dspy.evaluation import solve
-    from reasoning_dspy.lm import engine_of
+    from reasoning_dspy.features.measures import reflects
     from reasoning_dspy.problems import make_problems
-    from reasoning_dspy.study.measures import reflects
+    from reasoning_dspy.program.evaluation import solve
+    from reasoning_dspy.program.lm import engine_of
 
     state.problems = make_problems(state.limit, split="test", seed=0)
     lm = _lm(state)
@@ -134,9 +134,9 @@ def stage_features(state: ReasonerDemoState) -> None:
 
 def stage_steer(state: ReasonerDemoState) -> None:
     """The same problems with the recommended steering: reflection words and correctness side by side."""
-    from reasoning_dspy.evaluation import solve
-    from reasoning_dspy.lm import engine_of
-    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.program.evaluation import solve
+    from reasoning_dspy.program.lm import engine_of
 
     lm = _lm(state)
     try:
@@ -168,9 +168,9 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     import dspy
 
     from optimizers import ReasoningOptimizer
-    from reasoning_dspy.adapter import LenientChatAdapter
-    from reasoning_dspy.lm import engine_of
     from reasoning_dspy.problems import as_dspy_examples, make_problems
+    from reasoning_dspy.program.adapter import LenientChatAdapter
+    from reasoning_dspy.program.lm import engine_of
 
     train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0))
     optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS, batch_trials=4,

@@ -15,6 +15,7 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
     """Write `state.out/report.md` and `report.html` for a finished reasoner demo; returns both paths."""
     from experiments.report import plot_trials
     from reasoning_dspy.features.kinds import feature_kind
+    from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
     from reasoning_dspy.reports import (
         plot_score_distribution,
         plot_steering_effect,
@@ -22,7 +23,6 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
         write_html,
     )
     from reasoning_dspy.sae.io import shipped_sae_folder
-    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
     from reasoning_dspy.study.report import quote_trace
 
     out: Path = state.out

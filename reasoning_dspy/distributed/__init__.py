@@ -4,7 +4,7 @@ NCCL on GPU). See docs/scale-out.md.
 * `process_group(device)`: join the group torchrun describes for a block; `current()` says this
   process's `Ranks` (rank, world size, local rank).
 * `extract_activations` inside a group splits the prompts into chunks taken in turn by the ranks
-  (`reasoning_dspy.distributed.extract`): per-rank shards, per-rank resume, one merged manifest.
+  (`reasoning_dspy.activations.chunked`): per-rank shards, per-rank resume, one merged manifest.
 * `train_sae` inside a group trains on R slices of every global batch with averaged gradients
   (`reasoning_dspy.distributed.sync`): the same data order, seed and weights as one process.
 * `StreamedPrompts`: prompts from a `datasets` streaming dataset, for corpora larger than memory or disk.
@@ -27,13 +27,10 @@ _EXPORTS: dict[str, str] = {
     "torchrun_group": "reasoning_dspy.distributed.group",
     "torchrun_world_size": "reasoning_dspy.distributed.group",
     "StreamedPrompts": "reasoning_dspy.distributed.streaming",
-    "ExtractionInterrupted": "reasoning_dspy.distributed.extract",
-    "extract_chunked": "reasoning_dspy.distributed.extract",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from reasoning_dspy.distributed.extract import ExtractionInterrupted, extract_chunked  # noqa: F401
     from reasoning_dspy.distributed.group import (  # noqa: F401
         DistributedError,
         Ranks,

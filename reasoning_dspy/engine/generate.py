@@ -271,7 +271,7 @@ def generate_rows(
         ids[b, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
         mask[b, width - len(suffix) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    cache = prefix_kv(model, rows, rows[0].prompt_ids[:shared], sae, model_spec, prefix_cache) if shared else None
+    cache = prefix_kv(model, [r.steering for r in rows], rows[0].prompt_ids[:shared], sae, model_spec, prefix_cache) if shared else None
 
     from transformers import LogitsProcessorList, StoppingCriteriaList
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
 from reasoning_dspy.steering import RowSteering, Steerer
-
-if TYPE_CHECKING:
-    from reasoning_dspy.engine.generate import GenRow
 
 MIN_SHARED_PREFIX = 32  # shorter common prefixes are not worth a separate forward
 
@@ -100,14 +97,15 @@ class PrefixCache:
             self._entries.popitem(last=False)
 
 
-def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: Any, model_spec: ModelSpec | None,
-               store: PrefixCache | None) -> Any:
-    """KV cache of the shared `prefix` for every row, `[B, heads, len(prefix), head_dim]` per layer:
-    one prefill per distinct steering, starting from what `store` already holds."""
+def prefix_kv(model: nn.Module, steerings: Sequence[RowSteering | None], prefix: list[int], sae: Any,
+              model_spec: ModelSpec | None, store: PrefixCache | None) -> Any:
+    """KV cache of the shared `prefix` for every row (`steerings`: each row's steering, in batch order),
+    `[B, heads, len(prefix), head_dim]` per layer: one prefill per distinct steering, starting from what
+    `store` already holds."""
     from transformers import DynamicCache
 
     groups: dict[Any, int] = {}
-    index = [groups.setdefault(_steering_key(r.steering), len(groups)) for r in rows]
+    index = [groups.setdefault(_steering_key(steering), len(groups)) for steering in steerings]
     first_row = {g: index.index(g) for g in groups.values()}
     device = next(model.parameters()).device
     if store is not None:
@@ -118,7 +116,7 @@ def prefix_kv(model: nn.Module, rows: Sequence[GenRow], prefix: list[int], sae: 
         if start < len(prefix):
             cache = cache if cache is not None else DynamicCache(config=model.config)
             new = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
-            with Steerer(model, [rows[first_row[g]].steering], sae=sae, model_spec=model_spec):
+            with Steerer(model, [steerings[first_row[g]]], sae=sae, model_spec=model_spec):
                 model(input_ids=new, attention_mask=torch.ones((1, len(prefix)), dtype=torch.long, device=device),
                       use_cache=True, logits_to_keep=1, **{kv_cache_kwarg(model): cache})
             if store is not None:

@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -43,19 +42,19 @@ from torch import Tensor, nn
 
 from reasoning_dspy.engine import calls
 from reasoning_dspy.engine.fingerprint import WeightsWatch, model_fingerprint, slug, tensors_fingerprint
-from reasoning_dspy.engine.generate import GenResult, GenRow, RowWatch, generate_rows
+from reasoning_dspy.engine.generate import GenResult, RowWatch
 from reasoning_dspy.engine.jobs import (
     BatchJob,
     GenerateJob,
     LatentsJob,
     MeasureJob,
     ReportStore,
-    measure_response,
-    token_latents,
 )
-from reasoning_dspy.engine.microbatcher import MicroBatcher, model_lock
+from reasoning_dspy.engine.microbatcher import MicroBatcher
+from reasoning_dspy.engine.parsing import RequestParsing
 from reasoning_dspy.engine.prefix_cache import PrefixCache
-from reasoning_dspy.engine.requests import render_chat, request_messages, text_messages
+from reasoning_dspy.engine.requests import text_messages
+from reasoning_dspy.engine.responses import ResponseBuilding
 from reasoning_dspy.engine.state import (
     LIVE_ENGINES,
     EngineSources,
@@ -63,30 +62,19 @@ from reasoning_dspy.engine.state import (
     load_engine_state,
     unrebuildable,
 )
+from reasoning_dspy.engine.worker import BatchWorker, Job
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import model_spec
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import (
-    CaptureConfig,
     SteeringError,
     SteeringSpec,
     as_spec,
     load_max_activation,
-    resolve,
 )
 
-PROVIDER_KEY = "reasoning_dspy"  # our key inside Response.provider_data
 
-#: The request settings the engine honours; any other one set on a request is refused by name.
-HONOURED = ("max_tokens", "temperature", "top_p", "stop", "seed", "logprobs", "extensions")
-#: What a call's `metadata` may hold.
-METADATA_KEYS = ("steering", "capture", "reasoning_features")
-
-
-Job = GenerateJob | BatchJob | MeasureJob | LatentsJob  # what the worker runs (engine/jobs.py)
-
-
-class SteeredEngine:
+class SteeredEngine(RequestParsing, BatchWorker, ResponseBuilding):
     """DSPy engine running a Hugging Face causal LM in process, with SAE steering and micro-batching.
 
     Build it with `SteeredEngine.from_pretrained("tiny-random", sae="runs/sae")` or from objects
@@ -384,159 +372,6 @@ class SteeredEngine:
             self.reports.put(key, report)
         return report
 
-    # -- request parsing (caller thread) ---------------------------------------------------
-    def call_steering(self, metadata: dict | None) -> tuple[SteeringSpec | None, tuple[int, ...] | None]:
-        """The steering and reasoning features a call's `metadata` asks for: `(spec, features)`.
-
-        No `"steering"` key means the engine's default steering (`None` switches it off); no
-        `"reasoning_features"` means None, i.e. the engine's own. Bad steering raises `SteeringError`.
-        """
-        meta = metadata or {}
-        spec = self.default_steering if "steering" not in meta else as_spec(meta["steering"])
-        features = meta.get("reasoning_features")
-        return spec, tuple(int(f) for f in features) if features is not None else None
-
-    def _parse(self, request: Any) -> GenerateJob:
-        from dspy.lm15 import InvalidRequestError
-
-        messages, system = request_messages(request, self.model_id)
-        cfg = request.config
-        _refuse_unsupported(cfg, self.model_id)
-        meta = dict((cfg.extensions or {}).get("metadata") or {})
-        try:
-            spec, features = self.call_steering(meta)
-        except SteeringError as err:
-            raise InvalidRequestError(str(err)) from None
-        return self._job(
-            self._render(messages, system), spec,
-            cfg.max_tokens or self.max_tokens,
-            self.temperature if cfg.temperature is None else cfg.temperature,
-            1.0 if cfg.top_p is None else cfg.top_p,
-            tuple(cfg.stop or ()), bool(meta.get("capture", self.capture)), features,
-            seed=cfg.seed, logprobs=cfg.logprobs,
-        )
-
-    def _job(self, prompt_ids: list[int], spec: SteeringSpec | None, max_tokens: int, temperature: float,
-             top_p: float, stop: tuple[str, ...], capture: bool, features: tuple[int, ...] | None = None,
-             *, seed: int | None = None, logprobs: int | None = None) -> GenerateJob:
-        from dspy.lm15 import ContextLengthError, InvalidRequestError
-
-        if capture and self.sae is None:
-            raise InvalidRequestError("capture needs an SAE: build the engine with sae=")
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit is not None and self.truncate_prompt and len(prompt_ids) + max_tokens > limit:
-            max_tokens = min(max_tokens, limit // 4)
-            bos = prompt_ids[:1] if prompt_ids and prompt_ids[0] == self.tokenizer.bos_token_id else []
-            prompt_ids = bos + prompt_ids[len(prompt_ids) - (limit - max_tokens - len(bos)):]
-        if limit is not None and len(prompt_ids) >= limit:
-            raise ContextLengthError(
-                f"the prompt is {len(prompt_ids)} tokens but {self.model_spec.name} holds {limit} positions "
-                "(SteeredLM(..., truncate_prompt=True) keeps the prompt's end instead)")
-        if limit is not None:
-            max_tokens = min(max_tokens, limit - len(prompt_ids))
-        try:
-            steering = self._resolve(spec) if spec is not None else None
-        except SteeringError as err:
-            raise InvalidRequestError(str(err)) from None
-        if features is None:
-            features = self.reasoning_features or (tuple(spec.features) if spec is not None else ())
-        _check_seed_and_logprobs(seed, logprobs, len(self.tokenizer))
-        row = GenRow(prompt_ids, max_tokens, float(temperature), float(top_p), stop, steering, capture,
-                     features if capture else (), seed=seed, logprobs=logprobs)
-        return GenerateJob(row, spec)
-
-    def _resolve(self, spec: SteeringSpec):
-        return resolve(spec, d_model=self.model_spec.d_model, n_layers=self.model_spec.n_layers, sae=self.sae,
-                       max_activation=self.max_activation)
-
-    def _render(self, messages: list[dict], system: str | None) -> list[int]:
-        with self._tok_lock:
-            return render_chat(self.tokenizer, messages, system)
-
-    # -- the worker ------------------------------------------------------------------------
-    def _run_batch(self, jobs: list[Job]) -> list[Any]:
-        """Run one gathered batch of jobs on the worker thread: requests together, the rest in turn."""
-        results: list[Any] = [None] * len(jobs)
-        with model_lock(self.model):
-            self._sync_prefix_cache()
-            # Requests run in a fixed order, in model batches of at most max_batch_size: the same
-            # requests give the same batches (and so the same floats) however their threads arrived.
-            requests = sorted((i for i, job in enumerate(jobs) if isinstance(job, GenerateJob)),
-                              key=lambda i: _row_order(jobs[i]))
-            for start in range(0, len(requests), self.max_batch_size):
-                chunk = requests[start:start + self.max_batch_size]
-                for i, out in zip(chunk, self._generate([jobs[i].row for i in chunk]), strict=True):
-                    results[i] = out
-            for i, job in enumerate(jobs):
-                if isinstance(job, BatchJob):
-                    results[i] = self._generate(job.rows, job.min_new_tokens)
-                elif isinstance(job, LatentsJob):
-                    results[i] = token_latents(self.model, self.model_spec, self._measure_config(), job).float().cpu()
-                elif isinstance(job, MeasureJob):
-                    results[i] = measure_response(self.model, self.model_spec, self._measure_config(), job)
-        return results
-
-    def _generate(self, rows: list[GenRow], min_new_tokens: int = 0) -> list[GenResult]:
-        return generate_rows(self.model, self._worker_tokenizer, rows, sae=self.sae, model_spec=self.model_spec,
-                             capture=self._capture_config(rows), min_new_tokens=min_new_tokens,
-                             prefix_cache=self.prefix_cache)
-
-    def _sync_prefix_cache(self) -> None:
-        """Prefilled prefixes were computed with the weights of their time: drop them when those changed."""
-        self.refresh_fingerprint()
-        if self._prefix_cache_weights != self._weights_fingerprint:
-            self.prefix_cache.clear()
-            self._prefix_cache_weights = self._weights_fingerprint
-
-    def _measure_config(self) -> CaptureConfig:
-        if self.sae is None:
-            raise SteeringError("reasoning activation needs an SAE: build the engine with sae=")
-        layer = self.sae.cfg.hook_layer if self.sae.cfg.hook_layer is not None else self._capture_layer()
-        return CaptureConfig(self.sae, layer, k=self.capture_k)
-
-    def _capture_config(self, rows: list[GenRow]) -> CaptureConfig | None:
-        if self.sae is None or not any(r.capture for r in rows):
-            return None
-        return self._measure_config()
-
-    def _capture_layer(self) -> int:
-        spec = self.default_steering
-        if spec is not None and spec.layer is not None:
-            return spec.layer
-        raise SteeringError("the SAE records no hook_layer: set SAEConfig.hook_layer so activations are read at its layer")
-
-    def _response(self, result: GenResult, job: GenerateJob) -> Any:
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
-        if result.report is not None:
-            self.reports.put(ReportStore.key(job.row.prompt_ids, job.steering, job.row.capture_features, result.text),
-                             result.report)
-        data = {
-            "steering": job.steering.model_dump(mode="json") if job.steering is not None else None,
-            "activation": result.report.to_dict() if result.report is not None else None,
-            "perturbation": result.perturbation.to_dict() if result.perturbation is not None else None,
-        }
-        logprobs = self._logprobs(result)
-        return Response(
-            id=f"rdspy-{uuid.uuid4().hex[:16]}", model=self.model_id,
-            message=Message.assistant((TextPart(result.text),)), finish_reason=result.finish_reason,
-            usage=Usage(input_tokens=result.prompt_tokens, output_tokens=len(result.token_ids)),
-            logprobs=logprobs, provider_data={PROVIDER_KEY: data},
-            logprobs_complete=logprobs is None or self._decode(result.token_ids) == result.text,
-        )
-
-    def _logprobs(self, result: GenResult) -> tuple[Any, ...] | None:
-        """`Response.logprobs` of a row that asked for them: each token's text, id and log-probability."""
-        from dspy.lm15 import TokenLogprob, TopLogprob
-
-        if result.logprobs is None:
-            return None
-        with self._tok_lock:
-            piece = lambda i: self.tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
-            return tuple(TokenLogprob(token=piece(t.token_id), logprob=t.logprob, token_id=t.token_id,
-                                      top=tuple(TopLogprob(token=piece(i), logprob=v, token_id=i) for i, v in t.top))
-                         for t in result.logprobs)
-
     # -- save / load (program.save) --------------------------------------------------------
     def dump_state(self) -> dict:
         """JSON state for `program.save`; `load_state` rebuilds (or reuses) the same engine."""
@@ -569,78 +404,6 @@ class SteeredEngine:
     def __repr__(self) -> str:
         sae = f", sae={self.sae.d_sae} latents @ layer {self.sae.cfg.hook_layer}" if self.sae is not None else ""
         return f"SteeredEngine({self.model_id}{sae}, steering={self.default_steering})"
-
-
-class AsyncSteeredEngine:
-    """The async face of a `SteeredEngine` (`await lm.acall(...)`, `dspy.asyncify`): same worker, same batches."""
-
-    def __init__(self, engine: SteeredEngine):
-        self.engine = engine
-
-    async def complete(self, request: Any) -> Any:
-        import asyncio
-
-        return await asyncio.wrap_future(self.engine.submit(request))
-
-    async def stream(self, request: Any):
-        """Per-token stream events, as `SteeredEngine.stream` gives them, awaited on the event loop."""
-        import asyncio
-
-        engine = self.engine
-        row = engine._take(request, lambda: calls.AsyncTokenFeed(asyncio.get_running_loop()))
-        events = engine._stream_events(row.job)
-        yield events.start()
-        try:
-            async for token in row.feed:
-                if (event := events.token(token)) is not None:
-                    yield event
-            for event in events.end(engine._response(await asyncio.wrap_future(row.future), row.job)):
-                yield event
-        finally:
-            row.withdraw()
-
-    async def aclose(self) -> None:
-        pass
-
-    def dump_state(self) -> dict:
-        return self.engine.dump_state()
-
-    @classmethod
-    def load_state(cls, state: dict) -> AsyncSteeredEngine:
-        return cls(SteeredEngine.load_state(state))
-
-
-def _row_order(job: GenerateJob) -> tuple:
-    """A total order on requests: shortest prompts first (less padding per model batch), then by
-    everything that makes two requests differ."""
-    row = job.row
-    return (len(row.prompt_ids), row.prompt_ids, job.steering.fingerprint() if job.steering is not None else "",
-            row.max_new_tokens, row.temperature, row.top_p, row.stop, row.capture, row.capture_features,
-            -1 if row.seed is None else row.seed, -1 if row.logprobs is None else row.logprobs)
-
-
-def _refuse_unsupported(cfg: Any, model_id: str) -> None:
-    """Refuse, by name, every request setting the engine would otherwise ignore."""
-    from dspy.lm15 import UnsupportedFeatureError
-
-    asked = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
-             if f.name not in HONOURED and getattr(cfg, f.name) not in (None, ())]
-    extensions = cfg.extensions or {}
-    asked += [f"{key}={extensions[key]!r}" for key in sorted(extensions) if key != "metadata"]
-    asked += [f"metadata key {key!r}" for key in sorted(extensions.get("metadata") or {}) if key not in METADATA_KEYS]
-    if asked:
-        raise UnsupportedFeatureError(
-            f"{model_id} does not support {', '.join(asked)}: it honours max_tokens, temperature, top_p, stop, "
-            f"seed, logprobs (and top_logprobs), and metadata keys {', '.join(METADATA_KEYS)}; drop the others")
-
-
-def _check_seed_and_logprobs(seed: int | None, logprobs: int | None, vocab: int) -> None:
-    from dspy.lm15 import InvalidRequestError
-
-    if seed is not None and not 0 <= seed < 2**64:
-        raise InvalidRequestError(f"seed must be an integer in [0, 2**64), got {seed}")
-    if logprobs is not None and not 0 <= logprobs <= vocab:
-        raise InvalidRequestError(f"top_logprobs must be between 0 and the vocabulary size {vocab}, got {logprobs}")
 
 
 def _clone_tokenizer(tokenizer: Any) -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from reasoning_dspy.features.analysis import Context, FeatureReport
-from reasoning_dspy.study.measures import reflects
+from reasoning_dspy.features.measures import reflects
 
 FeatureKind = Literal["reflection", "punctuation", "single token", "other"]
 

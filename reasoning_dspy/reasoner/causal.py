@@ -31,7 +31,7 @@ def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_
 
     from reasoning_dspy.engine.generate import GenRow, generate_rows
     from reasoning_dspy.engine.requests import render_chat
-    from reasoning_dspy.evaluation import is_correct, make_program
+    from reasoning_dspy.program.evaluation import is_correct, make_program
     from reasoning_dspy.reasoner.evaluate import step_measures
 
     tok, model = loaded.tokenizer, loaded.model
@@ -78,7 +78,7 @@ def summarize_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
     reflecting minus plain accuracy over the same problems."""
     import numpy as np
 
-    from reasoning_dspy.study.measures import bootstrap
+    from reasoning_dspy.reports.stats import bootstrap
 
     if not rows:
         raise ValueError("no forced-decision rows to summarize")

@@ -197,7 +197,7 @@ def build_program(program: str, instruction: str) -> Any:
     """The DSPy module the corpus is rendered for: `ChainOfThought` or `Predict` on
     `signatures.WordProblem`, with `instruction` as the signature's instructions. It is
     `evaluation.make_program`, the module inference runs, so training and inference prompts agree."""
-    from reasoning_dspy.evaluation import make_program
+    from reasoning_dspy.program.evaluation import make_program
 
     if program not in PROGRAMS:
         raise CorpusError(f"program must be one of {', '.join(PROGRAMS)}, got {program!r}")

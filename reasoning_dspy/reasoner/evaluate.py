@@ -41,10 +41,10 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
     """
     from tqdm.auto import tqdm
 
-    from reasoning_dspy.evaluation import solve
-    from reasoning_dspy.lm import SteeredLM, engine_of
     from reasoning_dspy.models import LoadedModel, load_model
     from reasoning_dspy.problems import make_problems
+    from reasoning_dspy.program.evaluation import solve
+    from reasoning_dspy.program.lm import SteeredLM, engine_of
 
     if split not in ("validation", "test"):
         raise ValueError(f"evaluate on held-out problems: split must be 'validation' or 'test', got {split!r} "
@@ -82,7 +82,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Per style: accuracy (overall and per family), parse rate, reflection rate, reasoning words per
     100 generated tokens, step accuracy and checks, mean length, mean feature activation, and the
     share of degenerate loops."""
-    from reasoning_dspy.study.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
 
     by_style: dict[str, list[dict]] = defaultdict(list)
     for r in rows:

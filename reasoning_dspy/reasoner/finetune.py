@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from reasoning_dspy.models import LoadedModel, check_device, load_model, model_spec
+from reasoning_dspy.models.adapter_files import AdapterError, load_adapter
 from reasoning_dspy.reasoner.finetune_config import FinetuneConfig
 from reasoning_dspy.reasoner.finetune_data import (
     IGNORE,
@@ -47,8 +48,6 @@ from reasoning_dspy.reasoner.finetune_data import (
 from reasoning_dspy.reasoner.finetune_files import (
     CHECKPOINT_DIR,
     LOG_FILE,
-    AdapterError,
-    load_adapter,
     load_checkpoint,
     read_log,
     save_adapter,
@@ -143,7 +142,7 @@ def _prepare_model(cfg: FinetuneConfig, loaded: LoadedModel | None, device: torc
     """The base model to train on `device`: loaded in float32, or a copy of the one given (never modified)."""
     if loaded is None:
         return load_model(cfg.base_model, dtype="float32", device=device)
-    from reasoning_dspy.gguf_models import ALIASES
+    from reasoning_dspy.models.gguf import ALIASES
 
     if loaded.model_spec.name not in (cfg.base_model, ALIASES.get(cfg.base_model)):
         raise ValueError(f"the given model is {loaded.model_spec.name!r} but cfg.base_model is {cfg.base_model!r}; "

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reasoning_dspy._config import load_config
 from reasoning_dspy._io import atomic_write_json
-from reasoning_dspy.config_files import load_config
 from reasoning_dspy.reasoner.corpus import CorpusConfig, corpus_stats, make_corpus, read_corpus, write_corpus
 from reasoning_dspy.reasoner.finetune_config import FinetuneConfig
 

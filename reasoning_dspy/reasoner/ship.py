@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json
-from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
-from reasoning_dspy.reasoner.merged import package_folder
+from reasoning_dspy.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+from reasoning_dspy.models.adapters import package_folder
 
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE)
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training_config.json", "train_log.jsonl")
@@ -31,7 +31,7 @@ SCORE_FILES = ("scores.safetensors", "features.json", "features.csv", "top_featu
 def ship_adapter(adapter: str | Path, dest: str | Path | None = None) -> Path:
     """Copy an adapter folder written by `reasoner train` (checked to load onto its base) to `dest`."""
     from reasoning_dspy.models import load_model
-    from reasoning_dspy.reasoner.finetune_files import adapter_info, load_adapter
+    from reasoning_dspy.models.adapter_files import adapter_info, load_adapter
 
     adapter, dest = Path(adapter), Path(dest) if dest is not None else package_folder()
     _require(adapter, ADAPTER_FILES, "an adapter folder (reasoner train writes OUT/adapter)")

@@ -76,7 +76,7 @@ def plot_steering_effect(groups: Mapping[str, Mapping[str, Sequence[float]]], pa
     bootstrap intervals over problems.
 
     `groups[name]` has per-trace lists `activation`, `words` and `tokens`."""
-    from reasoning_dspy.study.measures import bootstrap, rate_per_100
+    from reasoning_dspy.reports.stats import bootstrap, rate_per_100
 
     names = list(groups)
     fig = _figure(8.0, 3.4)

@@ -25,12 +25,13 @@ from torch import Tensor
 
 from reasoning_dspy._io import atomic_write_json
 from reasoning_dspy.models import check_device
-from reasoning_dspy.sae.base import SAE, LossContext, SAEConfig
+from reasoning_dspy.sae.base import SAE, LossContext
 from reasoning_dspy.sae.evals import SAEEval, evaluate_sae, fvu
 from reasoning_dspy.sae.io import WEIGHTS_FILE, save_sae
 from reasoning_dspy.sae.train_config import SAETrainConfig
 from reasoning_dspy.sae.train_data import TrainData, open_sources, source_metadata
 from reasoning_dspy.sae.train_files import load_checkpoint, plot_loss_curve, save_checkpoint, write_log
+from reasoning_dspy.sae.train_schedule import contiguous_aliases, init_sae, lr_at, sparsity_at
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
@@ -75,75 +76,6 @@ class TrainResult:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
-
-
-# -- initialisation --------------------------------------------------------------------------------
-
-
-def geometric_median(points: Tensor, iters: int = 50, tol: float = 1e-5) -> Tensor:
-    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances; `[n, d] -> [d]`.
-
-    Starts from the mean and stops once a step moves less than `tol` relative to the median's norm.
-    """
-    pts = points.float()
-    median = pts.mean(0)
-    for _ in range(iters):
-        w = 1.0 / torch.cdist(pts, median[None]).squeeze(1).clamp_min(1e-8)
-        new = (w @ pts) / w.sum()
-        moved = (new - median).norm().item()
-        median = new
-        if moved <= tol * max(1.0, median.norm().item()):
-            break
-    return median.to(points.dtype)
-
-
-def _init_sae(cfg: SAETrainConfig, d_in: int, sample: Tensor, meta: dict[str, Any]) -> SAE:
-    sae = SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae,
-                                    k=cfg.k if cfg.arch == "topk" else None, **meta))
-    with torch.no_grad():
-        if cfg.b_dec_init == "mean":
-            sae.b_dec.copy_(sample.mean(0))
-        elif cfg.b_dec_init == "geometric_median":
-            sae.b_dec.copy_(geometric_median(sample))
-        threshold = getattr(sae, "threshold", None)
-        if isinstance(threshold, Tensor):
-            threshold.fill_(cfg.jumprelu_init_threshold)
-    return sae
-
-
-# -- schedules -------------------------------------------------------------------------------------
-
-
-def lr_at(cfg: SAETrainConfig, step: int, total: int) -> float:
-    """Linear warm-up over the first `lr_warmup_frac`, constant, linear decay to 0 over the last `lr_decay_frac`."""
-    warm = max(1, round(cfg.lr_warmup_frac * total)) if cfg.lr_warmup_frac > 0 else 0
-    decay = round(cfg.lr_decay_frac * total)
-    factor = 1.0
-    if warm and step < warm:
-        factor = (step + 1) / warm
-    if decay and step >= total - decay:
-        factor = min(factor, (total - step) / decay)
-    return cfg.lr * factor
-
-
-def sparsity_at(cfg: SAETrainConfig, step: int, total: int) -> float:
-    """The architecture's λ (L1 for relu, L0 for jumprelu), ramped up linearly from 0."""
-    coef = {"relu": cfg.l1_coefficient, "jumprelu": cfg.l0_coefficient}.get(cfg.arch, 0.0)
-    warm = round(cfg.sparsity_warmup_frac * total)
-    return coef * min(1.0, (step + 1) / warm) if warm else coef
-
-
-def _contiguous_aliases(params: list[Tensor]) -> list[Tensor]:
-    """What Adam updates: each parameter, or for a transposed-stored one a contiguous alias of the
-    same memory (`p.detach().T`). Fused Adam copies non-contiguous tensors on every step; the alias
-    avoids that (its `.grad` is set to `p.grad.T` before each step)."""
-    out = []
-    for p in params:
-        if p.is_contiguous() or p.dim() != 2 or not p.T.is_contiguous():
-            out.append(p)
-        else:
-            out.append(p.detach().T)
-    return out
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -224,14 +156,14 @@ def train_sae(
     torch.manual_seed(cfg.seed)
     sample = data.sample(cfg.init_tokens).float()
     scale = math.sqrt(data.d_in) / sample.norm(dim=1).mean().item() if cfg.normalize_inputs else 1.0
-    sae = _init_sae(cfg, data.d_in, sample * scale, meta).to(device)
+    sae = init_sae(cfg, data.d_in, sample * scale, meta).to(device)
     sync.broadcast_(sae.parameters())  # every rank starts from rank 0's SAE (and input scale)
     scale = sync.from_main(scale)
     fast = cfg.fast and cfg.arch == "topk"
     if fast:  # W_enc stored as [d_sae, d_in] rows: the fast backward writes its gradient in that layout
         sae.W_enc.data = sae.W_enc.data.T.contiguous().T
     params = list(sae.parameters())
-    slots = _contiguous_aliases(params)
+    slots = contiguous_aliases(params)
     opt = torch.optim.Adam(slots, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                            fused=device.type in ("cpu", "cuda"))
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)

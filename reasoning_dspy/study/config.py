@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reasoning_dspy.config_files import load_config
+from reasoning_dspy._config import load_config
 from reasoning_dspy.sae.train_config import SAETrainConfig
 from reasoning_dspy.tracking.config import TrackingConfig
 

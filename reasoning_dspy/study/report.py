@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from reasoning_dspy._io import atomic_write_figure, atomic_write_text
+from reasoning_dspy.features.measures import TraceMeasures
+from reasoning_dspy.reports.stats import bootstrap, rate_per_100
 from reasoning_dspy.study.conditions import Condition
-from reasoning_dspy.study.measures import TraceMeasures, bootstrap, rate_per_100
 
 #: Measures reported per condition: (key, label, per-100 or share formatting).
 MEASURES: tuple[tuple[str, str], ...] = (

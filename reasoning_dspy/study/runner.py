@@ -118,7 +118,7 @@ class Study:
 
     # -- generation through DSPy -----------------------------------------------------------------
     def lm(self, **kwargs: Any) -> Any:
-        from reasoning_dspy.lm import SteeredLM
+        from reasoning_dspy.program.lm import SteeredLM
 
         return SteeredLM(self.loaded, max_tokens=self.cfg.max_tokens, cache=False,
                          max_batch_size=self.cfg.batch_size, **kwargs)
@@ -130,7 +130,7 @@ class Study:
         are dealt to the problems in turn (default: the study's one instruction)."""
         from tqdm.auto import tqdm
 
-        from reasoning_dspy.evaluation import solve
+        from reasoning_dspy.program.evaluation import solve
 
         rows = _read_jsonl(path)
         done = {r["id"] for r in rows}
@@ -267,7 +267,7 @@ def _feature_row(report: Any) -> dict:
 
 
 def _close(lm: Any) -> None:
-    from reasoning_dspy.lm import engine_of
+    from reasoning_dspy.program.lm import engine_of
 
     engine_of(lm).close()
 

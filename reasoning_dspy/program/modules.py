@@ -17,7 +17,7 @@ import dspy
 
 from reasoning_dspy.engine import SteeredEngine
 from reasoning_dspy.engine.fingerprint import tensors_fingerprint
-from reasoning_dspy.lm import SteeredLM, collect_reports, derived_lm, engine_of
+from reasoning_dspy.program.lm import SteeredLM, collect_reports, derived_lm, engine_of
 from reasoning_dspy.sae import SAE
 from reasoning_dspy.steering import SteeringSpec, Units
 

@@ -52,8 +52,8 @@ def solve(lm: Any, problems: Sequence[Any], *, program: str | Any = "cot", instr
     import dspy
     from dspy.utils.parallelizer import ParallelExecutor
 
-    from reasoning_dspy.adapter import LenientChatAdapter
-    from reasoning_dspy.lm import collect_reports, engine_of
+    from reasoning_dspy.program.adapter import LenientChatAdapter
+    from reasoning_dspy.program.lm import collect_reports, engine_of
 
     module = make_program(program, instruction)
     metadata = {"steering": steering.model_dump(mode="json") if hasattr(steering, "model_dump") else steering}

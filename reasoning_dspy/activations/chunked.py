@@ -31,7 +31,7 @@ from pathlib import Path
 from torch import nn
 
 from reasoning_dspy._io import atomic_write_json, atomic_write_text
-from reasoning_dspy.activations import (
+from reasoning_dspy.activations.cache import (
     MANIFEST,
     PROMPTS,
     ActivationCache,
@@ -40,10 +40,10 @@ from reasoning_dspy.activations import (
     ShardInfo,
     StorageDType,
     _start_or_resume,
-    iter_residuals,
     prompts_fingerprint,
     write_shard,
 )
+from reasoning_dspy.activations.residuals import iter_residuals
 from reasoning_dspy.distributed.group import Ranks, all_ok, current, share_from_main
 from reasoning_dspy.models import model_spec as get_model_spec
 from reasoning_dspy.models import resolve_dtype

@@ -114,7 +114,7 @@ class ReasoningActivationMetric:
                     f"the prediction has no {self.field!r}: produce it with SAESteeringModule, or pass "
                     "lm=SteeredLM(..., sae=...) to ReasonScoreMetric so it can measure the text"
                 )
-            from reasoning_dspy.lm import engine_of
+            from reasoning_dspy.program.lm import engine_of
 
             engine = engine_of(self.lm)
             features = self.features if self.features is not None else engine.reasoning_features

