@@ -144,13 +144,13 @@ def make_corpus(config: CorpusConfig | None = None, /, **kwargs: Any) -> list[Re
 def _drill(i: int, config: CorpusConfig) -> ReasonerExample:
     rng = random.Random(f"reasoning-dspy-drill:{config.seed}:{i}")
     chain = [drill_step(rng) for _ in range(config.drill_steps)]
-    messages, untrained, quick = write_drill(chain, config.slip_rate, rng)
-    wrong = [f"{s.a} {s.op} {s.b} = {q}" for s, q in quick if q != s.c]
+    messages, untrained, written = write_drill(chain, config.slip_rate, rng)
+    wrong = [f"{w.step.a} {w.step.op} {w.step.b} = {w.quick}" for w in written if w.caught]
     return ReasonerExample(
         messages=messages, untrained=untrained, problem_id=f"drill-{config.seed}-{i}", family="drill",
         difficulty=1, program="drill", style="", instruction="", reflects=True, slipped=bool(wrong),
-        caught=len(wrong), correct=True, answer="", steps=[f"{s.a} {s.op} {s.b} = {s.c}" for s in chain],
-        slips=wrong)
+        caught=len(wrong), correct=True, answer="",
+        steps=[f"{w.step.a} {w.step.op} {w.step.b} = {w.value}" for w in written], slips=wrong)
 
 
 def _fact_sheet(i: int, config: CorpusConfig) -> ReasonerExample:
@@ -268,7 +268,7 @@ def corpus_stats(examples: Sequence[ReasonerExample]) -> CorpusStats:
         return sum(flags) / len(flags) if flags else None
 
     programs = Counter(e.program for e in examples)
-    examples = [e for e in examples if e.program in PROGRAMS]  # the word problems; drills are only counted
+    examples = [e for e in examples if e.program in PROGRAMS]  # the word problems; drills and sheets are only counted
     cot = [e for e in examples if e.program == "cot"]
     styles = sorted({e.style for e in examples})
     return CorpusStats(

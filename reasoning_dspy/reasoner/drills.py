@@ -8,7 +8,7 @@ scratchpad, the verdict). Mixed into the corpus, drills give the digit-level fac
 practice per CPU second, in the very text the word problems use. Quick answers are written wrong at
 `slip_rate`, and those wrong digits carry no loss, as in the word problems.
 
-    >>> messages, untrained, quick = write_drill([Step(413, "+", 76)], 0.0, random.Random(0))
+    >>> messages, untrained, written = write_drill([Step(413, "+", 76)], 0.0, random.Random(0))
     >>> messages[-1]["content"]  # doctest: +ELLIPSIS
     '413 + 76 = 489. ... 413 + 076: ones 3+6=9, write 9; tens 1+7=8, write 8; hundreds 4+0=4, write 4; so 489. ...'
 
@@ -27,7 +27,7 @@ import random
 import re
 
 from reasoning_dspy.reasoner.scratchpad import add_column, divide_column, multiply_column, subtract_column
-from reasoning_dspy.reasoner.trace import Step, plan_slips, write_step
+from reasoning_dspy.reasoner.trace import Step, WrittenStep, plan_slips, write_step
 
 #: What the user asks of a drill, one step a line after it.
 ASKS = ("Work out each step, then check it digit by digit:", "Compute and check:",
@@ -59,21 +59,21 @@ def drill_step(rng: random.Random) -> Step:
 
 
 def write_drill(steps: list[Step], slip_rate: float, rng: random.Random
-                ) -> tuple[list[dict[str, str]], list[tuple[int, int]], list[tuple[Step, int]]]:
+                ) -> tuple[list[dict[str, str]], list[tuple[int, int]], list[WrittenStep]]:
     """The chat messages of one drill, the untrained character spans of its answer, and each step with
-    its quick answer as written."""
-    lines, untrained, quick = [], [], []
+    its quick answer and check as written."""
+    lines, untrained, steps_written = [], [], []
     offset = 0
     for step in steps:
         slip = plan_slips([step], {step.a, step.b}, slip_rate, rng)
         line, spans, written = write_step(step, slip.get(0, step.c), checks=True, rng=rng)
         untrained += [(offset + a, offset + b) for a, b in spans]
-        quick.append((step, written.quick))
+        steps_written.append(written)
         lines.append(line)
         offset += len(line) + 1
     ask = rng.choice(ASKS) + "\n" + "\n".join(s.expr() for s in steps)
     messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "\n".join(lines)}]
-    return messages, untrained, quick
+    return messages, untrained, steps_written
 
 
 #: What the user asks of a fact sheet.
