@@ -8,9 +8,9 @@ scratchpad, the verdict). Mixed into the corpus, drills give the digit-level fac
 practice per CPU second, in the very text the word problems use. Quick answers are written wrong at
 `slip_rate`, and those wrong digits carry no loss, as in the word problems.
 
-    >>> messages, untrained, written = write_drill([Step(413, "+", 76)], 0.0, random.Random(0))
+    >>> messages, untrained, written = write_drill([Step(13, "+", 76)], 0.0, random.Random(0))
     >>> messages[-1]["content"]  # doctest: +ELLIPSIS
-    '413 + 76 = 489. ... 413 + 076: ones 3+6=9, write 9; tens 1+7=8, write 8; hundreds 4+0=4, write 4; so 489. ...'
+    '13 + 76 = 89. ... 13 + 76: ones 3+6=9, write 9; tens 1+7=8, write 8; so 89. ...'
 
 A fact sheet goes one level lower: single scratchpad columns (`7+5=12, write 2 carry 1`,
 `4-8, borrow: 14-8=6`), drawn uniformly over every column the scratchpads can write rather than at
@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import re
 
+from reasoning_dspy.problems.chains import MAX_VALUE
 from reasoning_dspy.reasoner.scratchpad import add_column, divide_column, multiply_column, subtract_column
 from reasoning_dspy.reasoner.trace import Step, WrittenStep, plan_slips, write_step
 
@@ -37,25 +38,30 @@ ASKS = ("Work out each step, then check it digit by digit:", "Compute and check:
 def drill_step(rng: random.Random) -> Step:
     """A step within the chains' bounds (`problems.chains.in_bounds`), every operator and operand
     size about equally often, one-digit operands included (they are padded, the commonest slip)."""
+    widest = len(str(MAX_VALUE))
+
     def number(digits: int) -> int:
         return rng.randint(1 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+    def size() -> int:
+        return rng.choice((1, *[d for d in range(2, widest + 1) for _ in range(2)]))
 
     op = rng.choice("+-*/")
     if op == "+":
         while True:
-            a, b = number(rng.choice((1, 2, 2, 3, 3))), number(rng.choice((1, 2, 2, 3, 3)))
-            if a + b <= 999:
+            a, b = number(size()), number(size())
+            if a + b <= MAX_VALUE:
                 return Step(a, "+", b)
     if op == "-":
-        a = number(rng.choice((2, 3, 3)))
-        b = min(number(rng.choice((1, 2, 2, 3))), a)
+        a = number(rng.choice(range(2, widest + 1)))
+        b = min(number(size()), a)
         return Step(a, "-", b)
     if op == "*":
         small = rng.randint(2, 9)
-        big = rng.randint(10, 999 // small)
+        big = rng.randint(10, MAX_VALUE // small)
         return Step(big, "*", small) if rng.random() < 0.7 else Step(small, "*", big)
     divisor = rng.randint(2, 9)
-    return Step(divisor * rng.randint(2, 999 // divisor), "/", divisor)
+    return Step(divisor * rng.randint(2, MAX_VALUE // divisor), "/", divisor)
 
 
 def write_drill(steps: list[Step], slip_rate: float, rng: random.Random

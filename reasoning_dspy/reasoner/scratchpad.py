@@ -3,17 +3,19 @@
 A direct answer to "347 + 85" asks a small model to do the whole sum in one token sequence; the
 scratchpad splits it into single-digit facts, one column at a time, each written out (Lee et al.
 2023, "Teaching Arithmetic to Small Transformers"). It first restates the operands zero-padded to
-three digits, so every column sits at the same offset in every step, then always works three
-columns (four when a carry runs out of them):
+`WIDTH` digits (the widest number a chain holds), so every column sits at the same offset in every
+step of the chains, then works one column per digit (one more when a carry runs out of them):
 
-    >>> scratchpad(347, "+", 85)
+    >>> scratchpad(47, "+", 38)
+    '47 + 38: ones 7+8=15, write 5 carry 1; tens 4+3+1=8, write 8; so 85'
+    >>> scratchpad(84, "-", 9)
+    '84 - 09: ones 4-9, borrow: 14-9=5; tens 8-1-0=7; so 75'
+    >>> scratchpad(12, "*", 8)
+    '12 × 8: ones 2×8=16, write 6 carry 1; tens 1×8=8, +1=9; so 96'
+    >>> scratchpad(84, "/", 6)
+    '84 / 6: 8/6=1 r2; 24/6=4 r0; so 14'
+    >>> scratchpad(347, "+", 85)  # wider numbers take more columns
     '347 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; hundreds 3+0+1=4, write 4; so 432'
-    >>> scratchpad(304, "-", 268)
-    '304 - 268: ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; hundreds 3-1-2=0; so 36'
-    >>> scratchpad(55, "*", 8)
-    '055 × 8: ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44, write 4 carry 4; hundreds 0×8=0, +4=4; so 440'
-    >>> scratchpad(144, "/", 6)
-    '144 / 6: 1/6=0 r1; 14/6=2 r2; 24/6=4 r0; so 24'
 
 Every fact in the text is true arithmetic (`facts` reads them back), and the text ends with
 `so <result>`. The operand bounds are those of `reasoning_dspy.problems.chains.in_bounds`.
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import re
 
+from reasoning_dspy.problems.chains import MAX_VALUE
+
 _PLACES = ("ones", "tens", "hundreds", "thousands")
-WIDTH = 3  # operands are written with at least this many digits
+WIDTH = len(str(MAX_VALUE))  # operands are written with at least this many digits: the chains' widest
 SYMBOL = {"+": "+", "-": "-", "*": "×", "/": "/"}
 
 

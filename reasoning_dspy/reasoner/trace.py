@@ -3,10 +3,10 @@ a digit-level check that catches a wrong quick answer and fixes it.
 
 Every chain-of-thought trace restates its instruction on its first line. The next token decides:
 a reflecting trace says it will check (`REFLECTIVE_OPENERS`), a plain one goes straight to the first
-step. Each step is first written as a direct answer, `304 - 268 = 36.`, the quick route a small
+step. Each step is first written as a direct answer, `84 - 38 = 46.`, the quick route a small
 model gets wrong at its own rate. A reflecting trace then works the step out digit by digit
 (`scratchpad`), a different route to the same number, and compares: the same number is confirmed;
-a different one is caught ("Wait, 36 + 115 is 151, not 141.") and the trace goes on with the
+a different one is caught ("Wait, 46 + 15 is 61, not 51.") and the trace goes on with the
 checked value. A plain trace carries a wrong quick answer into the steps after it.
 
 In the training corpus a quick answer is sometimes written wrong on purpose (`plan_slips`), so the
@@ -23,6 +23,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from reasoning_dspy.problems.chains import MAX_VALUE, in_bounds
 from reasoning_dspy.reasoner.scratchpad import SYMBOL, final_value, result, scratchpad
 
 #: The first line of every chain-of-thought trace: its instruction, restated.
@@ -129,15 +130,13 @@ def _slip_value(step: Step, rng: random.Random) -> int | None:
     deltas = {"+": (-10, -100, 1, -1, 10), "-": (10, 100, 1, -1, -10), "*": (10, -10, step.b, -step.b, 1, -1),
               "/": (1, -1, 10, -10, 2)}[step.op]
     wrong = c + rng.choice(deltas)
-    return wrong if 0 <= wrong <= 999 and wrong != c else None
+    return wrong if 0 <= wrong <= MAX_VALUE and wrong != c else None
 
 
 def propagate(chain: list[Step], quick: dict[int, int]) -> list[Step] | None:
     """The steps a trace actually computes when step `i`'s result is written as `quick[i]` and never
     corrected: every later operand equal to that result is replaced. None when a replaced step falls
     outside the chains' bounds (a negative difference, an inexact division)."""
-    from reasoning_dspy.problems.chains import in_bounds
-
     replaced: dict[int, int] = {}
     out = []
     for i, step in enumerate(chain):
