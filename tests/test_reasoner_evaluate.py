@@ -100,4 +100,11 @@ def test_cli_causal_and_steps_run_and_refuse_bad_input(tmp_path):
     assert result.exit_code == 2 and "held-out" in result.output
     result = CliRunner().invoke(app, ["reasoner", "steps", "--model", "tiny-random", "--n", "2", "--shots", "1"])
     assert result.exit_code == 0, result.output
-    assert len([line for line in result.output.splitlines() if "scratchpad" in line]) == 7
+    assert len([line for line in result.output.splitlines() if "scratchpad" in line]) == 8
+    result = CliRunner().invoke(app, ["reasoner", "steps", "--model", "tiny-random", "--n", "2", "--kind", "add 2+2",
+                                      "--kind", "div 2/1"])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[:2] for line in result.output.splitlines() if "scratchpad" in line] == [["add", "2+2"],
+                                                                                                  ["div", "2/1"]]
+    result = CliRunner().invoke(app, ["reasoner", "steps", "--kind", "add 4+4"])
+    assert result.exit_code == 2 and "unknown step kinds ['add 4+4']" in result.output

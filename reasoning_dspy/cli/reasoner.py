@@ -129,15 +129,20 @@ def reasoner_steps(
     model: str = typer.Option("smollm2", help="any name load_model takes"),
     n: int = typer.Option(48, min=1, help="steps of each kind"),
     shots: int = typer.Option(3, min=0, help="worked examples before each step"),
+    kinds: list[str] = typer.Option([], "--kind", help="step kinds to probe (repeat), e.g. 'add 2+2' "
+                                    "(default: every kind)"),
     out: Path | None = typer.Option(None, help="write the accuracies to this JSON file"),
 ) -> None:
     """Per-step arithmetic accuracy by kind of step, answered directly and by digit scratchpad (few-shot, greedy)."""
     from reasoning_dspy._io import atomic_write_json
     from reasoning_dspy.models import ModelLoadError, load_model
-    from reasoning_dspy.reasoner.step_probe import probe_steps
+    from reasoning_dspy.reasoner.step_probe import KINDS, probe_steps
 
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:  # before loading the model
+        fail(f"unknown step kinds {unknown}; choose from {', '.join(KINDS)}")
     try:
-        result = probe_steps(load_model(model), n=n, shots=shots)
+        result = probe_steps(load_model(model), n=n, shots=shots, kinds=tuple(kinds) or None)
     except (ModelLoadError, ValueError) as err:
         fail(str(err))
     if out is not None:

@@ -39,16 +39,18 @@ def _mul(lo: int, hi: int) -> Draw:
     return draw
 
 
-def _div(r: random.Random) -> tuple[int, str, int]:
-    b = r.randint(2, 9)
-    return b * r.randint(2, 999 // b), "/", b
+def _div(hi: int) -> Draw:
+    def draw(r: random.Random) -> tuple[int, str, int]:
+        b = r.randint(2, 9)
+        return b * r.randint(2, hi // b), "/", b
+    return draw
 
 
 #: Kinds of step a scratchpad works, each drawn uniformly within its bounds (the chains use the
 #: two-digit ones; the three-digit ones show how accuracy falls with width).
 KINDS: dict[str, Draw] = {
     "add 2+2": _add(10, 99), "add 3+3": _add(100, 499), "sub 2-2": _sub(10, 99), "sub 3-3": _sub(100, 999),
-    "mul 2x1": _mul(10, 99), "mul 3x1": _mul(100, 499), "div 3/1": _div,
+    "mul 2x1": _mul(10, 99), "mul 3x1": _mul(100, 499), "div 2/1": _div(99), "div 3/1": _div(999),
 }
 ROUTES = ("direct", "scratchpad")
 
