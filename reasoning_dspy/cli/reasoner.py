@@ -54,7 +54,7 @@ def reasoner_eval(
     out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file"),
 ) -> None:
     """Held-out accuracy (overall, per family), ChatAdapter parse rate, reflection rate and reasoning
-    words per instruction style, greedy, through dspy.ChainOfThought("question -> answer")."""
+    words per instruction style, greedy, through dspy.ChainOfThought(signatures.WordProblem)."""
     from reasoning_dspy._io import atomic_write_json
     from reasoning_dspy.models import ModelLoadError
     from reasoning_dspy.problems import ProblemError

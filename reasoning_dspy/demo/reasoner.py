@@ -75,7 +75,7 @@ def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
 
 
 def stage_traces(state: ReasonerDemoState) -> None:
-    """Held-out problems answered greedily through `dspy.ChainOfThought("question -> answer")`, with
+    """Held-out problems answered greedily through `dspy.ChainOfThought(signatures.WordProblem)`, with
     DSPy's default instruction (what an unoptimized program sends) and with a careful one."""
     from reasoning_dspy.features.measures import reflects
     from reasoning_dspy.problems import make_problems
@@ -170,6 +170,7 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     from optimizers import ReasoningOptimizer
     from reasoning_dspy.problems import as_dspy_examples, make_problems
     from reasoning_dspy.program.adapter import LenientChatAdapter
+    from reasoning_dspy.program.evaluation import make_program
     from reasoning_dspy.program.lm import engine_of
 
     train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0))
@@ -178,7 +179,7 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     lm = _lm(state, max_batch_size=4 * OPTIMIZER_PROBLEMS)
     try:
         with dspy.context(lm=lm):
-            compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=train)
+            compiled = optimizer.compile(make_program("cot"), trainset=train)
     finally:
         engine_of(lm).close()
     state.trials = compiled.trials

@@ -35,7 +35,7 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
         f"Model `{state.model}` ({spec.n_layers} layers, d_model {spec.d_model}); its shipped SAE: "
         f"{_sae_kind(state.sae.cfg)} with {state.sae.d_sae:,} latents at layer {state.sae.cfg.hook_layer}; "
         f"{len(state.problems)} held-out word "
-        "problems answered greedily by `dspy.ChainOfThought(\"question -> answer\")` through `SteeredLM`.",
+        "problems answered greedily by `dspy.ChainOfThought(signatures.WordProblem)` through `SteeredLM`.",
         "",
         "## The SAE's training",
         "",

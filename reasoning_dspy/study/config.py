@@ -35,10 +35,10 @@ class StudyConfig(BaseModel):
     families: list[str] | None = Field(None, description="problem families, e.g. [chains] for smollm2-reasoner's "
                                        "chain problems (None: the default mix)")
     program: Literal["cot", "predict", "chat"] = Field("cot", description=(
-        "dspy.ChainOfThought or dspy.Predict (question -> answer), or chat: the question and CHAT_SUFFIX "
+        "dspy.ChainOfThought or dspy.Predict on signatures.WordProblem, or chat: the question and CHAT_SUFFIX "
         "as one user message straight to the SteeredLM, for models too small to follow DSPy's field format"))
     instruction: str | None = Field(None, description=(
-        "the program's signature instructions (None: DSPy's default for question -> answer); unused by chat"))
+        "the program's signature instructions (None: WordProblem's own, DSPy's default); unused by chat"))
     trace_instructions: list[str] | None = Field(None, description=(
         "instructions dealt in turn to the training problems whose traces the SAE learns from (None: "
         "`instruction`), so the SAE sees the model both reflecting and not; the test problems always use "

@@ -5,7 +5,7 @@ are already there, so an interrupted run continues where it stopped.
 
 Every generation goes through a `SteeredLM`, with each condition's steering passed per call as
 DSPy metadata, so the study measures exactly what a DSPy user of the library gets. The program is
-`dspy.ChainOfThought("question -> answer")` (or `Predict`), or, for models too small to follow
+`dspy.ChainOfThought(signatures.WordProblem)` (or `Predict`), or, for models too small to follow
 DSPy's field format, `chat`: the question and `CHAT_SUFFIX` as one user message.
 """
 
