@@ -136,12 +136,10 @@ def reasoner_steps(
     """Per-step arithmetic accuracy by kind of step, answered directly and by digit scratchpad (few-shot, greedy)."""
     from reasoning_dspy._io import atomic_write_json
     from reasoning_dspy.models import ModelLoadError, load_model
-    from reasoning_dspy.reasoner.step_probe import KINDS, probe_steps
+    from reasoning_dspy.reasoner.step_probe import check_kinds, probe_steps
 
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:  # before loading the model
-        fail(f"unknown step kinds {unknown}; choose from {', '.join(KINDS)}")
     try:
+        check_kinds(kinds)  # before loading the model
         result = probe_steps(load_model(model), n=n, shots=shots, kinds=tuple(kinds) or None)
     except (ModelLoadError, ValueError) as err:
         fail(str(err))

@@ -72,6 +72,14 @@ def read_answer(completion: str, route: str) -> int | None:
     return int(m.group()) if m else None
 
 
+def check_kinds(kinds: tuple[str, ...] | list[str]) -> None:
+    """Refuse step kinds `KINDS` does not have, naming the ones it does (cheap: callers check before
+    loading a model)."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown step kinds {unknown}; choose from {', '.join(KINDS)}")
+
+
 def probe_steps(loaded: Any, n: int = 48, shots: int = 3, seed: int = 0, batch_size: int = 24,
                 kinds: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """Accuracy per kind and route over `n` steps each, `shots` worked examples of the same kind
@@ -80,9 +88,7 @@ def probe_steps(loaded: Any, n: int = 48, shots: int = 3, seed: int = 0, batch_s
 
     if n < 1 or shots < 0:
         raise ValueError(f"n must be >= 1 and shots >= 0, got n={n}, shots={shots}")
-    unknown = sorted(set(kinds or ()) - set(KINDS))
-    if unknown:
-        raise ValueError(f"unknown step kinds {unknown}; choose from {', '.join(KINDS)}")
+    check_kinds(kinds or ())
     out: dict[str, dict[str, float]] = {}
     tok = loaded.tokenizer
     for kind in kinds or tuple(KINDS):
