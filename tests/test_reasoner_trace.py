@@ -46,10 +46,13 @@ def test_the_scratchpad_works_digit_by_digit_on_padded_operands():
     assert scratchpad(999, "+", 1).endswith("thousands 1, write 1; so 1000")
     assert scratchpad(304, "-", 268) == ("304 - 268: ones 4-8, borrow: 14-8=6; tens 0-1-6, borrow: 9-6=3; "
                                          "hundreds 3-1-2=0; so 36")
-    assert scratchpad(8, "*", 55) == scratchpad(55, "*", 8) == (
-        "55 × 8: ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44; so 440")
-    assert scratchpad(96, "/", 4) == "96 / 4: 9/4=2 r1; 16/4=4 r0; so 24"
-    assert scratchpad(144, "/", 6) == "144 / 6: 1/6=0 r1; 14/6=2 r2; 24/6=4 r0; so 24"
+    assert scratchpad(55, "*", 8) == "55 × 8: ones 5×8=40, write 0 carry 4; tens 5×8=40, +4=44; so 440"
+    # in the order given: the check restates the step it checks
+    assert scratchpad(8, "*", 55) == "8 × 55: ones 8×5=40, write 0 carry 4; tens 8×5=40, +4=44; so 440"
+    assert scratchpad(7, "*", 8) == "07 × 8: ones 7×8=56, write 6 carry 5; tens 0×8=0, +5=5; so 56"
+    assert scratchpad(96, "/", 4) == "96 / 4: 9/4=2 r1; bring down 6: 16/4=4 r0; so 24"
+    assert scratchpad(144, "/", 6) == ("144 / 6: 1/6=0 r1; bring down 4: 14/6=2 r2; bring down 4: 24/6=4 r0; "
+                                       "so 24")
     # every step of the chains (two digits) works exactly two columns, each at the same place in the text
     for a, op, b in ((5, "+", 7), (12, "-", 3), (31, "*", 2), (8, "/", 2)):
         assert scratchpad(a, op, b).count(";") == 2, scratchpad(a, op, b)
@@ -118,6 +121,25 @@ def test_a_written_trace_reads_back_to_its_steps(reflects):
         if reflects:
             assert trace.answer == p.answer
             assert [w.caught for w in trace.steps] == [i in slips for i in range(len(chain))]
+
+
+def test_each_step_quotes_the_sentence_that_asks_for_it_once():
+    for i, p in enumerate(make_problems(300, split="train", seed=6, families=["chains"])):
+        chain = chain_of(p.steps)
+        assert len(p.sources) == len(chain) and all(s in p.question for s in p.sources)
+        for j, (step, source) in enumerate(zip(chain, p.sources, strict=True)):
+            stated = {int(n) for n in re.findall(r"\d+", source)}
+            # the sentence states this step's new operand (a group total adds the product just before it)
+            assert {step.a, step.b} & stated or (j and p.sources[j - 1] == source), (source, step)
+        rng = random.Random(i)
+        trace = write_trace(chain, instruction="Answer.", reflects=bool(i % 2), slips={}, rng=rng, sources=p.sources)
+        lines = [line for line in trace.text.split("\n") if read_steps(line)]
+        assert len(lines) == len(chain) and read_steps(trace.text) == trace.steps
+        for j, (line, step) in enumerate(zip(lines, chain, strict=True)):
+            quoted = p.sources[j] if j == 0 or p.sources[j] != p.sources[j - 1] else ""
+            assert line.startswith(f"{quoted} {step.expr()} = " if quoted else f"{step.expr()} = "), line
+    with pytest.raises(ValueError, match="one sentence per step"):
+        write_trace(chain, instruction="Answer.", reflects=True, slips={}, rng=rng, sources=["Only one."])
 
 
 def test_a_models_wrong_check_is_read_as_written():

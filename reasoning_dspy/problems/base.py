@@ -45,6 +45,8 @@ class Problem(BaseModel):
     difficulty: int = Field(ge=1, le=3)
     quantities: dict[str, float] = Field(description="role -> number stated in the question")
     steps: list[str] = Field(description="solution steps, one binary operation each: 'a op b = c'")
+    sources: list[str] = Field(default_factory=list, description="for each step, the sentence of the question "
+                               "that asks for it, where the family records it (chains do; empty otherwise)")
 
     @field_validator("answer")
     @classmethod
@@ -86,6 +88,7 @@ class Draft:
         self.level = level
         self.quantities: dict[str, float] = {}
         self.steps: list[str] = []
+        self.sources: list[str] = []  # one per step, when a family says which sentence asks for it
 
     def q(self, role: str, value: Fraction | int) -> Fraction:
         """Record a number the question states, under `role`."""

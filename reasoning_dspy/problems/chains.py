@@ -60,16 +60,16 @@ def _t(one: str, many: str, group: str, groups: str, place: str, gain: str, lose
 
 THEMES: tuple[Theme, ...] = (
     _t("apple", "apples", "bag", "bags", "at the orchard",
-       "{name} picks {k} more apples.|A neighbour gives {them} {k} apples.|{They} buy{s} another {k} apples",
+       "{name} picks {k} more apples.|A neighbour gives {them} {k} apples.|{They} buy{s} {k} extra apples",
        "{name} uses {k} apples for a pie.|{They} sell{s} {k} apples.|{k} of the apples are bruised and thrown away"),
     _t("book", "books", "box", "boxes", "at the library",
-       "The library receives {k} new books.|{name} adds {k} donated books.|Another {k} books are returned",
-       "{k} books are lent out.|{name} removes {k} old books.|{They} send{s} {k} books to another branch"),
+       "The library receives {k} new books.|{name} adds {k} donated books.|{k} borrowed books are returned",
+       "{k} books are lent out.|{name} removes {k} old books.|{They} send{s} {k} books to a second branch"),
     _t("cookie", "cookies", "tray", "trays", "in the bakery",
-       "{name} bakes {k} more cookies.|{They} make{s} another {k} cookies.|A friend brings {k} cookies",
+       "{name} bakes {k} more cookies.|{They} make{s} {k} extra cookies.|A friend brings {k} cookies",
        "{k} cookies are sold.|{name} eats {k} cookies.|{They} give{s} {k} cookies to the neighbours"),
     _t("egg", "eggs", "carton", "cartons", "on the farm",
-       "The hens lay {k} more eggs.|{name} collects another {k} eggs.|{They} buy{s} {k} eggs from a neighbour",
+       "The hens lay {k} more eggs.|{name} collects {k} fresh eggs.|{They} buy{s} {k} eggs from a neighbour",
        "{k} eggs break.|{name} uses {k} eggs for breakfast.|{They} sell{s} {k} eggs at the gate"),
     _t("marble", "marbles", "jar", "jars", "in the playroom",
        "{name} wins {k} marbles.|A cousin gives {them} {k} marbles.|{They} find{s} {k} more marbles",
@@ -90,16 +90,16 @@ THEMES: tuple[Theme, ...] = (
        "{name} wins {k} cards in a game.|{They} get{s} {k} cards as a gift.|{They} buy{s} {k} more cards",
        "{name} trades away {k} cards.|{They} give{s} {k} cards to a younger player.|{k} cards get damaged"),
     _t("plate", "plates", "stack", "stacks", "in the restaurant kitchen",
-       "{name} buys {k} new plates.|The kitchen gets {k} more plates.|{They} unpack{s} another {k} plates",
+       "{name} buys {k} new plates.|The kitchen gets {k} more plates.|{They} unpack{s} {k} spare plates",
        "{k} plates break.|{name} lends {k} plates to a caterer.|{They} throw{s} out {k} chipped plates"),
     _t("pencil", "pencils", "pack", "packs", "in the classroom",
        "The teacher orders {k} more pencils.|{name} brings {k} pencils from home.|{They} find{s} {k} pencils",
        "{k} pencils go missing.|{name} hands out {k} pencils.|{They} throw{s} away {k} broken pencils"),
     _t("flower", "flowers", "bunch", "bunches", "at the flower stall",
-       "{name} cuts {k} more flowers.|A grower delivers {k} flowers.|{They} pick{s} another {k} flowers",
+       "{name} cuts {k} more flowers.|A grower delivers {k} flowers.|{They} pick{s} {k} wild flowers",
        "{k} flowers are sold.|{name} gives {k} flowers to {their} mother.|{k} flowers wilt and are thrown out"),
     _t("brick", "bricks", "pallet", "pallets", "on the building site",
-       "A truck brings {k} more bricks.|{name} orders another {k} bricks.|{They} collect{s} {k} spare bricks",
+       "A truck brings {k} more bricks.|{name} orders {k} extra bricks.|{They} collect{s} {k} spare bricks",
        "The builders use {k} bricks.|{name} sends {k} bricks back.|{k} bricks crack"),
 )
 
@@ -142,8 +142,10 @@ def chain_story(d: Draft) -> tuple[str, Fraction]:
     last = ""
     while steps_left > 0:
         move = _pick_move(d, int(value), steps_left)
+        before = len(d.steps)
         value, sentence, last = move(d, value, fields, steps_left)
         sentences.append(sentence)
+        d.sources += [sentence] * (len(d.steps) - before)  # a groups move is two steps of one sentence
         steps_left -= 2 if last in ("groups_in", "groups_out") else 1
     for _ in range(rng.choice((0, 1, 1, 2))):
         sentences.insert(rng.randrange(1, len(sentences) + 1), _distractor(d, fields))

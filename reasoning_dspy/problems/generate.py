@@ -73,7 +73,8 @@ def _draw(rng: random.Random, split: str, family: str, kind: str, level: int) ->
         return None
     digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
     return Problem(id=f"{split}-{digest}", question=question, answer=plain(answer), family=family, kind=kind,
-                   difficulty=level, quantities=draft.quantities, steps=draft.steps)
+                   difficulty=level, quantities=draft.quantities, steps=draft.steps,
+                   sources=draft.sources)
 
 
 def _families(families: Iterable[str] | None) -> list[str]:

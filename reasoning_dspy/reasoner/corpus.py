@@ -172,7 +172,8 @@ def _example(problem: Problem, rng: random.Random, names: list[str], weights: li
     stated = {int(v) for v in problem.quantities.values()}
     slips = plan_slips(chain, stated, config.slip_rate, rng) if program == "cot" else {}
     if program == "cot":
-        trace = write_trace(chain, instruction=instruction, reflects=reflects, slips=slips, rng=rng)
+        trace = write_trace(chain, instruction=instruction, reflects=reflects, slips=slips, rng=rng,
+                            sources=problem.sources)
         answer = format_answer(trace.answer)
         messages = render_messages(program, instruction, problem.question, answer, trace.text)
         content = messages[-1]["content"]

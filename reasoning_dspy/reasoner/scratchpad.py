@@ -12,8 +12,10 @@ step of the chains, then works one column per digit (one more when a carry runs 
     '84 - 09: ones 4-9, borrow: 14-9=5; tens 8-1-0=7; so 75'
     >>> scratchpad(12, "*", 8)
     '12 × 8: ones 2×8=16, write 6 carry 1; tens 1×8=8, +1=9; so 96'
+    >>> scratchpad(7, "*", 12)  # in the order given: the 1-digit operand is the multiplier
+    '7 × 12: ones 7×2=14, write 4 carry 1; tens 7×1=7, +1=8; so 84'
     >>> scratchpad(84, "/", 6)
-    '84 / 6: 8/6=1 r2; 24/6=4 r0; so 14'
+    '84 / 6: 8/6=1 r2; bring down 4: 24/6=4 r0; so 14'
     >>> scratchpad(347, "+", 85)  # wider numbers take more columns
     '347 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; hundreds 3+0+1=4, write 4; so 432'
 
@@ -94,27 +96,32 @@ def _subtract(a: int, b: int) -> str:
 
 
 def _multiply(a: int, b: int) -> str:
-    if a <= 9 < b:  # 8 × 55 is worked as 55 × 8
-        a, b = b, a
-    if not (0 <= a <= 999 and 0 <= b <= 9):
+    # Worked in the order given, so the check restates the step it checks: the 1-digit operand is the
+    # multiplier (the right one when both are), and the other is padded and taken digit by digit.
+    multiplier_first = a <= 9 < b
+    number, digit = (b, a) if multiplier_first else (a, b)
+    if not (0 <= number <= 999 and 0 <= digit <= 9):
         raise ScratchpadError(f"the multiplication scratchpad takes a number below 1000 times a 1-digit one, "
                               f"got {a} × {b}")
-    width = _width(a)
-    digits = _digits(a, width)
+    width = _width(number)
+    digits = _digits(number, width)
     parts, carry = [], 0
     for i, (place, x) in enumerate(zip(_PLACES, digits, strict=False)):
-        parts.append(f"{place} {multiply_column(x, b, carry, last=i == len(digits) - 1)}")
-        carry = (x * b + carry) // 10
-    return f"{_padded(a, width)} × {b}: " + "; ".join(parts) + f"; so {a * b}"
+        column = multiply_column(x, digit, carry, last=i == len(digits) - 1, multiplier_first=multiplier_first)
+        parts.append(f"{place} {column}")
+        carry = (x * digit + carry) // 10
+    head = f"{digit} × {_padded(number, width)}" if multiplier_first else f"{_padded(number, width)} × {digit}"
+    return f"{head}: " + "; ".join(parts) + f"; so {a * b}"
 
 
 def _divide(a: int, b: int) -> str:
     if not (2 <= b <= 9 and a > 0 and a % b == 0):
         raise ScratchpadError(f"the division scratchpad takes a whole number divided exactly by 2-9, got {a} / {b}")
     parts, rest = [], 0
-    for digit in _padded(a, _width(a)):
+    for i, digit in enumerate(_padded(a, _width(a))):
         part = rest * 10 + int(digit)
-        parts.append(divide_column(part, b))
+        # the digit brought down is named, so the next part is a copy and not a recall
+        parts.append(divide_column(part, b) if i == 0 else f"bring down {digit}: {divide_column(part, b)}")
         rest = part % b
     return f"{_padded(a, _width(a))} / {b}: " + "; ".join(parts) + f"; so {a // b}"
 
@@ -137,12 +144,12 @@ def subtract_column(x: int, y: int, borrow: int) -> str:
     return f"{terms}={top - y}"
 
 
-def multiply_column(x: int, b: int, carry: int, *, last: bool = False) -> str:
+def multiply_column(x: int, b: int, carry: int, *, last: bool = False, multiplier_first: bool = False) -> str:
     """`5×8=40, +4=44, write 4 carry 4`: digit `x` times `b`, plus the carry coming in; the last
-    column writes its whole number."""
+    column writes its whole number. `multiplier_first` writes the fact as `b×x`, in the step's order."""
     product = x * b
     total = product + carry
-    text = f"{x}×{b}={product}" + (f", +{carry}={total}" if carry else "")
+    text = (f"{b}×{x}" if multiplier_first else f"{x}×{b}") + f"={product}" + (f", +{carry}={total}" if carry else "")
     if not last:
         text += f", write {total % 10}" + (f" carry {total // 10}" if total // 10 else "")
     return text

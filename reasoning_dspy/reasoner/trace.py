@@ -3,7 +3,9 @@ a digit-level check that catches a wrong quick answer and fixes it.
 
 Every chain-of-thought trace restates its instruction on its first line. The next token decides:
 a reflecting trace says it will check (`REFLECTIVE_OPENERS`), a plain one goes straight to the first
-step. Each step is first written as a direct answer, `84 - 38 = 46.`, the quick route a small
+step. Each step first quotes the sentence of the question that asks for it (when the problem
+records its sources), so finding the next step is copying and not recall, and a distractor is never
+quoted. Then it is written as a direct answer, `84 - 38 = 46.`, the quick route a small
 model gets wrong at its own rate. A reflecting trace then works the step out digit by digit
 (`scratchpad`), a different route to the same number, and compares: the same number is confirmed;
 a different one is caught ("Wait, 46 + 15 is 61, not 51.") and the trace goes on with the
@@ -45,7 +47,8 @@ CATCHES = ("Wait, {expr} is {c}, not {wrong}.", "Wait, that gives {c}, not {wron
            "Wait, {wrong} is a slip: {expr} = {c}.", "However, {expr} = {c}, not {wrong}.")
 ENDINGS = ("The answer is {x}.", "So the answer is {x}.", "Final answer: {x}.")
 
-_STEP = re.compile(r"^(\d+) ([+\-×/]) (\d+) = (\d+)\.", re.MULTILINE)
+# A step line: an optional quoted sentence (ending ". " or "? "), then `a op b = q.`; one per line.
+_STEP = re.compile(r"^(?:[^\n]*?[.?] )?(\d+) ([+\-×/]) (\d+) = (\d+)\.", re.MULTILINE)
 _OPS = {sym: op for op, sym in SYMBOL.items()}
 
 
@@ -153,8 +156,12 @@ def propagate(chain: list[Step], quick: dict[int, int]) -> list[Step] | None:
 
 
 def write_trace(chain: list[Step], *, instruction: str, reflects: bool, slips: dict[int, int],
-                rng: random.Random) -> Trace:
-    """The reasoning text for `chain`: restated instruction, (reflective opener,) one line a step."""
+                rng: random.Random, sources: list[str] | None = None) -> Trace:
+    """The reasoning text for `chain`: restated instruction, (reflective opener,) one line a step.
+    With `sources` (one sentence per step), a step line starts with its sentence, quoted once: the
+    second step of a sentence (the total after `4 packs of 16`) goes on without it."""
+    if sources and len(sources) != len(chain):
+        raise ValueError(f"{len(sources)} sources for {len(chain)} steps; give one sentence per step")
     lines = [rng.choice(ECHOES).format(instruction=instruction)]
     if reflects:
         lines.append(rng.choice(REFLECTIVE_OPENERS) + rng.choice(OPENER_ENDS))
@@ -164,7 +171,9 @@ def write_trace(chain: list[Step], *, instruction: str, reflects: bool, slips: d
     untrained: list[tuple[int, int]] = []
     offset = sum(len(line) + 1 for line in lines)
     for i, step in enumerate(computed):
-        line, spans, step_written = write_step(step, slips.get(i, step.c), checks=reflects, rng=rng)
+        source = sources[i] if sources and (i == 0 or sources[i] != sources[i - 1]) else ""
+        line, spans, step_written = write_step(step, slips.get(i, step.c), checks=reflects, rng=rng,
+                                               source=source)
         untrained += [(offset + a, offset + b) for a, b in spans]
         written.append(step_written)
         lines.append(line)
@@ -173,12 +182,12 @@ def write_trace(chain: list[Step], *, instruction: str, reflects: bool, slips: d
     return Trace("\n".join(lines), written, untrained)
 
 
-def write_step(step: Step, quick: int, *, checks: bool, rng: random.Random
+def write_step(step: Step, quick: int, *, checks: bool, rng: random.Random, source: str = ""
                ) -> tuple[str, list[tuple[int, int]], WrittenStep]:
-    """One line of a trace: `a op b = quick.`, then, when it `checks`, the digit-level check and its
-    verdict. Returns the line, the character span of a wrong `quick` (untrained), and the step as
-    written."""
-    head = f"{step.expr()} = "
+    """One line of a trace: the `source` sentence when given, `a op b = quick.`, then, when it
+    `checks`, the digit-level check and its verdict. Returns the line, the character span of a wrong
+    `quick` (untrained), and the step as written."""
+    head = (f"{source} " if source else "") + f"{step.expr()} = "
     spans = [(len(head), len(head) + len(str(quick)))] if quick != step.c else []
     line = f"{head}{quick}."
     if not checks:
@@ -192,8 +201,9 @@ def write_step(step: Step, quick: int, *, checks: bool, rng: random.Random
 
 
 def read_steps(text: str) -> list[WrittenStep]:
-    """The steps a generated trace wrote, one per line that starts `a op b = q.`: the quick answer
-    `q`, and the value its digit-level check reached, when the line has one."""
+    """The steps a generated trace wrote, one per line that starts `a op b = q.` (after the quoted
+    sentence, if any): the quick answer `q`, and the value its digit-level check reached, when the
+    line has one."""
     out = []
     for m in _STEP.finditer(text):
         a, sym, b, quick = m.groups()
