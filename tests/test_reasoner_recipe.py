@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -49,3 +50,19 @@ def test_recipe_refuses_run_folder_settings_and_bad_overrides(tmp_path):
 def test_shipped_recipe_is_valid():
     recipe = ReasonerRecipe.load("experiments/configs/reasoner-smollm2.yaml")
     assert recipe.finetune.base_model == "smollm2" and recipe.corpus.split == "train"
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_in_the_repository_validates(path):
+    """Each YAML file under experiments/configs loads into the settings model its command uses, so a
+    renamed setting or a typo fails here, not hours into a run."""
+    from experiments.config import load_experiment
+    from reasoning_dspy.study.config import StudyConfig
+
+    kind = path.name.split("-", 1)[0]
+    loader = {"reasoner": ReasonerRecipe.load, "study": StudyConfig.load, "optimize": load_experiment}[kind]
+    config = loader(path, [])
+    assert config.model_dump() == loader(path, []).model_dump()  # a pure function of the file
