@@ -27,7 +27,7 @@ def test_careful_traces_check_their_steps_and_score_above_a_floor(result):
     careful = result["summary"]["careful"]
     assert careful["parse_rate"] >= 0.9 and careful["reflect_rate"] >= 0.8
     assert careful["accuracy"] >= 0.4  # 70 % on 64 problems (docs/reasoner.md); the base model and v1 ≈ 10 %
-    # every digit-level check it writes is read back, and most reach the exact value
+    # it checks most of the steps it writes, digit by digit, and most checks reach the exact value
     assert careful["steps_written"] >= 24 and careful["checked_rate"] >= 0.8 and careful["check_accuracy"] >= 0.8
 
 
