@@ -494,10 +494,9 @@ def test_an_adapter_folder_loads_as_a_merged_model_cached_by_its_contents(straig
 
 
 def test_the_shipped_reasoner_name_says_how_to_rebuild_when_its_files_are_missing(monkeypatch, tmp_path):
-    from reasoning_dspy.models import ModelLoadError
-    from reasoning_dspy.models import adapters as merged
+    from reasoning_dspy.models import ModelLoadError, shipped
 
-    monkeypatch.setattr(merged, "resources", type("R", (), {"files": staticmethod(lambda _: tmp_path)}))
+    monkeypatch.setattr(shipped, "resources", type("R", (), {"files": staticmethod(lambda _: tmp_path)}))
     with pytest.raises(ModelLoadError, match="reasoner train experiments/configs/reasoner-smollm2.yaml"):
         load_model("smollm2-reasoner")
 

@@ -59,3 +59,22 @@ def test_most_of_the_shipped_top_five_features_are_reflection_features():
     reports = load_analysis(shipped_sae_folder("smollm2-reasoner") / "scores")
     kinds = [feature_kind(r) for r in sorted(reports, key=lambda r: r.rank)[:5]]
     assert kinds.count("reflection") >= 3, kinds
+
+
+def test_the_package_holds_exactly_what_the_shipped_registry_lists():
+    from reasoning_dspy.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+    from reasoning_dspy.models.adapters import SHIPPED_ADAPTERS, shipped_adapter
+    from reasoning_dspy.models.shipped import SHIPPED, package_folder
+    from reasoning_dspy.sae.io import SHIPPED_SAES, SAEFileError, shipped_sae_folder
+
+    data = package_folder().parent
+    on_disk = {d.name for d in data.iterdir() if (d / INFO_FILE).is_file()}
+    assert on_disk == set(SHIPPED) == set(SHIPPED_ADAPTERS)
+    for name, model in SHIPPED.items():
+        assert all((shipped_adapter(name) / f).is_file() for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE))
+        assert (package_folder(name) / "sae" / "cfg.json").is_file() == model.has_sae == (name in SHIPPED_SAES)
+        if model.has_sae:
+            assert (shipped_sae_folder(name) / "scores" / "features.json").is_file()
+        else:
+            with pytest.raises(SAEFileError, match="no shipped SAE named"):
+                shipped_sae_folder(name)

@@ -153,22 +153,21 @@ def reasoner_steps(
 def reasoner_ship(
     adapter: Path | None = typer.Option(None, help="an adapter folder from `reasoner train` (OUT/adapter)"),
     study: Path | None = typer.Option(None, help="a finished study folder: its SAE and ReasonScore table"),
-    name: str = typer.Option("smollm2-reasoner", help="the shipped model to replace: smollm2-reasoner or "
-                             "smollm2-reasoner-v2"),
+    name: str = typer.Option("smollm2-reasoner", help="the shipped model to replace (models.shipped lists them)"),
     dest: Path | None = typer.Option(None, help="target folder (default: the package's data/NAME)"),
 ) -> None:
     """Copy a trained adapter and/or a study's SAE and scores into the package, so that
     load_model/load_sae(NAME) use them (after checking that they load)."""
     from reasoning_dspy.models import ModelLoadError
     from reasoning_dspy.models.adapter_files import AdapterError
-    from reasoning_dspy.models.adapters import SHIPPED_ADAPTERS, package_folder
+    from reasoning_dspy.models.shipped import package_folder, shipped_names
     from reasoning_dspy.reasoner.ship import ship_adapter, ship_study
     from reasoning_dspy.sae import SAEFileError
 
     if adapter is None and study is None:
         fail("nothing to ship: pass --adapter and/or --study")
-    if name not in SHIPPED_ADAPTERS:
-        fail(f"--name {name!r} is not a shipped model; choose from {', '.join(SHIPPED_ADAPTERS)}")
+    if name not in shipped_names():
+        fail(f"--name {name!r} is not a shipped model; choose from {', '.join(shipped_names())}")
     dest = dest if dest is not None else package_folder(name)
     try:
         if adapter is not None:

@@ -5,35 +5,22 @@ model) loads like any model: the first load merges it into its base and saves th
 user cache, like a converted GGUF file; later loads read that folder. The cached copy is keyed by a
 hash of the adapter's files, so a rebuilt adapter is merged again and a stale one is never served.
 
-Two adapters ship inside this package (`reasoning_dspy/data/<name>/`): `smollm2-reasoner`, whose SAE,
-ReasonScore table and recommended steering ship beside it, and `smollm2-reasoner-v2`, the recipe that
-checks each step by a digit-level computation (`docs/reasoner.md`), shipped as an adapter alone until
-its own study is run.
+The adapters that ship inside this package (`reasoning_dspy/data/<name>/`) are listed, with what
+ships beside each, in `models.shipped`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 from reasoning_dspy.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
+from reasoning_dspy.models.shipped import SHIPPED, package_folder, shipped_names
 from reasoning_dspy.models.spec import LoadedModel, ModelLoadError
 
-#: Adapters shipped in `reasoning_dspy/data/`, by the model name they load under.
-SHIPPED_ADAPTERS: tuple[str, ...] = ("smollm2-reasoner", "smollm2-reasoner-v2")
-
-#: How to rebuild each shipped adapter from the repository alone (version 1's recipe is quoted in
-#: docs/reasoner.md; the config file now holds version 2's).
-REBUILD = {"smollm2-reasoner": "reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml "
-                               "with the version-1 settings in docs/reasoner.md",
-           "smollm2-reasoner-v2": "reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml"}
-
-
-def package_folder(name: str = "smollm2-reasoner") -> Path:
-    """Where a shipped model's files live inside the installed package."""
-    return Path(str(resources.files("reasoning_dspy") / "data" / name))
+#: Adapters shipped in `reasoning_dspy/data/`, by the model name they load under (`models.shipped`).
+SHIPPED_ADAPTERS: tuple[str, ...] = shipped_names()
 
 
 def shipped_adapter(name: str) -> Path:
@@ -42,7 +29,7 @@ def shipped_adapter(name: str) -> Path:
     missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE) if not (folder / f).is_file()]
     if missing:
         raise ModelLoadError(f"{name!r} is shipped as a LoRA adapter in {folder}, but {', '.join(missing)} "
-                             f"is missing there; reinstall reasoning-dspy, or rebuild it with `{REBUILD[name]}` "
+                             f"is missing there; reinstall reasoning-dspy, or rebuild it with `{SHIPPED[name].rebuild}` "
                              "and copy OUT/adapter/ there")
     return folder
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json
 from reasoning_dspy.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE
-from reasoning_dspy.models.adapters import package_folder
+from reasoning_dspy.models.shipped import package_folder
 
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, INFO_FILE)
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training_config.json", "train_log.jsonl")

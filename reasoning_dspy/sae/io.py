@@ -17,6 +17,7 @@ import torch
 
 from reasoning_dspy._io import atomic_write_bytes, atomic_write_json
 from reasoning_dspy.models import check_device
+from reasoning_dspy.models.shipped import package_folder, shipped_names
 from reasoning_dspy.sae.base import SAE, SAEConfig, UnitNormView
 
 CFG_FILE = "cfg.json"
@@ -120,17 +121,15 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
 
 
 #: SAEs shipped in the package (`reasoning_dspy/data/<name>/sae/`, with `scores/` beside the weights),
-#: loadable by name: `load_sae("smollm2-reasoner")`.
-SHIPPED_SAES: tuple[str, ...] = ("smollm2-reasoner",)
+#: loadable by name: `load_sae("smollm2-reasoner")`. `models.shipped` says which models have one.
+SHIPPED_SAES: tuple[str, ...] = shipped_names(sae=True)
 
 
 def shipped_sae_folder(name: str) -> Path:
     """The folder of a shipped SAE (its ReasonScore table is in `scores/` inside it)."""
-    from importlib import resources
-
     if name not in SHIPPED_SAES:
         raise SAEFileError(f"no shipped SAE named {name!r}; shipped: {', '.join(SHIPPED_SAES)}")
-    folder = Path(str(resources.files("reasoning_dspy") / "data" / name / "sae"))
+    folder = package_folder(name) / "sae"
     if not (folder / WEIGHTS_FILE).is_file():
         raise SAEFileError(f"the shipped SAE {name!r} is missing from {folder}; reinstall reasoning-dspy, or "
                            f"rebuild it with `reasoning-dspy study experiments/configs/study-{name}.yaml` and "

@@ -1,0 +1,52 @@
+"""The models that ship inside this package, and what ships beside each: one registry.
+
+Each shipped model lives in `reasoning_dspy/data/<name>/`: a LoRA adapter that loads by name
+(`load_model("smollm2-reasoner")`), and, when its study has been run and shipped, the SAE trained on
+its residual stream with the ReasonScore table and recommended steering in `sae/`
+(`load_sae("smollm2-reasoner")`). The adapter loader, the SAE loader, `reasoner ship`, the demo and
+the dashboard all read this table, so a model is named here once.
+
+    >>> SHIPPED["smollm2-reasoner"].has_sae
+    True
+    >>> shipped_names(sae=True)
+    ('smollm2-reasoner',)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model shipped in the package: its name, whether its SAE ships beside it, and the command
+    that rebuilds its adapter from the repository alone (quoted in errors about missing files)."""
+
+    name: str
+    has_sae: bool
+    rebuild: str
+
+
+SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
+    # version 1: its SAE, ReasonScore table and steering ship beside it; its recipe is quoted in
+    # docs/reasoner.md, since the config file holds the current one
+    ShippedModel("smollm2-reasoner", has_sae=True,
+                 rebuild="reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml "
+                         "with the version-1 settings in docs/reasoner.md"),
+    # the recipe that checks each step by a digit-level computation (docs/reasoner.md); an adapter
+    # alone until its own study ships
+    ShippedModel("smollm2-reasoner-v2", has_sae=False,
+                 rebuild="reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml"),
+)}
+
+
+def shipped_names(*, sae: bool = False) -> tuple[str, ...]:
+    """The shipped model names; with `sae=True`, only those whose SAE ships too."""
+    return tuple(name for name, model in SHIPPED.items() if model.has_sae or not sae)
+
+
+def package_folder(name: str = "smollm2-reasoner") -> Path:
+    """Where a shipped model's files live inside the installed package."""
+    return Path(str(resources.files("reasoning_dspy") / "data" / name))
