@@ -103,3 +103,32 @@ def test_fact_sheets_follow_the_drills_in_the_corpus():
     assert [e.program for e in corpus[4:]] == ["drill"] * 3 + ["facts"] * 5
     assert corpus_stats(corpus).n == 4 and corpus_stats(corpus).programs["facts"] == 5
     assert make_corpus(n=4, drills=3, fact_sheets=2, sheet_columns=10, seed=1) == corpus[:9]
+
+
+def test_the_drill_probe_skips_every_step_the_training_corpus_wrote(mixed, tmp_path):
+    from reasoning_dspy.reasoner.corpus import write_corpus
+    from reasoning_dspy.reasoner.drill_probe import corpus_steps, held_out_steps
+
+    path = write_corpus(mixed, tmp_path / "corpus.jsonl")
+    trained = corpus_steps(path)
+    written = {w.step for r in mixed for w in read_steps(r.messages[-1]["content"])}
+    assert trained == written and len(trained) > 600  # 1,000 drill steps and the word problems', some repeated
+    steps = held_out_steps(200, seed=1, exclude=trained)
+    assert steps == held_out_steps(200, seed=1, exclude=trained)  # the same steps for the same seed
+    assert len(set(steps)) == 200 and not set(steps) & trained
+    assert {s.op for s in steps} == set("+-*/") and all(in_bounds(s.a, s.op, s.b) for s in steps)
+    with pytest.raises(ValueError, match="ask for fewer"):
+        held_out_steps(20_000, exclude=trained)
+    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+        corpus_steps(tmp_path / "missing.jsonl")
+
+
+def test_the_drill_probe_counts_what_each_answer_restates_and_checks(tiny):
+    from reasoning_dspy.reasoner.drill_probe import probe_drills
+
+    result = probe_drills(tiny, n=10, batch_size=4)
+    total, by_op = result["total"], result["by_op"]
+    assert total["n"] == sum(c["n"] for c in by_op.values()) == 10 and set(by_op) == {"+", "-", "×", "/"}
+    assert all(c["checked"] <= c["read"] <= c["n"] and c["quick"] <= c["read"] for c in by_op.values())
+    # an untrained model restates no step, so every check is a miss, each recorded with its text
+    assert total["read"] == 0 and len(result["misses"]) == 10 - total["checked"] == 10

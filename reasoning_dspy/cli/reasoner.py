@@ -149,6 +149,33 @@ def reasoner_steps(
         typer.echo(f"{kind:8s} direct {acc['direct']:.3f}  scratchpad {acc['scratchpad']:.3f}")
 
 
+@reasoner_app.command("drills")
+def reasoner_drills(
+    model: str = typer.Option("smollm2-reasoner-v2", help="any name load_model takes"),
+    n: int = typer.Option(96, min=1, help="held-out drill steps, one a prompt"),
+    corpus: Path | None = typer.Option(None, help="the training corpus (OUT/corpus.jsonl): its steps are skipped"),
+    seed: int = typer.Option(0, help="which steps are drawn"),
+    out: Path | None = typer.Option(None, help="write the counts and every missed check to this JSON file"),
+) -> None:
+    """How often the check of one drill step reaches the exact value, per operator (greedy)."""
+    from reasoning_dspy._io import atomic_write_json
+    from reasoning_dspy.models import ModelLoadError, load_model
+    from reasoning_dspy.reasoner.drill_probe import MEASURES, corpus_steps, held_out_steps, probe_drills
+
+    try:
+        exclude = corpus_steps(corpus) if corpus is not None else set()
+        held_out_steps(n, seed, exclude)  # refuses an impossible n before loading the model
+        result = probe_drills(load_model(model), n=n, seed=seed, exclude=exclude)
+    except (ModelLoadError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    if out is not None:
+        atomic_write_json(out, result)
+    for miss in result["misses"]:
+        typer.echo(f"missed {miss['step']}: {miss['text'][:200]}")
+    for op, c in [*result["by_op"].items(), ("all", result["total"])]:
+        typer.echo(f"{op:4s} " + "  ".join(f"{m} {c[m]}/{c['n']}" for m in MEASURES))
+
+
 @reasoner_app.command("ship")
 def reasoner_ship(
     adapter: Path | None = typer.Option(None, help="an adapter folder from `reasoner train` (OUT/adapter)"),
