@@ -63,8 +63,8 @@ def test_step_measures_count_fixes_and_breaks_against_exact_arithmetic():
     trace = ("Task: Check.\nHmm, I should check each step.\n"
              "47 + 85 = 122. Let me check: 047 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 "
              "carry 1; hundreds 0+0+1=1, write 1; so 132. Wait, 47 + 85 is 132, not 122.\n"  # a wrong quick answer, fixed
-             "132 - 30 = 102. Let me check: 132 - 030: ones 2-0=2, write 2; tens 3-3=0, write 0; hundreds 1-0=1, write 1; so 102. It matches.\n"
-             "102 / 3 = 34. Let me check: 102 / 3: 1/3=0 r1, write 0; bring down 0: 10/3=3 r1, write 3; bring down 2: 12/3=4 r0, write 4; so 35. Wait, 102 / 3 is 35, not 34.\n"
+             "132 - 30 = 102. Let me check: 132 - 030: ones 2-0=2; tens 3-3=0; hundreds 1-0=1; so 102. It matches.\n"
+             "102 / 3 = 34. Let me check: 102 / 3: 1/3=0 r1; 10/3=3 r1; 12/3=4 r0; so 35. Wait, 102 / 3 is 35, not 34.\n"
              "The answer is 35.")                                                          # a right one, broken
     assert step_measures(trace) == {"steps": 3, "steps_right": 2, "quick_right": 2, "checked": 3, "checked_right": 2,
                                     "fixed": 1, "broke": 1}

@@ -13,7 +13,7 @@ practice per CPU second, in the very text the word problems use. Quick answers a
     '13 + 76 = 89. ... 13 + 76: ones 3+6=9, write 9; tens 1+7=8, write 8; so 89. ...'
 
 A fact sheet goes one level lower: single scratchpad columns (`7+5=12, write 2 carry 1`,
-`4-8, borrow: 14-8=6, write 6`), drawn uniformly over every column the scratchpads can write rather than at
+`4-8, borrow: 14-8=6`), drawn uniformly over every column the scratchpads can write rather than at
 their natural rates (where `0+0=0` is the commonest). Only what a column computes carries loss; the
 digits it is given do not, since nothing could predict them.
 

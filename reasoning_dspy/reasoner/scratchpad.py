@@ -4,20 +4,18 @@ A direct answer to "347 + 85" asks a small model to do the whole sum in one toke
 scratchpad splits it into single-digit facts, one column at a time, each written out (Lee et al.
 2023, "Teaching Arithmetic to Small Transformers"). It first restates the operands zero-padded to
 `WIDTH` digits (the widest number a chain holds), so every column sits at the same offset in every
-step of the chains, then works one column per digit (one more when a carry runs out of them). Every column but a
-product's last names the digit it writes (`write 5`), so the result after `so` is read back from
-those digits and not recomputed:
+step of the chains, then works one column per digit (one more when a carry runs out of them):
 
     >>> scratchpad(47, "+", 38)
     '47 + 38: ones 7+8=15, write 5 carry 1; tens 4+3+1=8, write 8; so 85'
     >>> scratchpad(84, "-", 9)
-    '84 - 09: ones 4-9, borrow: 14-9=5, write 5; tens 8-1-0=7, write 7; so 75'
+    '84 - 09: ones 4-9, borrow: 14-9=5; tens 8-1-0=7; so 75'
     >>> scratchpad(12, "*", 8)
     '12 × 8: ones 2×8=16, write 6 carry 1; tens 1×8=8, +1=9; so 96'
     >>> scratchpad(7, "*", 12)  # in the order given: the 1-digit operand is the multiplier
     '7 × 12: ones 7×2=14, write 4 carry 1; tens 7×1=7, +1=8; so 84'
     >>> scratchpad(84, "/", 6)
-    '84 / 6: 8/6=1 r2, write 1; bring down 4: 24/6=4 r0, write 4; so 14'
+    '84 / 6: 8/6=1 r2; bring down 4: 24/6=4 r0; so 14'
     >>> scratchpad(347, "+", 85)  # wider numbers take more columns
     '347 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 carry 1; hundreds 3+0+1=4, write 4; so 432'
 
@@ -138,13 +136,12 @@ def add_column(x: int, y: int, carry: int) -> str:
 
 
 def subtract_column(x: int, y: int, borrow: int) -> str:
-    """`4-8, borrow: 14-8=6, write 6` or `3-1-2=0, write 0`: digit `y` taken from `x`, less the
-    borrow coming in (0 or 1)."""
+    """`4-8, borrow: 14-8=6` or `3-1-2=0`: digit `y` taken from `x`, less the borrow coming in (0 or 1)."""
     top = x - borrow
     terms = f"{x}-1-{y}" if borrow else f"{x}-{y}"
     if top < y:
-        return f"{terms}, borrow: {top + 10}-{y}={top + 10 - y}, write {top + 10 - y}"
-    return f"{terms}={top - y}, write {top - y}"
+        return f"{terms}, borrow: {top + 10}-{y}={top + 10 - y}"
+    return f"{terms}={top - y}"
 
 
 def multiply_column(x: int, b: int, carry: int, *, last: bool = False, multiplier_first: bool = False) -> str:
@@ -159,10 +156,9 @@ def multiply_column(x: int, b: int, carry: int, *, last: bool = False, multiplie
 
 
 def divide_column(part: int, b: int) -> str:
-    """`14/6=2 r2, write 2`: the part of the dividend brought down so far, divided by `b`; the
-    quotient digit is written, the remainder carried to the next part."""
+    """`14/6=2 r2`: the part of the dividend brought down so far, divided by `b`."""
     q, rest = divmod(part, b)
-    return f"{part}/{b}={q} r{rest}, write {q}"
+    return f"{part}/{b}={q} r{rest}"
 
 
 # -- reading a scratchpad back ---------------------------------------------------------------------
