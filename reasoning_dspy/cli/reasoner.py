@@ -173,7 +173,8 @@ def reasoner_drills(
     for miss in result["misses"]:
         typer.echo(f"missed {miss['step']}: {miss['text'][:200]}")
     for op, c in [*result["by_op"].items(), ("all", result["total"])]:
-        typer.echo(f"{op:4s} " + "  ".join(f"{m} {c[m]}/{c['n']}" for m in MEASURES))
+        typer.echo(f"{op:4s} " + ("  ".join(f"{m} {c[m]}/{c['n']}" for m in MEASURES) if c["n"] else
+                                  "none held out: the corpus writes every such step"))
 
 
 @reasoner_app.command("ship")
