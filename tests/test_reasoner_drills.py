@@ -124,9 +124,9 @@ def test_the_drill_probe_skips_every_step_the_training_corpus_wrote(mixed, tmp_p
 
 
 def test_the_drill_probe_counts_what_each_answer_restates_and_checks(tiny):
-    from reasoning_dspy.reasoner.drill_probe import probe_drills
+    from reasoning_dspy.reasoner.drill_probe import held_out_steps, probe_drills
 
-    result = probe_drills(tiny, n=10, batch_size=4)
+    result = probe_drills(tiny, held_out_steps(10), batch_size=4)
     total, by_op = result["total"], result["by_op"]
     assert total["n"] == sum(c["n"] for c in by_op.values()) == 10 and set(by_op) == {"+", "-", "×", "/"}
     assert all(c["checked"] <= c["read"] <= c["n"] and c["quick"] <= c["read"] for c in by_op.values())

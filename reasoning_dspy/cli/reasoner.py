@@ -164,17 +164,18 @@ def reasoner_drills(
 
     try:
         exclude = corpus_steps(corpus) if corpus is not None else set()
-        held_out_steps(n, seed, exclude)  # refuses an impossible n before loading the model
-        result = probe_drills(load_model(model), n=n, seed=seed, exclude=exclude)
+        steps = held_out_steps(n, seed, exclude)  # refuses an impossible n before loading the model
+        result = {"n": n, "seed": seed, "excluded": len(exclude),
+                  **probe_drills(load_model(model), steps, seed=seed)}
     except (ModelLoadError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     if out is not None:
         atomic_write_json(out, result)
     for miss in result["misses"]:
         typer.echo(f"missed {miss['step']}: {miss['text'][:200]}")
+    none = "no step drawn" + (" that the corpus does not write" if exclude else "")
     for op, c in [*result["by_op"].items(), ("all", result["total"])]:
-        typer.echo(f"{op:4s} " + ("  ".join(f"{m} {c[m]}/{c['n']}" for m in MEASURES) if c["n"] else
-                                  "none held out: the corpus writes every such step"))
+        typer.echo(f"{op:4s} " + ("  ".join(f"{m} {c[m]}/{c['n']}" for m in MEASURES) if c["n"] else none))
 
 
 @reasoner_app.command("ship")

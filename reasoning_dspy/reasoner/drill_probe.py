@@ -9,15 +9,14 @@ from their own seed, and any step the training corpus wrote is skipped, so every
 held out.
 
     >>> from reasoning_dspy.models import load_model
-    >>> probe_drills(load_model("smollm2-reasoner-v2"), n=96)["total"]   # {'n': 96, 'read': 96, ...}
+    >>> steps = held_out_steps(96, exclude=corpus_steps("runs/reasoner-smollm2/corpus.jsonl"))
+    >>> probe_drills(load_model("smollm2-reasoner-v2"), steps)["total"]   # {'n': 96, 'read': 94, ...}
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from reasoning_dspy.reasoner.drills import ASKS, drill_step
 from reasoning_dspy.reasoner.scratchpad import SYMBOL
 from reasoning_dspy.reasoner.trace import Step, read_steps
 
-_WRITTEN_STEP = re.compile(r"(?<!\d)(\d+) ([+\-×/]) (\d+) = ")
-_OPS = {sym: op for op, sym in SYMBOL.items()}
 #: What each probed step reports: restated right, quick answer right, check's value right.
 MEASURES = ("read", "quick", "checked")
 
@@ -43,7 +40,7 @@ def corpus_steps(path: str | Path) -> set[Step]:
             continue
         for message in json.loads(line)["messages"]:
             if message["role"] == "assistant":
-                steps |= {Step(int(a), _OPS[sym], int(b)) for a, sym, b in _WRITTEN_STEP.findall(message["content"])}
+                steps |= {written.step for written in read_steps(message["content"])}
     return steps
 
 
@@ -64,33 +61,31 @@ def held_out_steps(n: int, seed: int = 0, exclude: Iterable[Step] = ()) -> list[
                      f"skipped; ask for fewer than {n}")
 
 
-def probe_drills(loaded: Any, n: int = 96, seed: int = 0, exclude: Iterable[Step] = (),
-                 batch_size: int = 24) -> dict[str, Any]:
-    """Counts per operator (`+ - * /`) and in total of steps the answer restated (`read`), whose quick
-    answer was right (`quick`) and whose check reached the exact value (`checked`), with each missed
-    check's first line under `misses`."""
+def probe_drills(loaded: Any, steps: list[Step], seed: int = 0, batch_size: int = 24) -> dict[str, Any]:
+    """Counts per operator (`+ - * /`) and in total of `steps` (from `held_out_steps`) the answer
+    restated (`read`), whose quick answer was right (`quick`) and whose check reached the exact value
+    (`checked`), with each missed check's first line under `misses`. `seed` picks how each is asked."""
     from reasoning_dspy.engine.generate import GenRow, generate_rows
     from reasoning_dspy.engine.requests import render_chat
 
     tok = loaded.tokenizer
-    steps = held_out_steps(n, seed, exclude)
     asks = random.Random(f"drill-probe-asks:{seed}")
     prompts = [render_chat(tok, [{"role": "user", "content": asks.choice(ASKS) + "\n" + s.expr()}], None)
                for s in steps]
-    counts = {op: Counter({"n": 0, **dict.fromkeys(MEASURES, 0)}) for op in "+-*/"}
+    counts = {op: dict.fromkeys(("n", *MEASURES), 0) for op in "+-*/"}
     misses = []
-    for i in range(0, n, batch_size):
+    for i in range(0, len(steps), batch_size):
         rows = [GenRow(p, max_new_tokens=120) for p in prompts[i:i + batch_size]]
         for step, res in zip(steps[i:i + batch_size], generate_rows(loaded.model, tok, rows), strict=True):
             written = read_steps(res.text)
             read = bool(written) and written[0].step == step
+            checked = read and written[0].checked == step.c
             c = counts[step.op]
             c["n"] += 1
             c["read"] += read
             c["quick"] += read and written[0].quick == step.c
-            c["checked"] += read and written[0].checked == step.c
-            if not (read and written[0].checked == step.c):
+            c["checked"] += checked
+            if not checked:
                 misses.append({"step": step.expr(), "text": res.text.split("\n", 1)[0]})
-    total = {key: sum(c[key] for c in counts.values()) for key in ("n", *MEASURES)}  # zeros kept
-    return {"n": n, "seed": seed, "excluded": len(set(exclude)),
-            "by_op": {SYMBOL[op]: dict(c) for op, c in counts.items()}, "total": total, "misses": misses}
+    total = {key: sum(c[key] for c in counts.values()) for key in ("n", *MEASURES)}
+    return {"by_op": {SYMBOL[op]: c for op, c in counts.items()}, "total": total, "misses": misses}
