@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from reasoning_dspy.features.vocab import REASONING_SPELLINGS
 from reasoning_dspy.problems import format_answer, make_problems
+from reasoning_dspy.problems.steps import Step, read_steps
 from reasoning_dspy.program.evaluation import make_program
 from reasoning_dspy.reasoner.corpus import (
     CorpusConfig,
@@ -26,7 +27,7 @@ from reasoning_dspy.reasoner.corpus import (
 )
 from reasoning_dspy.reasoner.scratchpad import facts
 from reasoning_dspy.reasoner.styles import DSPY_DEFAULT_INSTRUCTION, SLIP_RATE, STYLES, style_of
-from reasoning_dspy.reasoner.trace import ECHOES, REFLECTIVE_OPENERS, Step, plan_slips, read_steps
+from reasoning_dspy.reasoner.trace import ECHOES, REFLECTIVE_OPENERS, plan_slips
 from signatures import WordProblem
 
 N, SEED = 2000, 0

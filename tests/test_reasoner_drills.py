@@ -8,10 +8,11 @@ import re
 import pytest
 
 from reasoning_dspy.problems.chains import in_bounds
+from reasoning_dspy.problems.steps import read_steps
 from reasoning_dspy.reasoner.corpus import corpus_stats, make_corpus
 from reasoning_dspy.reasoner.drills import drill_step, write_drill
 from reasoning_dspy.reasoner.scratchpad import facts
-from reasoning_dspy.reasoner.trace import read_steps, write_step
+from reasoning_dspy.reasoner.trace import write_step
 
 
 @pytest.fixture(scope="module")

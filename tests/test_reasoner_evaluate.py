@@ -57,21 +57,6 @@ def test_cli_writes_the_summary_and_refuses_bad_input(tmp_path):
     assert result.exit_code == 2 and "split" in result.output
 
 
-def test_step_measures_count_fixes_and_breaks_against_exact_arithmetic():
-    from reasoning_dspy.reasoner.evaluate import step_measures
-
-    trace = ("Task: Check.\nHmm, I should check each step.\n"
-             "47 + 85 = 122. Let me check: 047 + 085: ones 7+5=12, write 2 carry 1; tens 4+8+1=13, write 3 "
-             "carry 1; hundreds 0+0+1=1, write 1; so 132. Wait, 47 + 85 is 132, not 122.\n"  # a wrong quick answer, fixed
-             "132 - 30 = 102. Let me check: 132 - 030: ones 2-0=2; tens 3-3=0; hundreds 1-0=1; so 102. It matches.\n"
-             "102 / 3 = 34. Let me check: 102 / 3: 1/3=0 r1; 10/3=3 r1; 12/3=4 r0; so 35. Wait, 102 / 3 is 35, not 34.\n"
-             "The answer is 35.")                                                          # a right one, broken
-    assert step_measures(trace) == {"steps": 3, "steps_right": 2, "quick_right": 2, "checked": 3, "checked_right": 2,
-                                    "fixed": 1, "broke": 1}
-    assert step_measures("Task: Be brief.\n12 × 3 = 36.\n36 + 4 = 41.\nThe answer is 41.") == {
-        "steps": 2, "steps_right": 1, "quick_right": 1, "checked": 0, "checked_right": 0, "fixed": 0, "broke": 0}
-
-
 def test_forced_decisions_take_each_branch_from_the_same_prompt(tiny):
     from reasoning_dspy.problems import make_problems
     from reasoning_dspy.reasoner.causal import decision_tokens, forced_decisions

@@ -9,8 +9,9 @@ import pytest
 
 from reasoning_dspy.problems import make_problems
 from reasoning_dspy.problems.chains import in_bounds
-from reasoning_dspy.reasoner.scratchpad import ScratchpadError, facts, final_value, result, scratchpad
-from reasoning_dspy.reasoner.trace import chain_of, plan_slips, read_steps, write_trace
+from reasoning_dspy.problems.steps import final_value, read_steps, result
+from reasoning_dspy.reasoner.scratchpad import ScratchpadError, facts, scratchpad
+from reasoning_dspy.reasoner.trace import chain_of, plan_slips, write_trace
 
 
 def _random_step(r: random.Random) -> tuple[int, str, int]:

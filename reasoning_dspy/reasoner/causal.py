@@ -26,13 +26,13 @@ def decision_tokens(tokenizer: Any) -> set[int]:
 def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_tokens: int = 320,
                      batch_size: int = 16, echo: str = "Task: {instruction}") -> list[dict[str, Any]]:
     """Per problem: `{"id", "expected", "reflect": {...}, "plain": {...}}`, each side with the parsed
-    `answer`, `correct`, the full `reasoning` and the step measures of `evaluate.step_measures`."""
+    `answer`, `correct`, the full `reasoning` and the step measures of `problems.steps.step_measures`."""
     import dspy
 
     from reasoning_dspy.engine.generate import GenRow, generate_rows
     from reasoning_dspy.engine.requests import render_chat
+    from reasoning_dspy.problems.steps import step_measures
     from reasoning_dspy.program.evaluation import is_correct, make_program
-    from reasoning_dspy.reasoner.evaluate import step_measures
 
     tok, model = loaded.tokenizer, loaded.model
     signature = make_program("cot", instruction).predict.signature

@@ -3,7 +3,7 @@
 A word-problem evaluation mixes two kinds of error: choosing the wrong step (a plan error) and
 computing a step wrong. This probe isolates the second. Each prompt is a drill of one step, asked as
 the training drills ask (`drills.ASKS`), answered greedily; the answer's first line is read back
-(`trace.read_steps`) for the step it restates, its quick answer and the value its check reaches.
+(`problems.steps.read_steps`) for the step it restates, its quick answer and the value its check reaches.
 Steps are drawn as the drills draw them (`drills.drill_step`, every operator about equally often)
 from their own seed, and any step the training corpus wrote is skipped, so every probed step is
 held out.
@@ -21,9 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from reasoning_dspy.problems.steps import SYMBOL, Step, read_steps
 from reasoning_dspy.reasoner.drills import ASKS, drill_step
-from reasoning_dspy.reasoner.scratchpad import SYMBOL
-from reasoning_dspy.reasoner.trace import Step, read_steps
 
 #: What each probed step reports: restated right, quick answer right, check's value right.
 MEASURES = ("read", "quick", "checked")

@@ -27,8 +27,9 @@ import random
 import re
 
 from reasoning_dspy.problems.chains import MAX_VALUE
+from reasoning_dspy.problems.steps import Step, WrittenStep
 from reasoning_dspy.reasoner.scratchpad import add_column, divide_column, multiply_column, subtract_column
-from reasoning_dspy.reasoner.trace import Step, WrittenStep, plan_slips, write_step
+from reasoning_dspy.reasoner.trace import plan_slips, write_step
 
 #: What the user asks of a drill, one step a line after it.
 ASKS = ("Work out each step, then check it digit by digit:", "Compute and check:",

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from reasoning_dspy.problems.steps import STEP_COUNTS, step_measures
 from reasoning_dspy.reasoner.styles import STYLES
-from reasoning_dspy.reasoner.trace import read_steps
 
 
 def style_instruction(style: str, held_out: bool = False) -> str:
@@ -110,33 +110,8 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def step_measures(trace: str) -> dict[str, int]:
-    """What one trace's steps did (`trace.read_steps`): how many it wrote, how many it went on with
-    a right value, how many quick answers were right, how many it checked, how many checks caught a
-    wrong quick answer and fixed it, how many checks reached the right value, and how many checks
-    turned a right quick answer wrong."""
-    from reasoning_dspy.reasoner.scratchpad import ScratchpadError, result
-
-    counts = dict.fromkeys(("steps", "steps_right", "quick_right", "checked", "checked_right", "fixed", "broke"), 0)
-    for w in read_steps(trace):
-        try:
-            exact = result(w.step.a, w.step.op, w.step.b)
-        except ScratchpadError:  # an inexact division: no value is right
-            exact = None
-        counts["steps"] += 1
-        counts["steps_right"] += w.value == exact
-        counts["quick_right"] += w.quick == exact
-        if w.checked is not None:
-            counts["checked"] += 1
-            counts["checked_right"] += w.checked == exact
-            counts["fixed"] += w.quick != exact and w.checked == exact
-            counts["broke"] += w.quick == exact and w.checked != exact
-    return counts
-
-
 def _pooled_steps(group: list[dict]) -> dict[str, Any]:
-    total = {k: sum(r.get(k, 0) for r in group) for k in ("steps", "steps_right", "quick_right", "checked",
-                                                          "checked_right", "fixed", "broke")}
+    total = {k: sum(r.get(k, 0) for r in group) for k in STEP_COUNTS}
     steps = max(total["steps"], 1)
     return {"step_accuracy": total["steps_right"] / steps, "quick_accuracy": total["quick_right"] / steps,
             "checked_rate": total["checked"] / steps,

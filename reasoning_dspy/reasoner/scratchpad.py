@@ -28,13 +28,13 @@ from __future__ import annotations
 import re
 
 from reasoning_dspy.problems.chains import MAX_VALUE
+from reasoning_dspy.problems.steps import StepError
 
 _PLACES = ("ones", "tens", "hundreds", "thousands")
 WIDTH = len(str(MAX_VALUE))  # operands are written with at least this many digits: the chains' widest
-SYMBOL = {"+": "+", "-": "-", "*": "×", "/": "/"}
 
 
-class ScratchpadError(ValueError):
+class ScratchpadError(StepError):
     """A step outside what the scratchpad writes (see `reasoning_dspy.problems.chains.in_bounds`)."""
 
 
@@ -49,13 +49,6 @@ def scratchpad(a: int, op: str, b: int) -> str:
     if op == "/":
         return _divide(a, b)
     raise ScratchpadError(f"no scratchpad for operator {op!r}; use one of + - * /")
-
-
-def result(a: int, op: str, b: int) -> int:
-    """The exact result of a step (`/` must divide exactly)."""
-    if op == "/" and (b == 0 or a % b):
-        raise ScratchpadError(f"{a} / {b} does not divide exactly")
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a // (b or 1)}[op]
 
 
 def _width(*xs: int) -> int:
@@ -187,8 +180,3 @@ def facts(text: str) -> list[tuple[str, bool]]:
         out.append((m.group(0), x + y == value))
     return out
 
-
-def final_value(text: str) -> int | None:
-    """The result a scratchpad ends on (`...; so 432`), or None."""
-    found = re.findall(r"(?:^|; )so (\d+)", text)
-    return int(found[-1]) if found else None

@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from reasoning_dspy.reasoner.scratchpad import SYMBOL, final_value, result, scratchpad
+from reasoning_dspy.problems.steps import SYMBOL, final_value, result
+from reasoning_dspy.reasoner.scratchpad import scratchpad
 
 Draw = Callable[[random.Random], tuple[int, str, int]]
 

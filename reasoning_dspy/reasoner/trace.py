@@ -16,17 +16,18 @@ check sees both outcomes. Those wrong digits are marked `untrained` (character s
 skips): the model learns to catch a wrong quick answer, never to write one, so at test time the
 only wrong quick answers are its own.
 
-`read_steps` parses a generated trace back into steps, for step accuracy and catch counts.
+`reasoning_dspy.problems.steps.read_steps` parses a generated trace back into steps, for step
+accuracy and catch counts.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 from reasoning_dspy.problems.chains import MAX_VALUE, in_bounds
-from reasoning_dspy.reasoner.scratchpad import SYMBOL, final_value, result, scratchpad
+from reasoning_dspy.problems.steps import Step, WrittenStep
+from reasoning_dspy.reasoner.scratchpad import scratchpad
 
 #: The first line of every chain-of-thought trace: its instruction, restated.
 ECHOES = ("Instruction: {instruction}", "Task: {instruction}", "The instruction says: {instruction}")
@@ -46,51 +47,6 @@ CATCHES = ("Wait, {expr} is {c}, not {wrong}.", "Wait, that gives {c}, not {wron
            "Hmm, {wrong} was wrong: {expr} = {c}.", "But that is {c}, not {wrong}, so {expr} = {c}.",
            "Wait, {wrong} is a slip: {expr} = {c}.", "However, {expr} = {c}, not {wrong}.")
 ENDINGS = ("The answer is {x}.", "So the answer is {x}.", "Final answer: {x}.")
-
-# A step line: an optional quoted sentence (ending ". " or "? "), then `a op b = q.`; one per line.
-_STEP = re.compile(r"^(?:[^\n]*?[.?] )?(\d+) ([+\-×/]) (\d+) = (\d+)\.", re.MULTILINE)
-_OPS = {sym: op for op, sym in SYMBOL.items()}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a chain: `a op b`, exact."""
-
-    a: int
-    op: str
-    b: int
-
-    @property
-    def c(self) -> int:
-        return result(self.a, self.op, self.b)
-
-    @classmethod
-    def parse(cls, text: str) -> Step:
-        """`Step.parse("12 * 3 = 36")`, the form `Problem.steps` records."""
-        a, op, b, _, _ = text.split()
-        return cls(int(a), op, int(b))
-
-    def expr(self) -> str:
-        return f"{self.a} {SYMBOL[self.op]} {self.b}"
-
-
-@dataclass(frozen=True)
-class WrittenStep:
-    """A step as a trace writes it: the quick answer, and the check's value when it was checked."""
-
-    step: Step
-    quick: int
-    checked: int | None = None
-
-    @property
-    def value(self) -> int:
-        """What the trace goes on with: the checked value when there is one, else the quick answer."""
-        return self.quick if self.checked is None else self.checked
-
-    @property
-    def caught(self) -> bool:
-        return self.checked is not None and self.checked != self.quick
-
 
 @dataclass(frozen=True)
 class Trace:
@@ -199,16 +155,3 @@ def write_step(step: Step, quick: int, *, checks: bool, rng: random.Random, sour
         line += rng.choice(CATCHES).format(expr=step.expr(), c=step.c, wrong=quick)
     return line, spans, WrittenStep(step, quick, step.c)
 
-
-def read_steps(text: str) -> list[WrittenStep]:
-    """The steps a generated trace wrote, one per line that starts `a op b = q.` (after the quoted
-    sentence, if any): the quick answer `q`, and the value its digit-level check reached, when the
-    line has one."""
-    out = []
-    for m in _STEP.finditer(text):
-        a, sym, b, quick = m.groups()
-        end = text.find("\n", m.end())
-        rest = text[m.end():] if end < 0 else text[m.end():end]
-        step = Step(int(a), _OPS[sym], int(b))
-        out.append(WrittenStep(step, int(quick), final_value(rest)))
-    return out
