@@ -125,3 +125,22 @@ def test_top_features_are_compared_with_random_ones_on_the_same_problems():
     (line,) = conclusions(summary)
     assert "×4.00" in line and "excludes 0" in line  # 80 % reflecting against the baseline's 20 %
     assert ratio(0.3, 0.0) == float("inf") and ratio(0.0, 0.0) == 1.0
+
+
+def test_checks_that_fix_or_break_a_step_are_counted_per_condition():
+    from reasoning_dspy.study.conditions import Condition
+    from reasoning_dspy.study.report import conclusions, summarize
+
+    plain = "47 + 38 = 75.\nThe answer is 75."
+    fixed = ("47 + 38 = 75. Let me check: 47 + 38: ones 7+8=15, write 5 carry 1; tens 4+3+1=8, write 8; so 85. "
+             "Wait, 47 + 38 is 85, not 75.\nThe answer is 85.")
+    broken = "47 + 38 = 85. Let me check: 47 + 38: ones 7+8=15, write 5; tens 4+3=7, write 7; so 75. Wait.\n"
+    conditions = [Condition("baseline", "baseline", (), 0.0), Condition("top@0.2", "top", (1,), 0.2)]
+    generations = {"baseline": _gen([plain] * 20), "top@0.2": _gen([fixed] * 15 + [broken] * 5)}
+    summary = summarize(conditions, generations, n_resamples=300)
+    base, top = (c["measures"] for c in summary["conditions"])
+    assert base["fixes"]["value"] == 0 and base["breaks"]["value"] == 0
+    assert top["fixes"]["value"] == pytest.approx(0.75) and top["breaks"]["value"] == pytest.approx(0.25)
+    assert summary["conditions"][1]["vs_baseline"]["fixes"]["low"] > 0
+    (line,) = conclusions(summary)
+    assert "a check fixing a wrong step in 75.0%" in line

@@ -10,6 +10,7 @@ import numpy as np
 
 from reasoning_dspy._io import atomic_write_figure, atomic_write_text
 from reasoning_dspy.features.measures import TraceMeasures
+from reasoning_dspy.problems.steps import step_measures
 from reasoning_dspy.reports.stats import bootstrap, rate_per_100
 from reasoning_dspy.study.conditions import Condition
 
@@ -21,11 +22,18 @@ MEASURES: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"),
     ("loops", "degenerate loops"),
     ("activation", "top-feature activation"),
+    ("fixes", "traces where a check fixed a wrong step"),
+    ("breaks", "traces where a check broke a right step"),
 )
+#: Measures that are shares of traces, shown in percent.
+_SHARES = ("reflect", "accuracy", "loops", "fixes", "breaks")
+#: Measures averaged over traces (every one but the word rate, a ratio of sums).
+_MEANS = tuple(key for key, _ in MEASURES if key != "word_rate")
 
 
 def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     measures = [TraceMeasures.of(r["text"], r["n_tokens"], r["correct"]) for r in rows]
+    steps = [step_measures(r["text"]) for r in rows]  # all zeros on traces that write no `a op b = q.` step
     return {
         "words": np.array([m.reasoning_words for m in measures], float),
         "tokens": np.array([m.n_tokens for m in measures], float),
@@ -33,19 +41,17 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
         "accuracy": np.array([m.correct for m in measures], float),
         "loops": np.array([m.degenerate for m in measures], float),
         "activation": np.array([r.get("features_mean") or 0.0 for r in rows], float),
+        "fixes": np.array([s["fixed"] > 0 for s in steps], float),
+        "breaks": np.array([s["broke"] > 0 for s in steps], float),
     }
 
 
 def _intervals(cols: dict[str, np.ndarray], **kw: Any) -> dict[str, dict]:
     mean = lambda x: float(np.mean(x))  # noqa: E731
-    return {
-        "word_rate": bootstrap([cols["words"], cols["tokens"]], rate_per_100, **kw).to_dict(),
-        "reflect": bootstrap([cols["reflect"]], mean, **kw).to_dict(),
-        "tokens": bootstrap([cols["tokens"]], mean, **kw).to_dict(),
-        "accuracy": bootstrap([cols["accuracy"]], mean, **kw).to_dict(),
-        "loops": bootstrap([cols["loops"]], mean, **kw).to_dict(),
-        "activation": bootstrap([cols["activation"]], mean, **kw).to_dict(),
-    }
+    out = {"word_rate": bootstrap([cols["words"], cols["tokens"]], rate_per_100, **kw).to_dict()}
+    for key in _MEANS:
+        out[key] = bootstrap([cols[key]], mean, **kw).to_dict()
+    return out
 
 
 def _differences(cols: dict[str, np.ndarray], base: dict[str, np.ndarray], **kw: Any) -> dict[str, dict]:
@@ -59,7 +65,7 @@ def _differences(cols: dict[str, np.ndarray], base: dict[str, np.ndarray], **kw:
 
     out = {"word_rate": bootstrap([cols["words"], cols["tokens"], base["words"], base["tokens"]], rate_diff,
                                   **kw).to_dict()}
-    for key in ("reflect", "tokens", "accuracy", "loops", "activation"):
+    for key in _MEANS:
         out[key] = bootstrap([cols[key], base[key]], mean_diff, **kw).to_dict()
     return out
 
@@ -98,8 +104,8 @@ def plot_dose_response(summary: dict[str, Any], path: Path) -> Path:
 
     entries = summary["conditions"]
     base = next(e for e in entries if e["kind"] == "baseline")
-    fig = Figure(figsize=(13, 7))
-    axes = fig.subplots(2, 3)
+    fig = Figure(figsize=(17, 7))
+    axes = fig.subplots(2, 4)
     for ax, (key, label) in zip(axes.flat, MEASURES, strict=True):
         groups: dict[str, list[tuple[float, dict]]] = {}
         for e in entries:
@@ -127,7 +133,7 @@ def plot_dose_response(summary: dict[str, Any], path: Path) -> Path:
 def _fmt(interval: dict, key: str) -> str:
     if key == "activation":
         return f"{interval['value']:.3g} [{interval['low']:.3g}, {interval['high']:.3g}]"
-    scale, digits = (100.0, 1) if key in ("reflect", "accuracy", "loops") else (1.0, 2)
+    scale, digits = (100.0, 1) if key in _SHARES else (1.0, 2)
     unit = "%" if scale == 100.0 else ""
     v, lo, hi = (interval[k] * scale for k in ("value", "low", "high"))
     return f"{v:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -169,7 +175,9 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
             f"{'an interval excluding 0' if _excludes_zero(d['word_rate']) else 'an interval including 0'}) and the "
             f"share of reflecting traces by {_signed(d['reflect'], 'reflect')} (×{times['reflect']:.2f})"
             + (f"; top features {randoms}" if randoms else "")
-            + f"; degenerate loops {_fmt(m['loops'], 'loops')}, accuracy {_fmt(m['accuracy'], 'accuracy')}."
+            + f"; degenerate loops {_fmt(m['loops'], 'loops')}, accuracy {_fmt(m['accuracy'], 'accuracy')} "
+            f"({_signed(d['accuracy'], 'accuracy')} against the baseline), a check fixing a wrong step in "
+            f"{_fmt(m['fixes'], 'fixes')} of traces and breaking a right one in {_fmt(m['breaks'], 'breaks')}."
         )
     return lines
 
