@@ -50,7 +50,8 @@ def test_reasoner_demo_ends_with_a_self_contained_report(tmp_path):
     state = run_demo(out, limit=2)  # smollm2-reasoner, its shipped SAE, 2 held-out problems
     md = (out / "report.md").read_text()
     for heading in ("## The SAE's training", "## ReasonScore over the whole dictionary", "## Top features",
-                    "## Baseline against steered", "## Optimizer trials"):
+                    "## Baseline against steered", "## A steered trace whose check caught its own error",
+                    "## Optimizer trials"):
         assert f"\n{heading}\n" in md
     for r in state.reports:  # the table shows the features the analysis found, with their scores
         assert f"| {r.rank} | {r.index} | {r.score:+.4f} |" in md
@@ -83,3 +84,16 @@ def _renders_in_chromium(page_path: Path, screenshot: Path) -> None:
         page.screenshot(path=str(screenshot), full_page=True)
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
     assert pixels.shape[0] > 2000 and pixels.std() > 10  # a long page with text and plots, not a blank one
+
+
+def test_the_quoted_steered_trace_is_one_whose_check_fixed_its_own_step():
+    from reasoning_dspy.demo.report import caught_trace
+
+    plain = "47 + 38 = 75.\nThe answer is 75."
+    fixed = ("47 + 38 = 75. Let me check: 47 + 38: ones 7+8=15, write 5 carry 1; tens 4+3+1=8, write 8; so 85. "
+             "Wait, 47 + 38 is 85, not 75.\nThe answer is {}.")
+    rows = [{"text": plain, "correct": False}, {"text": fixed.format(75), "correct": False},
+            {"text": fixed.format(85), "correct": True}]
+    assert caught_trace(rows) is rows[2]  # a fixed step and a right answer beat a fixed step alone
+    assert caught_trace(rows[:2]) is rows[1]
+    assert caught_trace(rows[:1]) is None

@@ -28,7 +28,7 @@ __all__ = ["DEFAULT_MODEL", "STEER_PROMPTS", "DemoState", "ReasonerDemoState", "
 DEFAULT_MODEL = "smollm2-reasoner"
 
 #: Default size of each demo: texts for the pipeline, held-out problems for a shipped model.
-DEFAULT_LIMITS = {"pipeline": 128, "reasoner": 8}
+DEFAULT_LIMITS = {"pipeline": 128, "reasoner": 16}
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, limit: int | None = None,

@@ -1,11 +1,13 @@
 """The reasoner demo: a shipped model and SAE, in a few minutes on 2 CPU cores.
 
-`smollm2-reasoner` answers held-out word problems through `dspy.ChainOfThought`, under DSPy's
-default instruction and under a careful one; its shipped SAE shows which features fire on its
-reflection words, with contexts from the traces it just wrote; the steering the study recommends
-is applied to the default-instruction problems, baseline beside steered, with reflection counts and
-correctness; a short `ReasoningOptimizer` search tunes instruction and steering together; and
-`report.md` / `report.html` put it all on one page with its plots.
+`smollm2-reasoner` answers held-out word problems of the families it was trained on through
+`dspy.ChainOfThought`, three ways at once: under DSPy's default instruction, under a careful one,
+and under the default one with the steering its study recommends (one micro-batch, each row with its
+own steering). Its shipped SAE shows which features fire on its reflection words, with contexts from
+the traces it just wrote; baseline and steered stand side by side, with reflection counts,
+correctness and the steps a check caught and fixed; a short `ReasoningOptimizer` search tunes
+instruction and steering together; and `report.md` / `report.html` put it all on one page with its
+plots.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ from rich.panel import Panel
 from rich.table import Table
 
 console = Console()
-
-#: Tokens per trace: the reasoner's traces end well within this.
-MAX_TOKENS = 192
 
 #: The careful instruction the reasoner was trained to reflect under (see `reasoner.styles`).
 CAREFUL = "Check every step before you answer."
@@ -43,6 +42,7 @@ class ReasonerDemoState:
     baseline: list[dict] = field(default_factory=list)
     careful: list[dict] = field(default_factory=list)
     steered: list[dict] = field(default_factory=list)
+    max_tokens: int = 192  # per trace: the shipped model's own budget (`models.shipped`)
     reports: list[Any] = field(default_factory=list)
     trials: list[Any] = field(default_factory=list)
 
@@ -52,10 +52,12 @@ def stage_load(state: ReasonerDemoState) -> None:
     and recommended steering."""
     from reasoning_dspy.features.reasonscore import FeatureScores
     from reasoning_dspy.models import load_model
+    from reasoning_dspy.models.shipped import SHIPPED
     from reasoning_dspy.sae import load_sae
     from reasoning_dspy.sae.io import shipped_sae_folder
     from reasoning_dspy.steering import recommended_steering
 
+    state.max_tokens = SHIPPED[state.model].max_tokens
     state.loaded = load_model(state.model)
     state.sae = load_sae(state.model)
     state.scores = FeatureScores.load(shipped_sae_folder(state.model) / "scores")
@@ -70,23 +72,31 @@ def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
     from reasoning_dspy.program.lm import SteeredLM
 
     return SteeredLM(state.loaded, sae=state.sae, max_activation=state.scores, capture=True,
-                     reasoning_features=list(state.steering.features), max_tokens=MAX_TOKENS, cache=False,
-                     max_batch_size=max_batch_size or max(2, state.limit))
+                     reasoning_features=list(state.steering.features), max_tokens=state.max_tokens, cache=False,
+                     max_batch_size=max_batch_size or 3 * state.limit)
 
 
 def stage_traces(state: ReasonerDemoState) -> None:
-    """Held-out problems answered greedily through `dspy.ChainOfThought(signatures.WordProblem)`, with
-    DSPy's default instruction (what an unoptimized program sends) and with a careful one."""
+    """Held-out problems answered greedily through `dspy.ChainOfThought(signatures.WordProblem)`: with
+    DSPy's default instruction (what an unoptimized program sends), with a careful one, and with the
+    default one steered. The three run concurrently, so the engine decodes them as one batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from reasoning_dspy.features.measures import reflects
+    from reasoning_dspy.models.shipped import SHIPPED
     from reasoning_dspy.problems import make_problems
     from reasoning_dspy.program.evaluation import solve
     from reasoning_dspy.program.lm import engine_of
 
-    state.problems = make_problems(state.limit, split="test", seed=0)
+    families = SHIPPED[state.model].families
+    state.problems = make_problems(state.limit, split="test", seed=0, families=list(families) if families else None)
     lm = _lm(state)
+    conditions = {"baseline": {}, "careful": {"instruction": CAREFUL}, "steered": {"steering": state.steering}}
     try:
-        state.baseline = solve(lm, state.problems, program="cot", threads=state.limit)
-        state.careful = solve(lm, state.problems, program="cot", instruction=CAREFUL, threads=state.limit)
+        with ThreadPoolExecutor(len(conditions)) as pool:
+            futures = {name: pool.submit(solve, lm, state.problems, program="cot", threads=state.limit, **kw)
+                       for name, kw in conditions.items()}
+            state.baseline, state.careful, state.steered = (futures[name].result() for name in conditions)
     finally:
         engine_of(lm).close()
     for title, row in (("DSPy's default instruction", state.baseline[0]), (f'"{CAREFUL}"', state.careful[0])):
@@ -133,33 +143,33 @@ def stage_features(state: ReasonerDemoState) -> None:
 
 
 def stage_steer(state: ReasonerDemoState) -> None:
-    """The same problems with the recommended steering: reflection words and correctness side by side."""
+    """The default-instruction problems with and without the recommended steering: reflection words,
+    checks that fixed a step, and correctness side by side; then one steered trace whose own check
+    caught its own wrong step, when there is one."""
+    from reasoning_dspy.demo.report import caught_trace
     from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
-    from reasoning_dspy.program.evaluation import solve
-    from reasoning_dspy.program.lm import engine_of
+    from reasoning_dspy.problems.steps import step_measures
 
-    lm = _lm(state)
-    try:
-        state.steered = solve(lm, state.problems, program="cot", steering=state.steering, threads=state.limit)
-    finally:
-        engine_of(lm).close()
     table = Table(title=f"baseline vs steered (features {list(state.steering.features)}, "
                         f"{state.steering.residual_strength:g} × the residual norm)")
-    for col in ("question", "expected", "baseline", "words", "steered", "words"):
+    for col in ("question", "expected", "baseline", "words", "steered", "words", "fixed"):
         table.add_column(col, overflow="fold")
     for b, s in zip(state.baseline, state.steered, strict=True):
         table.add_row(b["question"], f"{b['expected']:g}", _answer(b), str(count_words(b["text"])), _answer(s),
-                      str(count_words(s["text"])))
+                      str(count_words(s["text"])), str(step_measures(s["text"])["fixed"]))
     console.print(table)
     for name, rows in (("baseline", state.baseline), ("steered", state.steered)):
         n = len(rows)
         console.print(f"{name}: {sum(reflects(r['text']) for r in rows)}/{n} traces reflect, "
                       f"{sum(count_words(r['text']) for r in rows)} reasoning words, "
+                      f"{sum(step_measures(r['text'])['fixed'] for r in rows)} steps fixed by a check, "
                       f"{sum(r['correct'] for r in rows)}/{n} right, {sum(is_degenerate(r['text']) for r in rows)} loops")
-    changed = [s for b, s in zip(state.baseline, state.steered, strict=True) if s["text"] != b["text"]]
-    shown = next((s for s in changed if reflects(s["text"]) and not is_degenerate(s["text"])), None)
-    if shown is not None or changed:
-        console.print(Panel((shown or changed[0])["text"].strip(), title="a steered trace", expand=False))
+    caught = caught_trace(state.steered)
+    if caught is not None:
+        console.print(Panel((caught["reasoning"] or caught["text"]).strip(), expand=False,
+                            title="a steered trace whose check caught its own wrong step"))
+    else:
+        console.print("no steered trace caught a wrong step of its own on these problems")
 
 
 def stage_optimize(state: ReasonerDemoState) -> None:

@@ -16,6 +16,7 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
     from experiments.report import plot_trials
     from reasoning_dspy.features.kinds import feature_kind
     from reasoning_dspy.features.measures import count_words, is_degenerate, reflects
+    from reasoning_dspy.problems.steps import step_measures
     from reasoning_dspy.reports import (
         plot_score_distribution,
         plot_steering_effect,
@@ -76,12 +77,22 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
               "(the study's recommendation), under DSPy's default instruction. Bars: means over the "
               f"{len(state.problems)} problems with 95 % bootstrap intervals.", "",
               "![baseline against steered](plots/steering.png)", "",
-              "| condition | traces that reflect | reasoning words | right | loops |", "|---|---:|---:|---:|---:|"]
+              "| condition | traces that reflect | reasoning words | steps a check fixed | steps a check broke | right "
+              "| loops |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, rows in conditions.items():
         n = len(rows)
+        steps = [step_measures(r["text"]) for r in rows]
         lines.append(f"| {name} | {sum(reflects(r['text']) for r in rows)}/{n} | "
-                     f"{sum(count_words(r['text']) for r in rows)} | {sum(r['correct'] for r in rows)}/{n} | "
+                     f"{sum(count_words(r['text']) for r in rows)} | {sum(s['fixed'] for s in steps)} | "
+                     f"{sum(s['broke'] for s in steps)} | {sum(r['correct'] for r in rows)}/{n} | "
                      f"{sum(is_degenerate(r['text']) for r in rows)} |")
+    caught = caught_trace(state.steered)
+    lines += ["", "## A steered trace whose check caught its own error", ""]
+    if caught is not None:
+        lines += [f"**{caught['question']}** (answer {caught['expected']:g}; the trace answered {caught['answer']}, "
+                  f"{'right' if caught['correct'] else 'wrong'})", "", f"{quote_trace(caught['text'], 1500)}"]
+    else:
+        lines += ["No steered trace caught a wrong step of its own on these problems."]
 
     if state.trials:
         plot_trials(state.trials, "reasoning activation", plots / "trials.png")
@@ -102,6 +113,16 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
     md = out / "report.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md, write_html(md)
+
+
+def caught_trace(rows: list[dict]) -> dict | None:
+    """The first trace in which a check caught a wrong quick answer and fixed it, preferring one whose
+    final answer is right and that does not loop."""
+    from reasoning_dspy.features.measures import is_degenerate
+    from reasoning_dspy.problems.steps import step_measures
+
+    caught = [r for r in rows if step_measures(r["text"])["fixed"] > 0]
+    return min(caught, key=lambda r: (not r["correct"], is_degenerate(r["text"])), default=None)
 
 
 def _sae_kind(cfg: Any) -> str:

@@ -21,12 +21,15 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """A model shipped in the package: its name, whether its SAE ships beside it, and the command
-    that rebuilds its adapter from the repository alone (quoted in errors about missing files)."""
+    """A model shipped in the package: its name, whether its SAE ships beside it, the command that
+    rebuilds its adapter from the repository alone (quoted in errors about missing files), the
+    problem families it was trained on (None: all of them) and the tokens one of its traces needs."""
 
     name: str
     has_sae: bool
     rebuild: str
+    families: tuple[str, ...] | None = None
+    max_tokens: int = 192
 
 
 SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
@@ -38,7 +41,8 @@ SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
     # the recipe that checks each step by a digit-level computation (docs/reasoner.md); an adapter
     # alone until its own study ships
     ShippedModel("smollm2-reasoner-v2", has_sae=False,
-                 rebuild="reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml"),
+                 rebuild="reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml",
+                 families=("chains",), max_tokens=448),  # a checked four-step trace ends within ≈ 400 tokens
 )}
 
 
