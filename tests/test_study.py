@@ -187,3 +187,32 @@ def test_ship_copies_the_studys_sae_and_scores_so_they_load(study_dir, tmp_path)
                        FeatureScores.load(study_dir / "scores").reason_score)
     with pytest.raises(FileNotFoundError, match="scores"):
         ship_study(tmp_path / "shipped", tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_has_every_condition_on_the_same_problems(tmp_path, monkeypatch):
+    from reasoning_dspy.study import StudyConfig, runner
+    from reasoning_dspy.study.runner import Study
+
+    monkeypatch.setattr(runner, "CHUNK", 4)  # 10 test problems: rounds of 4, 4 and 2
+    cfg = StudyConfig.load(CONFIG, [f"out={tmp_path / 'study'}", "n_test=10"])
+    summarize = Study.summarize
+
+    def stop_after_the_first_round(self, path):
+        summarize(self, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Study, "summarize", stop_after_the_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        Study(cfg, progress=False).run()
+    out = tmp_path / "study"
+    names = [c["name"] for c in json.loads((out / "conditions.json").read_text())]
+    assert len(names) == 4 and all(len(_rows(out / "generations" / f"{n}.jsonl")) == 4 for n in names)
+    partial = json.loads((out / "partial_summary.json").read_text())
+    assert partial["n_problems"] == 4 and [c["name"] for c in partial["conditions"]] == names
+
+    monkeypatch.setattr(Study, "summarize", summarize)
+    Study(cfg, progress=False).run()  # resumes: the rest of the problems, then the final summary
+    assert all(len(_rows(out / "generations" / f"{n}.jsonl")) == 10 for n in names)
+    assert json.loads((out / "summary.json").read_text())["n_problems"] == 10
+    assert not (out / "partial_summary.json").exists()

@@ -216,23 +216,38 @@ class Study:
         atomic_write_json(path, [x.to_dict() for x in self.conditions])
 
     def stage_steer(self) -> None:
+        """Every condition on the test problems, `CHUNK` problems at a time in turn: an interrupted
+        study has every condition measured on the same problems so far, and `partial_summary.json`
+        says what they show (the final `summary.json` replaces it)."""
         top = next(c.features for c in self.conditions if c.kind == "top")
         lm = self.lm(sae=self.sae, max_activation=self.scores, capture=True, reasoning_features=list(top))
         self.generations: dict[str, list[dict]] = {}
         try:
-            for condition in self.conditions:
-                steering = condition.steering(self.cfg.units, self.layer)
-                path = self.out / "generations" / f"{condition.name}.jsonl"
-                self.generations[condition.name] = self.generate(lm, self.test, steering, path, condition.name)
+            for end in range(CHUNK, len(self.test) + CHUNK, CHUNK):
+                for condition in self.conditions:
+                    steering = condition.steering(self.cfg.units, self.layer)
+                    path = self.out / "generations" / f"{condition.name}.jsonl"
+                    self.generations[condition.name] = self.generate(lm, self.test[:end], steering, path,
+                                                                     condition.name)
+                if end < len(self.test):
+                    self.summarize(self.out / "partial_summary.json")
         finally:
             _close(lm)
 
-    def stage_report(self) -> None:
-        from reasoning_dspy.study.report import summarize, write_report
+    def summarize(self, path: Path) -> dict[str, Any]:
+        """The conditions' measures with intervals, over the problems every condition has answered."""
+        from reasoning_dspy.study.report import summarize
 
         summary = summarize(self.conditions, self.generations, n_resamples=self.cfg.bootstrap_resamples,
                             confidence=self.cfg.confidence, seed=self.cfg.seed)
-        atomic_write_json(self.out / "summary.json", summary)
+        atomic_write_json(path, summary)
+        return summary
+
+    def stage_report(self) -> None:
+        from reasoning_dspy.study.report import write_report
+
+        summary = self.summarize(self.out / "summary.json")
+        (self.out / "partial_summary.json").unlink(missing_ok=True)
         md, page = write_report(self, summary)
         console.print(f"report: [bold]{page}[/] (open it in a browser; Markdown: {md})")
 
