@@ -66,3 +66,51 @@ def check_writable(folder: str | os.PathLike, what: str = "the output folder") -
         inside = "" if existing == folder else f" (it would be created inside {str(existing)!r})"
         raise NotWritableError(f"cannot write {what} {str(folder)!r}{inside}: {err.strerror or err}; choose a "
                                "folder you can write, or change its permissions") from None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file holds rows of other settings; raised before any work starts."""
+
+
+class RowCheckpoint:
+    """Finished rows of a long evaluation, saved as they come, so an interrupted run continues.
+
+    A JSONL file: the first line records the settings, every other line is one finished row. Rows
+    are looked up by a key the caller derives (style and problem id, say). Opening a file written
+    under other settings raises `CheckpointError` naming what changed; every save rewrites the
+    whole file atomically, so a crash leaves the last saved state. With `path=None` the rows stay in
+    memory, so callers keep one code path with or without a file.
+
+        >>> ckpt = RowCheckpoint(Path("eval.partial.jsonl"), {"model": "m", "max_tokens": 448})
+        >>> todo = [p for p in problems if ckpt.get(p.id) is None]
+        >>> ckpt.add({p.id: row for p, row in zip(batch, rows)})   # after each batch
+    """
+
+    def __init__(self, path: str | os.PathLike | None, settings: dict[str, Any] | None = None):
+        self.path = Path(path) if path is not None else None
+        self.settings = json.loads(json.dumps(settings or {}))  # as it reads back from the file
+        self.rows: dict[str, Any] = {}
+        if self.path is not None and self.path.is_file():
+            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            theirs = lines[0].get("settings", {}) if lines else {}
+            changed = sorted(k for k in self.settings.keys() | theirs.keys() if theirs.get(k) != self.settings.get(k))
+            if changed:
+                raise CheckpointError(f"{str(self.path)!r} holds rows of a run with other settings "
+                                      f"({', '.join(changed)}); delete it or write elsewhere")
+            self.rows = {line["key"]: line["row"] for line in lines[1:]}
+
+    def get(self, key: str) -> Any:
+        return self.rows.get(key)
+
+    def add(self, rows: dict[str, Any]) -> None:
+        """Record finished rows by key and save the file."""
+        self.rows.update(rows)
+        if self.path is None:
+            return
+        lines = [{"settings": self.settings}] + [{"key": k, "row": v} for k, v in self.rows.items()]
+        atomic_write_text(self.path, "".join(json.dumps(line) + "\n" for line in lines))
+
+    def remove(self) -> None:
+        """Delete the file once the run's final result is written."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ def test_cli_writes_the_summary_and_refuses_bad_input(tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
     assert list(saved["summary"]) == ["terse"] and len(saved["rows"]) == 2
+    assert not (tmp_path / "eval.json.partial.jsonl").exists()  # the finished rows moved into the result
     result = CliRunner().invoke(app, ["reasoner", "eval", "--model", "tiny-random", "--style", "sloppy"])
     assert result.exit_code == 2 and "unknown style" in result.output
     result = CliRunner().invoke(app, ["reasoner", "eval", "--model", "tiny-random", "--split", "train"])
@@ -93,3 +94,46 @@ def test_cli_causal_and_steps_run_and_refuse_bad_input(tmp_path):
                                                                                                   ["div", "2/1"]]
     result = CliRunner().invoke(app, ["reasoner", "steps", "--kind", "add 4+4"])
     assert result.exit_code == 2 and "unknown step kinds ['add 4+4']" in result.output
+
+
+def test_an_interrupted_eval_answers_only_the_missing_problems(tiny, tmp_path, monkeypatch):
+    from reasoning_dspy._io import CheckpointError
+    from reasoning_dspy.program import evaluation
+    from reasoning_dspy.reasoner import evaluate
+
+    ckpt = tmp_path / "eval.json.partial.jsonl"
+    kw = {"n": 4, "styles": ("terse", "careful"), "max_tokens": 8, "batch_size": 4, "progress": False}
+    full = evaluate_styles(tiny, checkpoint=ckpt, **kw)
+    lines = ckpt.read_text().splitlines()
+    assert len(lines) == 1 + 8 and json.loads(lines[0])["settings"]["max_tokens"] == 8
+    ckpt.write_text("\n".join(lines[:4]) + "\n")  # as if stopped after 3 of the 8 rows were saved
+
+    answered = []
+    solve = evaluation.solve
+    monkeypatch.setattr(evaluate, "CHUNK", 2)
+    monkeypatch.setattr(evaluation, "solve", lambda lm, problems, **k: answered.extend(problems) or solve(lm, problems, **k))
+    again = evaluate_styles(tiny, checkpoint=ckpt, **kw)
+    assert len(answered) == 5  # one terse problem and the four careful ones
+    assert [(r["style"], r["id"]) for r in again["rows"]] == [(r["style"], r["id"]) for r in full["rows"]]
+    assert again["rows"][:3] == full["rows"][:3]  # read back from the file, not answered again
+
+    with pytest.raises(CheckpointError, match=r"other settings \(max_tokens\)"):
+        evaluate_styles(tiny, checkpoint=ckpt, **{**kw, "max_tokens": 9})
+
+
+def test_forced_decisions_continue_from_their_checkpoint(tiny, tmp_path, monkeypatch):
+    from reasoning_dspy.engine import generate
+    from reasoning_dspy.problems import make_problems
+    from reasoning_dspy.reasoner.causal import forced_decisions
+
+    problems = make_problems(3, split="test", families=["chains"])
+    instruction = STYLES["neutral"].instructions[0]
+    ckpt = tmp_path / "causal.json.partial.jsonl"
+    rows = forced_decisions(tiny, problems, instruction, max_tokens=6, batch_size=2, checkpoint=ckpt)
+    assert [r["id"] for r in rows] == [p.id for p in problems] and len(ckpt.read_text().splitlines()) == 4
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("every problem is in the checkpoint; nothing should be generated")
+
+    monkeypatch.setattr(generate, "generate_rows", no_generation)
+    assert forced_decisions(tiny, problems, instruction, max_tokens=6, batch_size=2, checkpoint=ckpt) == rows

@@ -58,3 +58,9 @@ def config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     if len(files) > 1:
         fail(f"expected one config file and key=value overrides, got several files: {files}")
     return (files[0] if files else None), [a for a in args if "=" in a]
+
+
+def partial_file(out: Path | None) -> Path | None:
+    """Where a command writing `out` keeps its finished rows until `out` is written (None without
+    `out`): re-running the command with the same settings continues from them."""
+    return None if out is None else out.with_name(out.name + ".partial.jsonl")

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import typer
 
-from reasoning_dspy.cli._common import (
-    config_args,
-    fail,
-    sae_and_scores,
-)
+from reasoning_dspy.cli._common import config_args, fail, partial_file, sae_and_scores
 
 reasoner_app = typer.Typer(help="smollm2-reasoner: build the reflective corpus and fine-tune on it.",
                            no_args_is_help=True)
@@ -51,7 +47,8 @@ def reasoner_eval(
     scores: Path | None = typer.Option(None, help="ReasonScore folder for --sae (default: SAE/scores)"),
     max_tokens: int = typer.Option(256, min=8, help="tokens generated per answer"),
     batch_size: int = typer.Option(32, min=1, help="rows the engine decodes together"),
-    out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file"),
+    out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file; until then "
+                                    "finished rows wait in OUT.partial.jsonl, so the same command continues a run"),
 ) -> None:
     """Held-out accuracy (overall, per family), ChatAdapter parse rate, reflection rate and reasoning
     words per instruction style, greedy, through dspy.ChainOfThought(signatures.WordProblem)."""
@@ -64,11 +61,12 @@ def reasoner_eval(
         sae_model, ranking = sae_and_scores(sae, scores) if sae is not None else (None, None)
         result = evaluate_styles(model, n=n, split=split, seed=seed, styles=tuple(styles), held_out=held_out,
                                  program=program, max_tokens=max_tokens, batch_size=batch_size, sae=sae_model,
-                                 scores=ranking)
+                                 scores=ranking, checkpoint=partial_file(out))
     except (ModelLoadError, ProblemError, ValueError) as err:
         fail(str(err))
     if out is not None:
         atomic_write_json(out, result)
+        partial_file(out).unlink(missing_ok=True)
     from rich.console import Console
     from rich.table import Table
 
@@ -94,7 +92,8 @@ def reasoner_causal(
     split: str = typer.Option("test", help="problem split: test or validation"),
     seed: int = typer.Option(0, help="seed of the problem list"),
     max_tokens: int = typer.Option(448, min=8, help="tokens generated per answer"),
-    out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file"),
+    out: Path | None = typer.Option(None, help="write the summary and every row to this JSON file; until then "
+                                    "finished rows wait in OUT.partial.jsonl, so the same command continues a run"),
 ) -> None:
     """Is reflection causal? Force the token that decides to reflect both ways under one instruction:
     paired accuracy difference with a bootstrap 95 % interval, and checks that fixed or broke a step."""
@@ -110,12 +109,14 @@ def reasoner_causal(
 
         instruction = instruction or WordProblem.instructions
         problems = make_problems(n, split=split, seed=seed, families=["chains"])
-        rows = forced_decisions(load_model(model), problems, instruction, max_tokens=max_tokens)
+        rows = forced_decisions(load_model(model), problems, instruction, max_tokens=max_tokens,
+                                checkpoint=partial_file(out), progress=True)
     except (ModelLoadError, ProblemError, ValueError) as err:
         fail(str(err))
     summary = summarize_forced(rows)
     if out is not None:
         atomic_write_json(out, {"model": model, "instruction": instruction, "summary": summary, "rows": rows})
+        partial_file(out).unlink(missing_ok=True)
     d = summary["reflect_minus_plain"]
     for side in ("reflect", "plain"):
         m = summary[side]

@@ -11,10 +11,13 @@ quick answers a check fixed, how many right ones it broke).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from reasoning_dspy._io import RowCheckpoint
 from reasoning_dspy.reasoner.trace import REFLECTIVE_OPENERS
 
 
@@ -24,9 +27,12 @@ def decision_tokens(tokenizer: Any) -> set[int]:
 
 
 def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_tokens: int = 320,
-                     batch_size: int = 16, echo: str = "Task: {instruction}") -> list[dict[str, Any]]:
+                     batch_size: int = 16, echo: str = "Task: {instruction}",
+                     checkpoint: str | Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Per problem: `{"id", "expected", "reflect": {...}, "plain": {...}}`, each side with the parsed
-    `answer`, `correct`, the full `reasoning` and the step measures of `problems.steps.step_measures`."""
+    `answer`, `correct`, the full `reasoning` and the step measures of `problems.steps.step_measures`.
+    With `checkpoint` (a JSONL file), each batch's rows are saved as it finishes and a re-run with
+    the same settings answers only the problems still missing."""
     import dspy
 
     from reasoning_dspy.engine.generate import GenRow, generate_rows
@@ -39,15 +45,18 @@ def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_
     adapter = dspy.ChatAdapter()
     prefix = f"[[ ## reasoning ## ]]\n{echo.format(instruction=instruction)}\n"
     reflective = decision_tokens(tok)
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start:start + batch_size]
+    saved = RowCheckpoint(checkpoint, {"model": loaded.model_spec.name, "instruction": instruction,
+                                       "max_tokens": max_tokens, "echo": echo})
+    todo = [p for p in problems if saved.get(p.id) is None]
+    for start in tqdm(range(0, len(todo), batch_size), desc="forced decisions", unit="batch", disable=not progress):
+        chunk = todo[start:start + batch_size]
         prompts = [render_chat(tok, adapter.format(signature, demos=[], inputs={"question": p.question}), None)
                    + tok(prefix, add_special_tokens=False)["input_ids"] for p in chunk]
         choices = [_decide(model, ids, reflective) for ids in prompts]
         rows = [GenRow(ids + [choice[side]], max_new_tokens=max_tokens)
                 for ids, choice in zip(prompts, choices, strict=True) for side in ("reflect", "plain")]
         results = generate_rows(model, tok, rows)
+        done = {}
         for k, p in enumerate(chunk):
             record: dict[str, Any] = {"id": p.id, "expected": p.answer}
             for j, side in enumerate(("reflect", "plain")):
@@ -59,8 +68,9 @@ def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_
                 reasoning = parsed.get("reasoning") or text
                 record[side] = {"answer": parsed.get("answer"), "reasoning": reasoning,
                                 "correct": is_correct(parsed.get("answer"), text, p.answer), **step_measures(reasoning)}
-            out.append(record)
-    return out
+            done[p.id] = record
+        saved.add(done)
+    return [saved.get(p.id) for p in problems]
 
 
 @torch.no_grad()

@@ -14,12 +14,17 @@ and features, their mean activation over the generated tokens.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from reasoning_dspy._io import RowCheckpoint
 from reasoning_dspy.problems.steps import STEP_COUNTS, step_measures
 from reasoning_dspy.reasoner.styles import STYLES
+
+#: Problems answered between two saves of a checkpoint.
+CHUNK = 64
 
 
 def style_instruction(style: str, held_out: bool = False) -> str:
@@ -33,11 +38,14 @@ def style_instruction(style: str, held_out: bool = False) -> str:
 def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int = 0, family: str = "chains",
                     styles: tuple[str, ...] = tuple(STYLES), held_out: bool = False, program: str = "cot",
                     max_tokens: int = 256, batch_size: int = 32, sae: Any = None, scores: Any = None,
-                    features: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
+                    features: list[int] | None = None, progress: bool = True,
+                    checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Answer the same `n` problems of `split` once per style; returns `{"summary", "rows"}`.
 
     `model` is a name `load_model` takes or a `LoadedModel`. With `sae` (and `scores` for f_max),
-    `features` (default: the top 3 of `scores`) are measured on every generated token.
+    `features` (default: the top 3 of `scores`) are measured on every generated token. With
+    `checkpoint` (a JSONL file), rows are saved every `CHUNK` problems and a re-run with the same
+    settings answers only the problems still missing.
     """
     from tqdm.auto import tqdm
 
@@ -51,8 +59,13 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
                          "(the reasoner's corpus is drawn from 'train')")
     for style in styles:
         style_instruction(style, held_out)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
     problems = make_problems(n, split=split, seed=seed, families=[family])
+    name = model.model_spec.name if isinstance(model, LoadedModel) else model
+    # opened before the model loads, so a file of other settings fails fast
+    saved = RowCheckpoint(checkpoint, {"model": name, "split": split, "seed": seed, "family": family,
+                                       "held_out": held_out, "program": program, "max_tokens": max_tokens,
+                                       "sae": sae is not None, "features": features})
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
     kwargs: dict[str, Any] = {}
     if sae is not None:
         chosen = features if features is not None else ([int(i) for i in scores.top(3)] if scores is not None else None)
@@ -60,22 +73,31 @@ def evaluate_styles(model: Any, *, n: int = 200, split: str = "test", seed: int 
             raise ValueError("measuring activations needs features= or scores= (a FeatureScores) with the SAE")
         kwargs = {"sae": sae, "max_activation": scores, "capture": True, "reasoning_features": chosen}
     lm = SteeredLM(loaded, max_tokens=max_tokens, cache=False, max_batch_size=batch_size, **kwargs)
-    rows: list[dict] = []
+    key = lambda style, problem: f"{style}/{problem.id}"  # noqa: E731
     bar = tqdm(total=n * len(styles), desc=f"evaluate {loaded.model_spec.name}", unit="problem",
-               disable=not progress)
+               disable=not progress, initial=sum(saved.get(key(s, p)) is not None for s in styles for p in problems))
     try:
         for style in styles:
             instruction = style_instruction(style, held_out)
-            for row, problem in zip(solve(lm, problems, program=program, instruction=instruction,
-                                          threads=batch_size, on_done=bar.update), problems, strict=True):
-                trace = row["reasoning"] if row.get("reasoning") is not None else row["text"]
-                rows.append({**row, "style": style, "instruction": instruction, "family": problem.family,
-                             "difficulty": problem.difficulty, **step_measures(trace)})
+            todo = [p for p in problems if saved.get(key(style, p)) is None]
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start:start + CHUNK]
+                answered = solve(lm, chunk, program=program, instruction=instruction, threads=batch_size,
+                                 on_done=bar.update)
+                saved.add({key(style, p): _row(row, p, style, instruction)
+                           for row, p in zip(answered, chunk, strict=True)})
     finally:
         bar.close()
         engine_of(lm).close()
+    rows = [saved.get(key(style, p)) for style in styles for p in problems]
     return {"model": loaded.model_spec.name, "split": split, "n": n, "seed": seed, "held_out": held_out,
             "program": program, "max_tokens": max_tokens, "summary": summarize(rows), "rows": rows}
+
+
+def _row(row: dict, problem: Any, style: str, instruction: str) -> dict:
+    trace = row["reasoning"] if row.get("reasoning") is not None else row["text"]
+    return {**row, "style": style, "instruction": instruction, "family": problem.family,
+            "difficulty": problem.difficulty, **step_measures(trace)}
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
