@@ -178,12 +178,15 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     import dspy
 
     from optimizers import ReasoningOptimizer
+    from reasoning_dspy.models.shipped import SHIPPED
     from reasoning_dspy.problems import as_dspy_examples, make_problems
     from reasoning_dspy.program.adapter import LenientChatAdapter
     from reasoning_dspy.program.evaluation import make_program
     from reasoning_dspy.program.lm import engine_of
 
-    train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0))
+    families = SHIPPED[state.model].families
+    train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0,
+                                           families=list(families) if families else None))
     optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS, batch_trials=4,
                                    accuracy_margin=None, seed=0, adapter=LenientChatAdapter())
     lm = _lm(state, max_batch_size=4 * OPTIMIZER_PROBLEMS)
