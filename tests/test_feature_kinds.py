@@ -1,11 +1,17 @@
-"""Reading a feature's evidence: reflection features, punctuation, one token's identity."""
+"""Reading a feature's evidence: reflection and verification features, punctuation, one token's identity."""
 
 from __future__ import annotations
 
 import pytest
 
 from reasoning_dspy.features.analysis import Context, FeatureReport
-from reasoning_dspy.features.kinds import context_line, feature_kind, is_reflection_context, word_tokens
+from reasoning_dspy.features.kinds import (
+    context_line,
+    feature_kind,
+    is_reflection_context,
+    is_verification_context,
+    word_tokens,
+)
 
 
 def ctx(pieces: list[str], center: int) -> Context:
@@ -53,3 +59,25 @@ def test_kinds():
 ])
 def test_word_tokens(tokens, expected):
     assert word_tokens(report([OPENER], tokens)) == expected
+
+
+# inside a check's working: a column's digits, and the verdict after its result; SmolLM2 splits digits
+COLUMN = ctx([" write", " ", "2", " carry", " ", "1", ";", " tens", " ", "4", "+", "8"], center=9)  # the "4"
+VERDICT = ctx([";", " so", " ", "8", "5", ".", " It", " matches", ".\n"], center=6)  # " It"
+QUICK = ctx([" 47", " +", " 38", " =", " ", "8", "5", "."], center=5)  # a quick answer: not a check
+
+
+def test_a_check_under_way_makes_a_verification_context():
+    assert is_verification_context(COLUMN) and is_verification_context(VERDICT)
+    assert not is_verification_context(QUICK) and not is_verification_context(COMMA)
+    assert not is_verification_context(OPENER)  # reflection words, but no check written yet
+    # a check on the line before does not count: only the max token's own line is read
+    assert not is_verification_context(ctx([" so", " ", "8", "5", ".\n", "Then", " she"], center=6))
+
+
+def test_verification_features_are_carried_by_more_than_one_token():
+    digits = [("4", 30.0, 90), ("7", 28.0, 80), (" It", 20.0, 40)]
+    assert feature_kind(report([COLUMN, VERDICT, COLUMN], digits)) == "verification"
+    assert feature_kind(report([COLUMN, COLUMN, QUICK], digits)) == "verification"  # 2 of 3 contexts
+    assert feature_kind(report([COLUMN, QUICK, QUICK], digits)) == "punctuation"  # digits, mostly outside checks
+    assert feature_kind(report([COLUMN] * 3, [("4", 30.0, 90), ("7", 2.0, 80)])) == "punctuation"  # one carrier

@@ -117,7 +117,7 @@ def stage_features(state: ReasonerDemoState) -> None:
 
     from reasoning_dspy.activations import extract_activations
     from reasoning_dspy.features.analysis import analyze_features, write_analysis
-    from reasoning_dspy.features.kinds import feature_kind
+    from reasoning_dspy.features.kinds import REASONING_KINDS, feature_kind
 
     texts = [row["text"] for row in state.baseline + state.careful if row["text"].strip()]
     cache = extract_activations(state.loaded.model, state.loaded.tokenizer, texts, state.sae.cfg.hook_layer,
@@ -138,8 +138,9 @@ def stage_features(state: ReasonerDemoState) -> None:
                       ", ".join(w for w, _ in r.top_words[:3]) or "-", context)
     console.print(table)
     kinds = [feature_kind(r) for r in state.reports]
-    console.print(f"{kinds.count('reflection')} of the top {len(kinds)} features are reflection features "
-                  "(they fire hardest on words in reflective sentences, carried by more than one token)")
+    console.print(f"{sum(k in REASONING_KINDS for k in kinds)} of the top {len(kinds)} features are reflection "
+                  f"({kinds.count('reflection')}) or verification ({kinds.count('verification')}) features: they fire "
+                  "hardest on words in reflective sentences, or inside a digit-level check, carried by more than one token")
 
 
 def stage_steer(state: ReasonerDemoState) -> None:

@@ -1,8 +1,8 @@
 """Human-readable labels for SAE features, read from the ReasonScore table (and its feature analysis).
 
 A feature's label is the reasoning words whose windows it fires on most (`FeatureScores.top_words`),
-e.g. "hmm/wait/let me", plus its kind (`features.kinds.feature_kind`: reflection, punctuation, single
-token, other) where a feature analysis (`analysis.json`) covers it. Without a ReasonScore table a
+e.g. "hmm/wait/let me", plus its kind (`features.kinds.feature_kind`: reflection, verification,
+punctuation, single token, other) where a feature analysis (`analysis.json`) covers it. Without a ReasonScore table a
 feature is labelled by its index only.
 """
 
