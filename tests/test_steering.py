@@ -312,3 +312,50 @@ def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
     add = resolve(SteeringSpec(features=features), d_model=64, n_layers=tiny.model_spec.n_layers,
                   sae=sae.unit_norm_view(), max_activation=fmax)
     torch.testing.assert_close(add.add, 2.0 * fmax[idx] @ unit_rows)
+
+
+def test_a_token_window_steers_the_prompt_and_the_first_tokens_only(tiny, steer_sae, steer_fmax):
+    """With `tokens=3`, the layer output moves by the steering delta at every prompt position and at
+    the positions that predict the first 3 generated tokens, and by nothing after them."""
+    view = steer_sae.unit_norm_view()
+    spec = SteeringSpec(features={7: 3.0}, tokens=3)
+    ids = _ids(tiny)
+    with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax), _layer_outputs(tiny) as seen:
+        out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                  pad_token_id=tiny.tokenizer.pad_token_id)
+    steered = torch.cat(seen, dim=1)[0]
+    clean = residual_at(tiny.model, LAYER, out[:, : steered.shape[0]])[0]
+    delta = (3.0 * steer_fmax[7]) * view.W_dec.detach()[7]
+    window = ids.shape[1] - 1 + 3  # the prompt, then the positions predicting generated tokens 0, 1, 2
+    torch.testing.assert_close(steered[:window] - clean[:window], delta.expand(window, -1), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(steered[window:], clean[window:], atol=2e-5, rtol=1e-4)
+
+
+def test_a_windowed_row_keeps_its_first_tokens_and_its_measure_matches_generation(tiny, steer_sae, steer_fmax):
+    from reasoning_dspy.engine.jobs import MeasureJob, measure_response
+
+    view = steer_sae.unit_norm_view()
+    prompt = _ids(tiny)[0].tolist()
+    full = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
+    windowed = _resolve(SteeringSpec(features={11: 6.0}, tokens=2), tiny, steer_sae, steer_fmax)
+    assert windowed.tokens == 2 and torch.equal(windowed.add, full.add)
+    cfg = CaptureConfig(view, LAYER, k=5, top=128)
+    rows = [GenRow(prompt, 8, steering=s, capture=True, capture_features=(3, 17)) for s in (full, windowed, None)]
+    steered, early, plain = (generate_rows(tiny.model, tiny.tokenizer, [r], sae=view, capture=cfg)[0] for r in rows)
+    assert early.token_ids[:2] == steered.token_ids[:2]  # the same steered positions chose them
+    assert steered.token_ids != plain.token_ids and early.token_ids != steered.token_ids  # steering did something
+    # a teacher-forced forward with the window applied as in generation gives generation's report
+    again = measure_response(tiny.model, tiny.model_spec, cfg,
+                             MeasureJob.for_response(prompt, early.token_ids, windowed, (3, 17)))
+    assert again.features_mean == pytest.approx(early.report.features_mean, rel=1e-4, abs=1e-6)
+    assert again.topk_mean == pytest.approx(early.report.topk_mean, rel=1e-4)
+
+
+def test_a_token_window_is_checked_and_keys_the_spec_only_when_set():
+    plain = SteeringSpec(features={3: 1.0})
+    assert "tokens" not in plain.model_dump() and SteeringSpec(features={3: 1.0}, tokens=None) == plain
+    windowed = SteeringSpec(features={3: 1.0}, tokens=32)
+    assert windowed.model_dump()["tokens"] == 32 and windowed.fingerprint() != plain.fingerprint()
+    assert as_spec(windowed.model_dump(mode="json")) == windowed  # it travels in DSPy metadata
+    with pytest.raises(SteeringError, match="tokens"):
+        as_spec({"features": {3: 1.0}, "tokens": 0})

@@ -88,7 +88,8 @@ def token_latents(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfi
         return torch.zeros((0, sae.d_sae), dtype=sae.W_enc.dtype, device=sae.W_enc.device)
     device = next(model.parameters()).device
     ids = torch.tensor([job.token_ids], dtype=torch.long, device=device)
-    steerer = Steerer(model, [job.steering], sae=sae, model_spec=model_spec) if job.steering is not None else None
+    steerer = (Steerer(model, [job.steering], sae=sae, model_spec=model_spec, first_generated=job.start)
+               if job.steering is not None else None)
     acts = residual_at(model, capture.layer, ids, model_spec=model_spec, hooks=steerer)[0, job.start:]
     return sae.encode(acts.to(sae.W_enc.dtype))
 

@@ -59,6 +59,7 @@ class _LayerPlan:
     clamp_idx: Tensor | None = None  # [m] union of clamped features
     clamp_targets: Tensor | None = None  # [B, m]
     clamp_mask: Tensor | None = None  # [B, m] 1 where the row clamps that feature
+    window: Tensor | None = None  # [B] forwards each row is steered for (prompt + first tokens); None: all
 
 
 class Steerer:
@@ -67,7 +68,13 @@ class Steerer:
     >>> with Steerer(model, [row, None], sae=view) as steerer:   # row 0 steered, row 1 not
     ...     model.generate(ids, attention_mask=mask, max_new_tokens=32)
 
-    `rows` holds one `RowSteering` (or None) per batch row. With `capture`, the hook also encodes the
+    `rows` holds one `RowSteering` (or None) per batch row. A row with a token window
+    (`RowSteering.tokens`) is steered on the prompt and on the positions that predict its first
+    `tokens` generated tokens only. `first_generated` is the sequence position that predicts the
+    first generated token; by default the last position of the first forward, the prompt's, as in
+    `generate` (a teacher-forced forward over prompt and answer passes it).
+
+    With `capture`, the hook also encodes the
     (pre-steering) residual at the last position of every forward — the positions that predict the
     generated tokens — and `steerer.reports(lengths)` summarises them per row afterwards. At those
     positions it always records the size of the steering delta: `steerer.perturbations(lengths)`.
@@ -82,6 +89,7 @@ class Steerer:
         capture: CaptureConfig | None = None,
         capture_features: Sequence[Sequence[int]] | None = None,
         model_spec: ModelSpec | None = None,
+        first_generated: int | None = None,
     ):
         self.model = model
         self.model_spec = model_spec or get_model_spec(model)
@@ -91,6 +99,8 @@ class Steerer:
         self._handles: list[Any] = []
         self._buffer = _CaptureBuffer()
         self._moved: dict[int, list[tuple[Tensor, Tensor]]] = {}  # layer -> per forward (‖δ‖ [B], ‖x‖ [B])
+        self._seen: dict[int, int] = {}  # layer -> positions its forwards have covered so far
+        self.first_generated = first_generated
         self._feat_idx, self._feat_w = self._feature_weights(capture_features)
         self._plans = self._build_plans()
         needs_sae = any(p.clamp_idx is not None for p in self._plans.values())
@@ -130,6 +140,9 @@ class Steerer:
                     plan.relative = torch.zeros(batch, d)
                 plan.relative[b] += row.add_relative
         for layer, plan in plans.items():
+            windows = [r.tokens if r is not None and r.layer == layer else None for r in self.rows]
+            if any(w is not None for w in windows):
+                plan.window = torch.tensor([float("inf") if w is None else w for w in windows])
             clamped = [(b, r) for b, r in enumerate(self.rows)
                        if r is not None and r.layer == layer and r.clamp_features is not None]
             if not clamped:
@@ -185,6 +198,8 @@ class Steerer:
                 )
             if capture is not None:
                 self._record(capture, x[:, -1, :])
+            start = self._seen.get(layer, 0)
+            self._seen[layer] = start + x.shape[1]
             new = x
             if plan.add is not None:
                 new = new + plan.add.to(x.dtype)[:, None, :]
@@ -198,6 +213,12 @@ class Steerer:
                 new = new + (coef @ w).to(x.dtype)
             if new is x:
                 return output
+            if plan.window is not None:  # rows past their window go on unsteered
+                if self.first_generated is None:  # generation: the prompt's forward comes first
+                    self.first_generated = x.shape[1] - 1
+                positions = torch.arange(start, start + x.shape[1], device=x.device)
+                keep = positions[None, :] < self.first_generated + plan.window.to(x.device)[:, None]  # [B, T]
+                new = torch.where(keep[..., None], new, x)
             last, moved = x[:, -1, :].float(), new[:, -1, :].float()
             self._moved.setdefault(layer, []).append(((moved - last).norm(dim=-1).detach(), last.norm(dim=-1)))
             return replace_layer_output(output, new)
@@ -270,7 +291,7 @@ class Steerer:
 def _to_device(plan: _LayerPlan, device: torch.device) -> _LayerPlan:
     move = (lambda t: None if t is None else t.to(device))  # noqa: E731
     return _LayerPlan(move(plan.add), move(plan.relative), move(plan.clamp_idx), move(plan.clamp_targets),
-                      move(plan.clamp_mask))
+                      move(plan.clamp_mask), move(plan.window))
 
 
 def steer(

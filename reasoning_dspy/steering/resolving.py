@@ -23,6 +23,7 @@ class RowSteering:
     add_relative: Tensor | None = None  # [d_model] float32 of norm α; ‖x_t‖ times it is added at position t
     clamp_features: Tensor | None = None  # [m] long
     clamp_targets: Tensor | None = None  # [m] float32, γ f_max per feature
+    tokens: int | None = None  # steer the prompt and the first `tokens` generated tokens only (None: all)
 
 
 def resolve(
@@ -41,7 +42,7 @@ def resolve(
     if not -n_layers <= layer < n_layers:
         raise SteeringError(f"steering layer {layer} is out of range for a model with {n_layers} layers")
     layer %= n_layers
-    row = RowSteering(layer=layer)
+    row = RowSteering(layer=layer, tokens=spec.tokens)
     if spec.features:
         if sae.cfg.hook_layer is not None and sae.cfg.hook_layer % n_layers != layer:
             raise SteeringError(

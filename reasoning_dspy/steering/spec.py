@@ -55,6 +55,10 @@ class SteeringSpec(BaseModel):
         "fmax", description="fmax: γ in multiples of each feature's f_max; residual (add only): each token moves "
                             "by ‖γ‖₂·‖x_t‖ along Σ γ_i W_dec,i (+ vector)",
     )
+    tokens: int | None = Field(
+        None, ge=1, description="steer the prompt and only the first `tokens` generated tokens (None: every "
+                                "token); a decision made early in a trace is steered, the work after it is not",
+    )
 
     @field_validator("features")
     @classmethod
@@ -122,11 +126,13 @@ class SteeringSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_default_units(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """f_max units are left out of the dump, so an f_max spec serialises (and keys DSPy's cache and
-        fingerprints) exactly as it did before units existed."""
+        """f_max units and an unlimited token window are left out of the dump, so such a spec
+        serialises (and keys DSPy's cache and fingerprints) exactly as it did before either existed."""
         data = handler(self)
         if self.units == "fmax":
             data.pop("units", None)
+        if self.tokens is None:
+            data.pop("tokens", None)
         return data
 
     def fingerprint(self) -> str:
