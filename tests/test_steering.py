@@ -211,8 +211,10 @@ def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bu
     system = " ".join(bundled_prompts[:3])
     add = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
     clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
+    early = _resolve(SteeringSpec(features={11: 6.0}, tokens=2), tiny, steer_sae, steer_fmax)  # plain prefix
     rows = [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s)
-            for q, s in [(" Why?", add), (" Is it so?", None), (" Why?", clamp), (" How come?", add)]]
+            for q, s in [(" Why?", add), (" Is it so?", None), (" Why?", clamp), (" How come?", add),
+                         (" Why not?", early)]]
     assert _shared_prefix_len(rows) >= 32
     shared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view)
     unshared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view, share_prefix=False)
@@ -315,8 +317,8 @@ def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
 
 
 def test_a_token_window_steers_the_prompt_and_the_first_tokens_only(tiny, steer_sae, steer_fmax):
-    """With `tokens=3`, the layer output moves by the steering delta at every prompt position and at
-    the positions that predict the first 3 generated tokens, and by nothing after them."""
+    """With `tokens=3`, the layer output moves by the steering delta at the positions that predict the
+    first 3 generated tokens, and by nothing before (the prompt) or after them."""
     view = steer_sae.unit_norm_view()
     spec = SteeringSpec(features={7: 3.0}, tokens=3)
     ids = _ids(tiny)
@@ -326,9 +328,11 @@ def test_a_token_window_steers_the_prompt_and_the_first_tokens_only(tiny, steer_
     steered = torch.cat(seen, dim=1)[0]
     clean = residual_at(tiny.model, LAYER, out[:, : steered.shape[0]])[0]
     delta = (3.0 * steer_fmax[7]) * view.W_dec.detach()[7]
-    window = ids.shape[1] - 1 + 3  # the prompt, then the positions predicting generated tokens 0, 1, 2
-    torch.testing.assert_close(steered[:window] - clean[:window], delta.expand(window, -1), atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(steered[window:], clean[window:], atol=2e-5, rtol=1e-4)
+    first = ids.shape[1] - 1  # the prompt's last position predicts generated token 0
+    torch.testing.assert_close(steered[:first], clean[:first], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(steered[first:first + 3] - clean[first:first + 3], delta.expand(3, -1), atol=2e-5,
+                               rtol=1e-4)
+    torch.testing.assert_close(steered[first + 3:], clean[first + 3:], atol=2e-5, rtol=1e-4)
 
 
 def test_a_windowed_row_keeps_its_first_tokens_and_its_measure_matches_generation(tiny, steer_sae, steer_fmax):
@@ -336,11 +340,11 @@ def test_a_windowed_row_keeps_its_first_tokens_and_its_measure_matches_generatio
 
     view = steer_sae.unit_norm_view()
     prompt = _ids(tiny)[0].tolist()
-    full = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
     windowed = _resolve(SteeringSpec(features={11: 6.0}, tokens=2), tiny, steer_sae, steer_fmax)
-    assert windowed.tokens == 2 and torch.equal(windowed.add, full.add)
+    throughout = _resolve(SteeringSpec(features={11: 6.0}, tokens=8), tiny, steer_sae, steer_fmax)  # every token
+    assert windowed.tokens == 2 and torch.equal(windowed.add, throughout.add)
     cfg = CaptureConfig(view, LAYER, k=5, top=128)
-    rows = [GenRow(prompt, 8, steering=s, capture=True, capture_features=(3, 17)) for s in (full, windowed, None)]
+    rows = [GenRow(prompt, 8, steering=s, capture=True, capture_features=(3, 17)) for s in (throughout, windowed, None)]
     steered, early, plain = (generate_rows(tiny.model, tiny.tokenizer, [r], sae=view, capture=cfg)[0] for r in rows)
     assert early.token_ids[:2] == steered.token_ids[:2]  # the same steered positions chose them
     assert steered.token_ids != plain.token_ids and early.token_ids != steered.token_ids  # steering did something

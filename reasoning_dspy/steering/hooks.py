@@ -69,10 +69,10 @@ class Steerer:
     ...     model.generate(ids, attention_mask=mask, max_new_tokens=32)
 
     `rows` holds one `RowSteering` (or None) per batch row. A row with a token window
-    (`RowSteering.tokens`) is steered on the prompt and on the positions that predict its first
-    `tokens` generated tokens only. `first_generated` is the sequence position that predicts the
-    first generated token; by default the last position of the first forward, the prompt's, as in
-    `generate` (a teacher-forced forward over prompt and answer passes it).
+    (`RowSteering.tokens`) is steered only at the positions that predict its first `tokens`
+    generated tokens, not on the rest of its prompt. `first_generated` is the sequence position that
+    predicts the first generated token; by default the last position of the first forward, the
+    prompt's, as in `generate` (a teacher-forced forward over prompt and answer passes it).
 
     With `capture`, the hook also encodes the
     (pre-steering) residual at the last position of every forward — the positions that predict the
@@ -217,7 +217,8 @@ class Steerer:
                 if self.first_generated is None:  # generation: the prompt's forward comes first
                     self.first_generated = x.shape[1] - 1
                 positions = torch.arange(start, start + x.shape[1], device=x.device)
-                keep = positions[None, :] < self.first_generated + plan.window.to(x.device)[:, None]  # [B, T]
+                end = self.first_generated + plan.window.to(x.device)[:, None]
+                keep = (positions[None, :] >= self.first_generated) & (positions[None, :] < end)  # [B, T]
                 new = torch.where(keep[..., None], new, x)
             last, moved = x[:, -1, :].float(), new[:, -1, :].float()
             self._moved.setdefault(layer, []).append(((moved - last).norm(dim=-1).detach(), last.norm(dim=-1)))

@@ -23,7 +23,7 @@ class RowSteering:
     add_relative: Tensor | None = None  # [d_model] float32 of norm α; ‖x_t‖ times it is added at position t
     clamp_features: Tensor | None = None  # [m] long
     clamp_targets: Tensor | None = None  # [m] float32, γ f_max per feature
-    tokens: int | None = None  # steer the prompt and the first `tokens` generated tokens only (None: all)
+    tokens: int | None = None  # steer only the positions predicting the first `tokens` generated tokens
 
 
 def resolve(

@@ -56,8 +56,10 @@ class SteeringSpec(BaseModel):
                             "by ‖γ‖₂·‖x_t‖ along Σ γ_i W_dec,i (+ vector)",
     )
     tokens: int | None = Field(
-        None, ge=1, description="steer the prompt and only the first `tokens` generated tokens (None: every "
-                                "token); a decision made early in a trace is steered, the work after it is not",
+        None, ge=1, description="steer only the positions that predict the first `tokens` generated tokens, "
+                                "not the prompt before them (None: every position, the prompt's included); a "
+                                "decision made early in a trace is steered, the question and the work after it "
+                                "are not",
     )
 
     @field_validator("features")
