@@ -217,8 +217,9 @@ class Steerer:
                 if self.first_generated is None:  # generation: the prompt's forward comes first
                     self.first_generated = x.shape[1] - 1
                 positions = torch.arange(start, start + x.shape[1], device=x.device)
-                end = self.first_generated + plan.window.to(x.device)[:, None]
-                keep = (positions[None, :] >= self.first_generated) & (positions[None, :] < end)  # [B, T]
+                window = plan.window.to(x.device)[:, None]  # [B, 1]; inf: the row steers every position
+                inside = (positions[None, :] >= self.first_generated) & (positions[None, :] < self.first_generated + window)
+                keep = inside | torch.isinf(window)  # [B, T]
                 new = torch.where(keep[..., None], new, x)
             last, moved = x[:, -1, :].float(), new[:, -1, :].float()
             self._moved.setdefault(layer, []).append(((moved - last).norm(dim=-1).detach(), last.norm(dim=-1)))
