@@ -195,7 +195,7 @@ def test_an_interrupted_study_has_every_condition_on_the_same_problems(tmp_path,
     from reasoning_dspy.study.runner import Study
 
     monkeypatch.setattr(runner, "CHUNK", 4)  # 10 test problems: rounds of 4, 4 and 2
-    cfg = StudyConfig.load(CONFIG, [f"out={tmp_path / 'study'}", "n_test=10"])
+    cfg = StudyConfig.load(CONFIG, [f"out={tmp_path / 'study'}", "n_test=10", "steer_tokens=3"])
     summarize = Study.summarize
 
     def stop_after_the_first_round(self, path):
@@ -216,3 +216,5 @@ def test_an_interrupted_study_has_every_condition_on_the_same_problems(tmp_path,
     assert all(len(_rows(out / "generations" / f"{n}.jsonl")) == 10 for n in names)
     assert json.loads((out / "summary.json").read_text())["n_problems"] == 10
     assert not (out / "partial_summary.json").exists()
+    steered = _rows(out / "generations" / f"{names[1]}.jsonl")  # every condition steered its first 3 tokens only
+    assert "first 3 generated tokens" in (out / "report.md").read_text() and steered

@@ -144,3 +144,18 @@ def test_checks_that_fix_or_break_a_step_are_counted_per_condition():
     assert summary["conditions"][1]["vs_baseline"]["fixes"]["low"] > 0
     (line,) = conclusions(summary)
     assert "a check fixing a wrong step in 75.0%" in line
+
+
+def test_a_study_token_window_reaches_every_steered_condition_and_the_recommendation():
+    from reasoning_dspy.reasoner.ship import recommend_steering
+    from reasoning_dspy.study.conditions import Condition
+    from reasoning_dspy.study.report import summarize
+
+    top = Condition("top@0.5", "top", (1, 2), 0.5)
+    spec = top.steering("residual", 18, 32)
+    assert spec.tokens == 32 and spec.residual_strength == pytest.approx(0.5)
+    assert top.steering("residual", 18).tokens is None and Condition("baseline", "baseline").steering("residual", 18, 32) is None
+    conditions = [Condition("baseline", "baseline"), top]
+    summary = summarize(conditions, {"baseline": _gen(["So 7."] * 8), "top@0.5": _gen(["Wait, 7."] * 8)}, n_resamples=200)
+    chosen = recommend_steering(summary, layer=18, units="residual", tokens=32)
+    assert chosen["condition"] == "top@0.5" and chosen["steering"]["tokens"] == 32

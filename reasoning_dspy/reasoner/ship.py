@@ -57,7 +57,8 @@ def ship_study(study: str | Path, dest: str | Path | None = None) -> Path:
     _copy(study / "sae", dest / "sae", SAE_FILES)
     _copy(study / "scores", dest / "sae" / "scores", SCORE_FILES)
     atomic_write_json(dest / "sae" / STEERING_FILE, recommend_steering(summary, layer=sae.cfg.hook_layer,
-                                                                      units=config.get("units", "residual")))
+                                                                      units=config.get("units", "residual"),
+                                                                      tokens=config.get("steer_tokens")))
     return dest / "sae"
 
 
@@ -68,10 +69,10 @@ MAX_LOOP_RATE = 0.10
 
 
 def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str = "residual",
-                       max_loops: float = MAX_LOOP_RATE) -> dict[str, Any]:
+                       tokens: int | None = None, max_loops: float = MAX_LOOP_RATE) -> dict[str, Any]:
     """The study's top-feature condition that makes the most traces reflect while looping on at most
-    `max_loops` of them (the weakest strength when none qualifies), as a `SteeringSpec` dict with the
-    measurements that chose it."""
+    `max_loops` of them (the weakest strength when none qualifies), as a `SteeringSpec` dict (with
+    the study's token window, `tokens`) with the measurements that chose it."""
     from reasoning_dspy.study.conditions import Condition
 
     tops = sorted((c for c in summary["conditions"] if c["kind"] == "top"), key=lambda c: c["strength"])
@@ -79,7 +80,7 @@ def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str
         raise ValueError("the study summary has no top-feature condition to recommend")
     safe = [c for c in tops if c["measures"]["loops"]["value"] <= max_loops]
     best = max(safe, key=lambda c: c["measures"]["reflect"]["value"]) if safe else tops[0]
-    spec = Condition.from_dict(best).steering(units, layer)
+    spec = Condition.from_dict(best).steering(units, layer, tokens)
     measured = {k: best["measures"][k]["value"] for k in ("reflect", "word_rate", "accuracy", "loops")}
     return {"steering": spec.model_dump(mode="json"), "condition": best["name"], "strength": best["strength"],
             "measured": measured, "rule": f"most reflecting traces with loops <= {max_loops:g}"}

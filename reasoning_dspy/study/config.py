@@ -59,6 +59,9 @@ class StudyConfig(BaseModel):
     strengths: list[float] = Field([0.1, 0.2, 0.4], description="positive strength sweep")
     negative_strengths: list[float] = Field([-0.2], description="negative strengths for the top features")
     random_sets: int = Field(1, ge=0, description="matched random feature sets per strength (controls)")
+    steer_tokens: int | None = Field(None, ge=1, description=(
+        "steer only the positions that predict the first N generated tokens, in every condition (None: every "
+        "position, the prompt's included, as the paper does); see SteeringSpec.tokens"))
 
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(embedder="minilm"), description=(
         "run tracking (database_url: None means $DATABASE_URL, else a SQLite file beside OUT); every generation "

@@ -203,7 +203,10 @@ def write_report(study: Any, summary: dict[str, Any]) -> tuple[Path, Path]:
         f"{study.loaded.model_spec.d_model}), layer {study.layer}; program `{cfg.program}`"
         + (f" with the instruction \"{cfg.instruction}\"" if cfg.instruction else "") + " through `SteeredLM`; "
         f"{len(study.train)} training problems, {summary['n_problems']} held-out test problems; "
-        f"{cfg.max_tokens} tokens per trace; strengths in `{cfg.units}` units; seed {cfg.seed}.",
+        f"{cfg.max_tokens} tokens per trace; strengths in `{cfg.units}` units, "
+        + (f"steering only the positions that predict the first {cfg.steer_tokens} generated tokens"
+           if cfg.steer_tokens else "steering every position (prompt and generated tokens)")
+        + f"; seed {cfg.seed}.",
         "",
         "## SAE",
         "",

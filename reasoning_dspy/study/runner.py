@@ -225,7 +225,7 @@ class Study:
         try:
             for end in range(CHUNK, len(self.test) + CHUNK, CHUNK):
                 for condition in self.conditions:
-                    steering = condition.steering(self.cfg.units, self.layer)
+                    steering = condition.steering(self.cfg.units, self.layer, self.cfg.steer_tokens)
                     path = self.out / "generations" / f"{condition.name}.jsonl"
                     self.generations[condition.name] = self.generate(lm, self.test[:end], steering, path,
                                                                      condition.name)
