@@ -96,6 +96,8 @@ class SteeringConfig(_Section):
     modes: list[Literal["add", "clamp"]] = Field(["add"], min_length=1, description="add and/or clamp")
     add_strength: tuple[float, float] = Field((0.05, 0.3), description="add: ‖γ‖ range, multiples of ‖x‖")
     clamp_strength: tuple[float, float] = Field((0.5, 3.0), description="clamp: range in multiples of f_max")
+    tokens: int | None = Field(None, ge=1, description=(
+        "steer only the positions that predict the first N generated tokens (None: every position)"))
 
 
 class MetricConfig(_Section):

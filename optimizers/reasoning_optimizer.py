@@ -55,6 +55,8 @@ class ReasoningOptimizer(Teleprompter):
         modes: "add" (units of the residual norm, `add_strength`) and/or "clamp" (units of f_max,
             `clamp_strength`).
         steer_layer: the layer steering is added at (None: the SAE's layer).
+        steer_tokens: steer only the positions that predict the first N generated tokens
+            (`SteeringSpec.tokens`; None: every position).
         objective: "activation" (mean reasoning activation of the generated tokens, the default),
             "reflect" (share of answers with a reflection word) or "word_rate".
         multi_objective: optimise (objective, accuracy, tokens) together; the best program is the
@@ -88,6 +90,7 @@ class ReasoningOptimizer(Teleprompter):
         add_strength: tuple[float, float] = (0.05, 0.3),
         clamp_strength: tuple[float, float] = (0.5, 3.0),
         steer_layer: int | None = None,
+        steer_tokens: int | None = None,
         steer: bool = True,
         objective: Objective = "activation",
         multi_objective: bool = False,
@@ -121,7 +124,7 @@ class ReasoningOptimizer(Teleprompter):
         self.n_features = sorted({n for n in n_features if n <= len(self.features)} | {0})
         self.modes = list(modes)
         self.add_strength, self.clamp_strength = tuple(add_strength), tuple(clamp_strength)
-        self.steer_layer = steer_layer
+        self.steer_layer, self.steer_tokens = steer_layer, steer_tokens
         self.objective, self.multi_objective, self.accuracy_margin = objective, multi_objective, accuracy_margin
         self.n_trials, self.batch_trials = n_trials, batch_trials
         self.startup_trials = startup_trials if startup_trials is not None else max(batch_trials, n_trials // 3)
@@ -156,7 +159,7 @@ class ReasoningOptimizer(Teleprompter):
         self.space = SearchSpace(instructions=self.pool.candidates(student, trainset), features=self.features,
                                  n_features=self.n_features if self.features else [0], modes=self.modes,
                                  add_strength=self.add_strength, clamp_strength=self.clamp_strength,
-                                 layer=self.steer_layer)
+                                 layer=self.steer_layer, tokens=self.steer_tokens)
         self.skipped = list(self.pool.skipped)
         self.trials = self._resume(self._settings(lm, examples))
         baseline = Candidate(instruction=current_instruction(student), layer=self.steer_layer)
@@ -208,7 +211,8 @@ class ReasoningOptimizer(Teleprompter):
                 "n_examples": len(examples), "examples": digest,
                 "task_metric": f"{getattr(metric, '__module__', '')}.{metric_name}",
                 "lm": str(getattr(lm, "model", type(lm).__name__)),
-                "lm_kwargs": {k: v for k, v in sorted(kwargs.items()) if isinstance(v, (str, int, float, bool))}}
+                "lm_kwargs": {k: v for k, v in sorted(kwargs.items()) if isinstance(v, (str, int, float, bool))},
+                **({"steer_tokens": self.steer_tokens} if self.steer_tokens is not None else {})}
 
     def _study(self) -> optuna.Study:
         """An optuna study holding every finished trial, with a sampler seeded by the history length."""

@@ -33,6 +33,7 @@ class Candidate(BaseModel):
     strength: float = 0.0
     mode: Mode = "add"
     layer: int | None = None
+    tokens: int | None = None  # the steering's token window (`SteeringSpec.tokens`); None: every position
 
     def steering(self) -> SteeringSpec | None:
         """The `SteeringSpec` this candidate applies (None when it does not steer)."""
@@ -40,16 +41,17 @@ class Candidate(BaseModel):
             return None
         if self.mode == "clamp":
             return SteeringSpec(features=dict.fromkeys(self.features, self.strength), mode="clamp", units="fmax",
-                                layer=self.layer)
+                                layer=self.layer, tokens=self.tokens)
         per_feature = self.strength / len(self.features) ** 0.5
         return SteeringSpec(features=dict.fromkeys(self.features, per_feature), mode="add", units="residual",
-                            layer=self.layer)
+                            layer=self.layer, tokens=self.tokens)
 
     def steering_label(self) -> str:
         """The steering in a few words, with its features: 'add 0.094 on 1649' ('none' without)."""
         if not self.features:
             return "none"
-        return f"{self.mode} {self.strength:.3g} on {', '.join(map(str, self.features))}"
+        window = f", first {self.tokens} tokens" if self.tokens else ""
+        return f"{self.mode} {self.strength:.3g} on {', '.join(map(str, self.features))}{window}"
 
     def label(self) -> str:
         steer = (f"top {len(self.features)} {self.mode} {self.strength:g}" if self.steering() else "no steering")
@@ -71,6 +73,7 @@ class SearchSpace(BaseModel):
     add_strength: tuple[float, float] = (0.05, 0.3)
     clamp_strength: tuple[float, float] = (0.5, 3.0)
     layer: int | None = None
+    tokens: int | None = Field(None, ge=1, description="every candidate's steering token window (None: all positions)")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -107,7 +110,7 @@ class SearchSpace(BaseModel):
         low, high = self.add_strength if mode == "add" else self.clamp_strength
         strength = trial.suggest_float(f"{mode}_strength", low, high)
         return Candidate(instruction=instruction, features=tuple(self.features[:n]), strength=round(strength, 4),
-                         mode=mode, layer=self.layer)
+                         mode=mode, layer=self.layer, tokens=self.tokens)
 
     def params_of(self, candidate: Candidate) -> dict[str, Any]:
         """The optuna parameters that produce `candidate` (to enqueue the baseline, or replay one)."""

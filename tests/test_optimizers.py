@@ -247,3 +247,17 @@ def test_the_search_space_gives_add_and_clamp_candidates():
 def test_clamp_needs_fmax(lm, train):
     with pytest.raises(ValueError, match="clamp sets features to multiples of their f_max"):
         compile_with(lm, train, modes=("add", "clamp"))
+
+
+def test_a_token_window_reaches_every_steered_candidate(lm, train):
+    import optuna
+
+    from optimizers import SearchSpace
+
+    space = SearchSpace(instructions=["A."], features=[7, 2], n_features=[0, 1], tokens=32)
+    cand = space.suggest(optuna.trial.FixedTrial({"instruction": 0, "n_features": 1, "add_strength": 0.2}))
+    assert cand.tokens == 32 and cand.steering().tokens == 32 and cand.steering_label() == "add 0.2 on 7, first 32 tokens"
+    compiled = compile_with(lm, train, steer_tokens=3)
+    steered = [t for t in compiled.trials if t.candidate.features]
+    assert steered and all(t.candidate.steering().tokens == 3 for t in steered)
+    assert compiled.steering is None or compiled.steering.tokens == 3
