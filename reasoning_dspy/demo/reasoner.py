@@ -188,9 +188,12 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     families = SHIPPED[state.model].families
     train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0,
                                            families=list(families) if families else None))
-    optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS, batch_trials=4,
+    # every candidate in one batch: on 2 cores one long batch beats two that each wait for their longest trace;
+    # steering candidates use the recommended steering's token window
+    optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS,
+                                   batch_trials=OPTIMIZER_TRIALS, steer_tokens=state.steering.tokens,
                                    accuracy_margin=None, seed=0, adapter=LenientChatAdapter())
-    lm = _lm(state, max_batch_size=4 * OPTIMIZER_PROBLEMS)
+    lm = _lm(state, max_batch_size=OPTIMIZER_TRIALS * OPTIMIZER_PROBLEMS)
     try:
         with dspy.context(lm=lm):
             compiled = optimizer.compile(make_program("cot"), trainset=train)
