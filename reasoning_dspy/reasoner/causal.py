@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning_dspy._io import RowCheckpoint
+from reasoning_dspy.problems.steps import STEP_COUNTS, step_measures
 from reasoning_dspy.reasoner.trace import REFLECTIVE_OPENERS
 
 
@@ -37,7 +38,6 @@ def forced_decisions(loaded: Any, problems: list[Any], instruction: str, *, max_
 
     from reasoning_dspy.engine.generate import GenRow, generate_rows
     from reasoning_dspy.engine.requests import render_chat
-    from reasoning_dspy.problems.steps import step_measures
     from reasoning_dspy.program.evaluation import is_correct, make_program
 
     tok, model = loaded.tokenizer, loaded.model
@@ -94,8 +94,7 @@ def summarize_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("no forced-decision rows to summarize")
     out: dict[str, Any] = {}
     for side in ("reflect", "plain"):
-        totals = {k: int(sum(r[side][k] for r in rows)) for k in ("steps", "steps_right", "quick_right", "checked",
-                                                                 "fixed", "broke")}
+        totals = {k: int(sum(r[side][k] for r in rows)) for k in STEP_COUNTS}
         out[side] = {"accuracy": float(np.mean([r[side]["correct"] for r in rows])),
                      "step_accuracy": totals["steps_right"] / max(totals["steps"], 1), **totals}
     diff = bootstrap([np.array([r["reflect"]["correct"] for r in rows], float),
