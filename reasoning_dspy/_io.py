@@ -109,8 +109,3 @@ class RowCheckpoint:
             return
         lines = [{"settings": self.settings}] + [{"key": k, "row": v} for k, v in self.rows.items()]
         atomic_write_text(self.path, "".join(json.dumps(line) + "\n" for line in lines))
-
-    def remove(self) -> None:
-        """Delete the file once the run's final result is written."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)

@@ -59,7 +59,7 @@ class _LayerPlan:
     clamp_idx: Tensor | None = None  # [m] union of clamped features
     clamp_targets: Tensor | None = None  # [B, m]
     clamp_mask: Tensor | None = None  # [B, m] 1 where the row clamps that feature
-    window: Tensor | None = None  # [B] forwards each row is steered for (prompt + first tokens); None: all
+    window: Tensor | None = None  # [B] generated tokens each row is steered for (inf: every position); None: all
 
 
 class Steerer:
@@ -217,7 +217,7 @@ class Steerer:
                 if self.first_generated is None:  # generation: the prompt's forward comes first
                     self.first_generated = x.shape[1] - 1
                 positions = torch.arange(start, start + x.shape[1], device=x.device)
-                window = plan.window.to(x.device)[:, None]  # [B, 1]; inf: the row steers every position
+                window = plan.window[:, None]  # [B, 1]; inf: the row steers every position
                 inside = (positions[None, :] >= self.first_generated) & (positions[None, :] < self.first_generated + window)
                 keep = inside | torch.isinf(window)  # [B, T]
                 new = torch.where(keep[..., None], new, x)
