@@ -43,6 +43,7 @@ class ReasonerDemoState:
     careful: list[dict] = field(default_factory=list)
     steered: list[dict] = field(default_factory=list)
     max_tokens: int = 192  # per trace: the shipped model's own budget (`models.shipped`)
+    families: list[str] | None = None  # the problem families it was trained on (None: all)
     reports: list[Any] = field(default_factory=list)
     trials: list[Any] = field(default_factory=list)
 
@@ -57,7 +58,8 @@ def stage_load(state: ReasonerDemoState) -> None:
     from reasoning_dspy.sae.io import shipped_sae_folder
     from reasoning_dspy.steering import recommended_steering
 
-    state.max_tokens = SHIPPED[state.model].max_tokens
+    shipped = SHIPPED[state.model]
+    state.max_tokens, state.families = shipped.max_tokens, list(shipped.families) if shipped.families else None
     state.loaded = load_model(state.model)
     state.sae = load_sae(state.model)
     state.scores = FeatureScores.load(shipped_sae_folder(state.model) / "scores")
@@ -83,13 +85,11 @@ def stage_traces(state: ReasonerDemoState) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from reasoning_dspy.features.measures import reflects
-    from reasoning_dspy.models.shipped import SHIPPED
     from reasoning_dspy.problems import make_problems
     from reasoning_dspy.program.evaluation import solve
     from reasoning_dspy.program.lm import engine_of
 
-    families = SHIPPED[state.model].families
-    state.problems = make_problems(state.limit, split="test", seed=0, families=list(families) if families else None)
+    state.problems = make_problems(state.limit, split="test", seed=0, families=state.families)
     lm = _lm(state)
     conditions = {"baseline": {}, "careful": {"instruction": CAREFUL}, "steered": {"steering": state.steering}}
     try:
@@ -179,15 +179,12 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     import dspy
 
     from optimizers import ReasoningOptimizer
-    from reasoning_dspy.models.shipped import SHIPPED
     from reasoning_dspy.problems import as_dspy_examples, make_problems
     from reasoning_dspy.program.adapter import LenientChatAdapter
     from reasoning_dspy.program.evaluation import make_program
     from reasoning_dspy.program.lm import engine_of
 
-    families = SHIPPED[state.model].families
-    train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0,
-                                           families=list(families) if families else None))
+    train = as_dspy_examples(make_problems(OPTIMIZER_PROBLEMS, split="train", seed=0, families=state.families))
     # every candidate in one batch: on 2 cores one long batch beats two that each wait for their longest trace;
     # steering candidates use the recommended steering's token window
     optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS,
