@@ -1,4 +1,4 @@
-"""Shipping a study: the recommended steering is the study's best safe condition, and reads back."""
+"""Shipping a study: the recommended steering is the study's most accurate top condition, and reads back."""
 
 from __future__ import annotations
 
@@ -10,38 +10,38 @@ from reasoning_dspy.reasoner.ship import recommend_steering
 from reasoning_dspy.steering import SteeringError, SteeringSpec, recommended_steering
 
 
-def _condition(name: str, kind: str, strength: float, reflect: float, loops: float) -> dict:
+def _condition(name: str, kind: str, strength: float, reflect: float, loops: float, accuracy: float) -> dict:
     value = lambda v: {"value": v, "low": v, "high": v}  # noqa: E731
     return {"name": name, "kind": kind, "features": [4, 9], "strength": strength,
-            "measures": {"reflect": value(reflect), "word_rate": value(reflect * 3), "accuracy": value(0.2),
+            "measures": {"reflect": value(reflect), "word_rate": value(reflect * 3), "accuracy": value(accuracy),
                          "loops": value(loops)}}
 
 
 SUMMARY = {"conditions": [
-    _condition("baseline", "baseline", 0.0, 0.1, 0.0),
-    _condition("top@0.05", "top", 0.05, 0.3, 0.0),
-    _condition("top@0.1", "top", 0.1, 0.6, 0.08),
-    _condition("top@0.2", "top", 0.2, 0.9, 0.4),  # reflects most, but loops on 40 %
-    _condition("random0@0.1", "random", 0.1, 0.95, 0.0),
+    _condition("baseline", "baseline", 0.0, 0.1, 0.0, 0.5),
+    _condition("top@0.05", "top", 0.05, 0.3, 0.0, 0.45),
+    _condition("top@0.1", "top", 0.1, 0.6, 0.08, 0.3),    # reflects most within 10 % loops, loses accuracy
+    _condition("top@0.2", "top", 0.2, 0.9, 0.3, 0.6),     # the most accurate, though it loops on 30 %
+    _condition("random0@0.2", "random", 0.2, 0.95, 0.0, 0.9),  # controls are never recommended
 ]}
 
 
-def test_the_recommendation_reflects_most_within_the_loop_limit():
+def test_the_recommendation_is_the_most_accurate_top_condition():
     rec = recommend_steering(SUMMARY, layer=18)
-    assert rec["condition"] == "top@0.1" and rec["measured"]["loops"] == 0.08
+    assert rec["condition"] == "top@0.2" and rec["measured"] == {"reflect": 0.9, "word_rate": 0.9 * 3,
+                                                                "accuracy": 0.6, "loops": 0.3}
     spec = SteeringSpec.model_validate(rec["steering"])
-    # residual units: two features at 0.1/√2 each move every token by 0.1 × its norm
-    assert spec.units == "residual" and spec.layer == 18 and spec.residual_strength == pytest.approx(0.1)
-    unsafe = {"conditions": [c for c in SUMMARY["conditions"] if c["name"] != "top@0.1"]}
-    unsafe["conditions"][1]["measures"]["loops"]["value"] = 0.5
-    assert recommend_steering(unsafe, layer=18)["condition"] == "top@0.05"  # none safe: the weakest
+    # residual units: two features at 0.2/√2 each move every token by 0.2 × its norm
+    assert spec.units == "residual" and spec.layer == 18 and spec.residual_strength == pytest.approx(0.2)
+    tied = {"conditions": SUMMARY["conditions"][:3] + [_condition("top@0.3", "top", 0.3, 0.7, 0.0, 0.45)]}
+    assert recommend_steering(tied, layer=18)["condition"] == "top@0.3"  # as accurate as 0.05, reflects more
     with pytest.raises(ValueError, match="no top-feature condition"):
         recommend_steering({"conditions": SUMMARY["conditions"][:1]}, layer=18)
 
 
 def test_recommended_steering_reads_the_file_and_names_what_is_wrong(tmp_path):
     (tmp_path / "steering.json").write_text(json.dumps(recommend_steering(SUMMARY, layer=3)))
-    assert recommended_steering(tmp_path).features == pytest.approx({4: 0.1 / 2 ** 0.5, 9: 0.1 / 2 ** 0.5})
+    assert recommended_steering(tmp_path).features == pytest.approx({4: 0.2 / 2 ** 0.5, 9: 0.2 / 2 ** 0.5})
     with pytest.raises(SteeringError, match="steering.json is missing"):
         recommended_steering(tmp_path / "nowhere")
     (tmp_path / "steering.json").write_text('{"steering": {"features": {"4": "lots"}}}')

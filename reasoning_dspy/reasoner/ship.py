@@ -64,26 +64,31 @@ def ship_study(study: str | Path, dest: str | Path | None = None) -> Path:
 
 STEERING_FILE = "steering.json"
 
-#: The recommended strength may loop on at most this share of held-out problems.
-MAX_LOOP_RATE = 0.10
-
 
 def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str = "residual",
-                       tokens: int | None = None, max_loops: float = MAX_LOOP_RATE) -> dict[str, Any]:
-    """The study's top-feature condition that makes the most traces reflect while looping on at most
-    `max_loops` of them (the weakest strength when none qualifies), as a `SteeringSpec` dict (with
-    the study's token window, `tokens`) with the measurements that chose it."""
+                       tokens: int | None = None) -> dict[str, Any]:
+    """The study's most accurate top-feature condition (ties: fewer loops, then more reflecting
+    traces), as a `SteeringSpec` dict (with the study's token window, `tokens`) with the measurements
+    that chose it.
+
+    Accuracy decides, not reflection: on smollm2-reasoner the strength that made the most traces
+    reflect within a loop limit was also the one that lost the most accuracy, because reflecting
+    words are cheap and checks that compute are not. Loops are reported, not used to exclude."""
     from reasoning_dspy.study.conditions import Condition
 
     tops = sorted((c for c in summary["conditions"] if c["kind"] == "top"), key=lambda c: c["strength"])
     if not tops:
         raise ValueError("the study summary has no top-feature condition to recommend")
-    safe = [c for c in tops if c["measures"]["loops"]["value"] <= max_loops]
-    best = max(safe, key=lambda c: c["measures"]["reflect"]["value"]) if safe else tops[0]
+    value = lambda c, k: c["measures"][k]["value"]  # noqa: E731
+    best = max(tops, key=lambda c: (value(c, "accuracy"), -value(c, "loops"), value(c, "reflect")))
     spec = Condition.from_dict(best).steering(units, layer, tokens)
-    measured = {k: best["measures"][k]["value"] for k in ("reflect", "word_rate", "accuracy", "loops")}
-    return {"steering": spec.model_dump(mode="json"), "condition": best["name"], "strength": best["strength"],
-            "measured": measured, "rule": f"most reflecting traces with loops <= {max_loops:g}"}
+    measured = {k: value(best, k) for k in ("reflect", "word_rate", "accuracy", "loops")}
+    chosen = {"steering": spec.model_dump(mode="json"), "condition": best["name"], "strength": best["strength"],
+              "measured": measured, "rule": "most accurate top-feature condition (ties: fewer loops, then more "
+                                            "reflecting traces)"}
+    if "vs_baseline" in best:
+        chosen["accuracy_vs_baseline"] = best["vs_baseline"]["accuracy"]
+    return chosen
 
 
 def _require(folder: Path, names: tuple[str, ...], what: str) -> None:
