@@ -68,14 +68,3 @@ def test_careful_traces_check_their_steps_and_score_above_a_floor(held_out):
     assert careful["accuracy"] >= 0.4  # 70 % on 64 problems (docs/reasoner.md); the base model ≈ 10 %
     # it checks most of the steps it writes, digit by digit, and most checks reach the exact value
     assert careful["steps_written"] >= 24 and careful["checked_rate"] >= 0.8 and careful["check_accuracy"] >= 0.8
-
-
-def test_the_demo_shows_traces_features_and_steering(tmp_path):
-    from reasoning_dspy.demo import run_demo
-
-    state = run_demo(tmp_path / "demo", limit=4)
-    assert state.model == "smollm2-reasoner" and len(state.baseline) == len(state.steered) == 4
-    assert sum(r["parsed"] for r in state.baseline) >= 3 and len(state.careful) == 4
-    assert len(state.reports) == 5 and all(r.contexts for r in state.reports[:3])
-    assert any(b["text"] != s["text"] for b, s in zip(state.baseline, state.steered, strict=True))
-    assert (tmp_path / "demo" / "demo.json").is_file() and (tmp_path / "demo" / "features" / "analysis.json").is_file()
