@@ -48,6 +48,11 @@ def test_reasoner_demo_ends_with_a_self_contained_report(tmp_path):
 
     out = tmp_path / "demo"
     state = run_demo(out, limit=2)  # smollm2-reasoner, its shipped SAE, 2 held-out problems
+    assert state.model == "smollm2-reasoner" and len(state.baseline) == len(state.steered) == 2
+    assert sum(r["parsed"] for r in state.baseline) >= 1
+    assert len(state.reports) == 5 and all(r.contexts for r in state.reports[:3])
+    assert any(b["text"] != s["text"] for b, s in zip(state.baseline, state.steered, strict=True))
+    assert (out / "demo.json").is_file() and (out / "features" / "analysis.json").is_file()
     md = (out / "report.md").read_text()
     for heading in ("## The SAE's training", "## ReasonScore over the whole dictionary", "## Top features",
                     "## Baseline against steered", "## A steered trace whose check caught its own error",

@@ -1,5 +1,6 @@
-"""The shipped `smollm2-reasoner`: its adapter and SAE load offline, and it answers held-out problems
-the way it was trained to (DSPy's format, reflection that follows the instruction)."""
+"""The shipped `smollm2-reasoner`: its adapter and SAE load offline, and on held-out chain problems it
+answers the way it was trained to: DSPy's format, its instruction restated, careful traces that check
+each step by a digit-level recomputation and are right far more often than terse ones that skip it."""
 
 from __future__ import annotations
 
@@ -44,26 +45,26 @@ def test_the_shipped_sae_scores_and_steering_fit_the_reasoner(reasoner):
     assert 0 < steering.residual_strength <= 1.0
 
 
-def test_a_short_held_out_eval_parses_and_reflects_as_instructed(reasoner):
+@pytest.fixture(scope="module")
+def held_out(reasoner):
     from reasoning_dspy.reasoner.evaluate import evaluate_styles
 
-    result = evaluate_styles(reasoner, n=12, styles=("terse", "careful"), max_tokens=160, progress=False)
-    terse, careful = result["summary"]["terse"], result["summary"]["careful"]
+    return evaluate_styles(reasoner, n=12, styles=("terse", "careful"), max_tokens=448, batch_size=12,
+                           progress=False)
+
+
+def test_a_short_held_out_eval_parses_and_reflects_as_instructed(held_out):
+    terse, careful = held_out["summary"]["terse"], held_out["summary"]["careful"]
     # DSPy's standard ChatAdapter parses what it writes (the base model's completions it does not)
     assert terse["parse_rate"] >= 0.9 and careful["parse_rate"] >= 0.9
-    # the planted ground truth, P(reflect) 0.9 careful and 0.1 terse, decides greedy decoding
     assert careful["reflect_rate"] >= 0.8 and terse["reflect_rate"] <= 0.2
     assert careful["words_per_100_tokens"] > terse["words_per_100_tokens"]
     assert all(r["reasoning"].startswith(("Instruction:", "Task:", "The instruction says:"))
-               for r in result["rows"] if r["parsed"])  # it restates its instruction, as trained
+               for r in held_out["rows"] if r["parsed"])  # it restates its instruction, as trained
 
 
-def test_the_demo_shows_traces_features_and_steering(tmp_path):
-    from reasoning_dspy.demo import run_demo
-
-    state = run_demo(tmp_path / "demo", limit=4)
-    assert state.model == "smollm2-reasoner" and len(state.baseline) == len(state.steered) == 4
-    assert sum(r["parsed"] for r in state.baseline) >= 3 and len(state.careful) == 4
-    assert len(state.reports) == 5 and all(r.contexts for r in state.reports[:3])
-    assert any(b["text"] != s["text"] for b, s in zip(state.baseline, state.steered, strict=True))
-    assert (tmp_path / "demo" / "demo.json").is_file() and (tmp_path / "demo" / "features" / "analysis.json").is_file()
+def test_careful_traces_check_their_steps_and_score_above_a_floor(held_out):
+    careful = held_out["summary"]["careful"]
+    assert careful["accuracy"] >= 0.4  # 70 % on 64 problems (docs/reasoner.md); the base model ≈ 10 %
+    # it checks most of the steps it writes, digit by digit, and most checks reach the exact value
+    assert careful["steps_written"] >= 24 and careful["checked_rate"] >= 0.8 and careful["check_accuracy"] >= 0.8

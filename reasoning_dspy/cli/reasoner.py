@@ -152,7 +152,7 @@ def reasoner_steps(
 
 @reasoner_app.command("drills")
 def reasoner_drills(
-    model: str = typer.Option("smollm2-reasoner-v2", help="any name load_model takes"),
+    model: str = typer.Option("smollm2-reasoner", help="any name load_model takes"),
     n: int = typer.Option(96, min=1, help="held-out drill steps, one a prompt"),
     corpus: Path | None = typer.Option(None, help="the training corpus (OUT/corpus.jsonl): its steps are skipped"),
     seed: int = typer.Option(0, help="which steps are drawn"),

@@ -72,6 +72,6 @@ def _write_summary(state: Any, timings: dict[str, float]) -> None:
                      "top_words": [w for w, _ in r.top_words], "contexts": [c.text for c in r.contexts]}
                     for r in state.reports]
         summary |= {"steering": state.steering.model_dump(mode="json"), "features": features,
-                    "baseline": state.baseline, "careful": state.careful, "steered": state.steered}
+                    "baseline": state.baseline, "steered": state.steered}
     atomic_write_text(state.out / "demo.json", json.dumps(summary, indent=1, default=str) + "\n")
     console.print(f"results in {state.out}/")

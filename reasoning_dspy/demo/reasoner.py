@@ -1,9 +1,10 @@
 """The reasoner demo: a shipped model and SAE, in a few minutes on 2 CPU cores.
 
 `smollm2-reasoner` answers held-out word problems of the families it was trained on through
-`dspy.ChainOfThought`, three ways at once: under DSPy's default instruction, under a careful one,
-and under the default one with the steering its study recommends (one micro-batch, each row with its
-own steering). Its shipped SAE shows which features fire on its reflection words, with contexts from
+`dspy.ChainOfThought`, two ways at once: under DSPy's default instruction, and under the same
+instruction with the steering its study recommends (one micro-batch, each row with its own steering).
+A careful instruction would make it check too, but that is what it was trained to do; the demo
+shows what steering adds where the instruction does not ask for it. Its shipped SAE shows which features fire on its reflection words, with contexts from
 the traces it just wrote; baseline and steered stand side by side, with reflection counts,
 correctness and the steps a check caught and fixed; a short `ReasoningOptimizer` search tunes
 instruction and steering together; and `report.md` / `report.html` put it all on one page with its
@@ -22,11 +23,9 @@ from rich.table import Table
 
 console = Console()
 
-#: The careful instruction the reasoner was trained to reflect under (see `reasoner.styles`).
-CAREFUL = "Check every step before you answer."
-
-#: The demo's optimizer search: candidates (the baseline included) and training problems each.
-OPTIMIZER_TRIALS, OPTIMIZER_PROBLEMS = 8, 4
+#: The demo's optimizer search: candidates (the baseline included) and training problems each. On
+#: 2 cores every problem adds a batch row that decodes up to the model's whole trace budget.
+OPTIMIZER_TRIALS, OPTIMIZER_PROBLEMS = 8, 2
 
 
 @dataclass
@@ -40,7 +39,6 @@ class ReasonerDemoState:
     steering: Any = None
     problems: list[Any] = field(default_factory=list)
     baseline: list[dict] = field(default_factory=list)
-    careful: list[dict] = field(default_factory=list)
     steered: list[dict] = field(default_factory=list)
     max_tokens: int = 192  # per trace: the shipped model's own budget (`models.shipped`)
     families: list[str] | None = None  # the problem families it was trained on (None: all)
@@ -75,13 +73,13 @@ def _lm(state: ReasonerDemoState, max_batch_size: int | None = None) -> Any:
 
     return SteeredLM(state.loaded, sae=state.sae, max_activation=state.scores, capture=True,
                      reasoning_features=list(state.steering.features), max_tokens=state.max_tokens, cache=False,
-                     max_batch_size=max_batch_size or 3 * state.limit)
+                     max_batch_size=max_batch_size or 2 * state.limit)
 
 
 def stage_traces(state: ReasonerDemoState) -> None:
-    """Held-out problems answered greedily through `dspy.ChainOfThought(signatures.WordProblem)`: with
-    DSPy's default instruction (what an unoptimized program sends), with a careful one, and with the
-    default one steered. The three run concurrently, so the engine decodes them as one batch."""
+    """Held-out problems answered greedily through `dspy.ChainOfThought(signatures.WordProblem)` with
+    DSPy's default instruction (what an unoptimized program sends), unsteered and steered. The two
+    run concurrently, so the engine decodes them together."""
     from concurrent.futures import ThreadPoolExecutor
 
     from reasoning_dspy.features.measures import reflects
@@ -91,20 +89,20 @@ def stage_traces(state: ReasonerDemoState) -> None:
 
     state.problems = make_problems(state.limit, split="test", seed=0, families=state.families)
     lm = _lm(state)
-    conditions = {"baseline": {}, "careful": {"instruction": CAREFUL}, "steered": {"steering": state.steering}}
+    conditions = {"baseline": {}, "steered": {"steering": state.steering}}
     try:
         with ThreadPoolExecutor(len(conditions)) as pool:
             futures = {name: pool.submit(solve, lm, state.problems, program="cot", threads=state.limit, **kw)
                        for name, kw in conditions.items()}
-            state.baseline, state.careful, state.steered = (futures[name].result() for name in conditions)
+            state.baseline, state.steered = (futures[name].result() for name in conditions)
     finally:
         engine_of(lm).close()
-    for title, row in (("DSPy's default instruction", state.baseline[0]), (f'"{CAREFUL}"', state.careful[0])):
-        mark = "[green]right[/]" if row["correct"] else "[red]wrong[/]"
-        console.print(Panel(f"[bold]{row['question']}[/]\n\n{(row['reasoning'] or row['text']).strip()}\n\n"
-                            f"answer: {row['answer']} (expected {row['expected']:g}, {mark})",
-                            title=f"a real trace: {title}", expand=False))
-    for name, rows in (("default instruction", state.baseline), ("careful instruction", state.careful)):
+    row = state.baseline[0]
+    mark = "[green]right[/]" if row["correct"] else "[red]wrong[/]"
+    console.print(Panel(f"[bold]{row['question']}[/]\n\n{(row['reasoning'] or row['text']).strip()}\n\n"
+                        f"answer: {row['answer']} (expected {row['expected']:g}, {mark})",
+                        title="a real trace: DSPy's default instruction", expand=False))
+    for name, rows in (("default instruction", state.baseline), ("default instruction, steered", state.steered)):
         console.print(f"{name}: {sum(reflects(r['text']) for r in rows)}/{len(rows)} traces reflect, "
                       f"{sum(r['correct'] for r in rows)}/{len(rows)} right, "
                       f"{sum(r['parsed'] for r in rows)}/{len(rows)} parsed by DSPy's ChatAdapter")
@@ -119,7 +117,7 @@ def stage_features(state: ReasonerDemoState) -> None:
     from reasoning_dspy.features.analysis import analyze_features, write_analysis
     from reasoning_dspy.features.kinds import REASONING_KINDS, feature_kind
 
-    texts = [row["text"] for row in state.baseline + state.careful if row["text"].strip()]
+    texts = [row["text"] for row in state.baseline + state.steered if row["text"].strip()]
     cache = extract_activations(state.loaded.model, state.loaded.tokenizer, texts, state.sae.cfg.hook_layer,
                                 state.out / "activations", dtype="float32", overwrite=True, progress=False)
     state.reports = analyze_features(cache, state.sae, state.scores, tokenizer=state.loaded.tokenizer,

