@@ -33,6 +33,7 @@ def test_the_recommendation_is_the_most_accurate_top_condition():
     spec = SteeringSpec.model_validate(rec["steering"])
     # residual units: two features at 0.2/√2 each move every token by 0.2 × its norm
     assert spec.units == "residual" and spec.layer == 18 and spec.residual_strength == pytest.approx(0.2)
+    assert "n_problems" not in rec and recommend_steering({**SUMMARY, "n_problems": 64}, layer=18)["n_problems"] == 64
     tied = {"conditions": SUMMARY["conditions"][:3] + [_condition("top@0.3", "top", 0.3, 0.7, 0.0, 0.45)]}
     assert recommend_steering(tied, layer=18)["condition"] == "top@0.3"  # as accurate as 0.05, reflects more
     with pytest.raises(ValueError, match="no top-feature condition"):

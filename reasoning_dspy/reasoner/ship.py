@@ -88,6 +88,8 @@ def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str
                                             "reflecting traces)"}
     if "vs_baseline" in best:
         chosen["accuracy_vs_baseline"] = best["vs_baseline"]["accuracy"]
+    if "n_problems" in summary:
+        chosen["n_problems"] = summary["n_problems"]  # per condition: how much the measurements rest on
     return chosen
 
 
