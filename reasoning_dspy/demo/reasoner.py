@@ -4,11 +4,11 @@
 `dspy.ChainOfThought`, two ways at once: under DSPy's default instruction, and under the same
 instruction with the steering its study recommends (one micro-batch, each row with its own steering).
 A careful instruction would make it check too, but that is what it was trained to do; the demo
-shows what steering adds where the instruction does not ask for it. Its shipped SAE shows which features fire on its reflection words, with contexts from
-the traces it just wrote; baseline and steered stand side by side, with reflection counts,
-correctness and the steps a check caught and fixed; a short `ReasoningOptimizer` search tunes
-instruction and steering together; and `report.md` / `report.html` put it all on one page with its
-plots.
+shows what steering adds where the instruction does not ask for it. Its shipped SAE shows which
+features fire on its reflection words, with contexts from the traces it just wrote; baseline and
+steered stand side by side, with reflection counts, correctness and the steps a check caught and
+fixed; a short `ReasoningOptimizer` search tunes instruction and steering together; and `report.md`
+/ `report.html` put it all on one page with its plots.
 """
 
 from __future__ import annotations
