@@ -4,8 +4,8 @@ This is the last step of rebuilding `smollm2-reasoner` from the repository alone
 
     reasoning-dspy reasoner train experiments/configs/reasoner-smollm2.yaml
     reasoning-dspy reasoner ship --adapter runs/reasoner-smollm2/adapter
-    reasoning-dspy study experiments/configs/study-smollm2-reasoner.yaml
-    reasoning-dspy reasoner ship --study runs/study-smollm2-reasoner
+    reasoning-dspy study experiments/configs/study-smollm2-reasoner-decision.yaml
+    reasoning-dspy reasoner ship --study runs/study-smollm2-reasoner-decision
 
 Only what loading and the demo's report need is copied (the adapter's three files; the SAE's
 weights, config and training log; the scores' tensors and tables), each file atomically, after checking that it loads. Beside the SAE goes
