@@ -212,9 +212,10 @@ def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bu
     add = _resolve(SteeringSpec(features={11: 6.0}), tiny, steer_sae, steer_fmax)
     clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
     early = _resolve(SteeringSpec(features={11: 6.0}, tokens=2), tiny, steer_sae, steer_fmax)  # plain prefix
+    late = _resolve(SteeringSpec(features={11: 6.0}, skip_tokens=2), tiny, steer_sae, steer_fmax)  # plain prefix
     rows = [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s)
             for q, s in [(" Why?", add), (" Is it so?", None), (" Why?", clamp), (" How come?", add),
-                         (" Why not?", early)]]
+                         (" Why not?", early), (" Why so?", late)]]
     assert _shared_prefix_len(rows) >= 32
     shared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view)
     unshared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view, share_prefix=False)
@@ -316,11 +317,13 @@ def test_topk_sae_steers_with_its_trained_latents_in_unit_norm_units(tiny):
     torch.testing.assert_close(add.add, 2.0 * fmax[idx] @ unit_rows)
 
 
-def test_a_token_window_steers_the_prompt_and_the_first_tokens_only(tiny, steer_sae, steer_fmax):
-    """With `tokens=3`, the layer output moves by the steering delta at the positions that predict the
-    first 3 generated tokens, and by nothing before (the prompt) or after them."""
+@pytest.mark.parametrize(("skip", "tokens"), [(0, 3), (2, 3), (2, None)])
+def test_a_token_window_steers_the_positions_of_its_generated_tokens_only(tiny, steer_sae, steer_fmax, skip, tokens):
+    """With `tokens=3` (after `skip_tokens` unsteered ones), the layer output moves by the steering
+    delta at the positions that predict generated tokens skip .. skip + 2, and by nothing before (the
+    prompt, the skipped tokens) or after them; with no `tokens`, at every position from `skip` on."""
     view = steer_sae.unit_norm_view()
-    spec = SteeringSpec(features={7: 3.0}, tokens=3)
+    spec = SteeringSpec(features={7: 3.0}, tokens=tokens, skip_tokens=skip)
     ids = _ids(tiny)
     with steer(tiny.model, spec, sae=steer_sae, max_activation=steer_fmax), _layer_outputs(tiny) as seen:
         out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
@@ -328,11 +331,12 @@ def test_a_token_window_steers_the_prompt_and_the_first_tokens_only(tiny, steer_
     steered = torch.cat(seen, dim=1)[0]
     clean = residual_at(tiny.model, LAYER, out[:, : steered.shape[0]])[0]
     delta = (3.0 * steer_fmax[7]) * view.W_dec.detach()[7]
-    first = ids.shape[1] - 1  # the prompt's last position predicts generated token 0
-    torch.testing.assert_close(steered[:first], clean[:first], atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(steered[first:first + 3] - clean[first:first + 3], delta.expand(3, -1), atol=2e-5,
+    start = ids.shape[1] - 1 + skip  # the prompt's last position predicts generated token 0
+    end = start + 3 if tokens else steered.shape[0]
+    torch.testing.assert_close(steered[:start], clean[:start], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(steered[start:end] - clean[start:end], delta.expand(end - start, -1), atol=2e-5,
                                rtol=1e-4)
-    torch.testing.assert_close(steered[first + 3:], clean[first + 3:], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(steered[end:], clean[end:], atol=2e-5, rtol=1e-4)
 
 
 def test_a_windowed_row_keeps_its_first_tokens_and_its_measure_matches_generation(tiny, steer_sae, steer_fmax):
@@ -363,3 +367,9 @@ def test_a_token_window_is_checked_and_keys_the_spec_only_when_set():
     assert as_spec(windowed.model_dump(mode="json")) == windowed  # it travels in DSPy metadata
     with pytest.raises(SteeringError, match="tokens"):
         as_spec({"features": {3: 1.0}, "tokens": 0})
+    assert "skip_tokens" not in windowed.model_dump() and windowed.steers_prompt is False
+    late = SteeringSpec(features={3: 1.0}, tokens=32, skip_tokens=9)
+    assert late.model_dump()["skip_tokens"] == 9 and late.fingerprint() != windowed.fingerprint()
+    assert as_spec(late.model_dump(mode="json")) == late and plain.steers_prompt
+    with pytest.raises(SteeringError, match="skip_tokens"):
+        as_spec({"features": {3: 1.0}, "skip_tokens": -1})

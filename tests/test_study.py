@@ -88,6 +88,9 @@ def test_study_resumes_only_what_is_missing_and_refuses_other_settings(study_dir
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))  # as if interrupted after 4 problems
     untouched = study_dir / "generations" / "top@0.2.jsonl"
     before = untouched.stat().st_mtime_ns
+    config = json.loads((study_dir / "config.json").read_text())
+    config.pop("steer_skip")  # a setting added after the study ran counts as run at its default
+    (study_dir / "config.json").write_text(json.dumps(config))
 
     result = _study(f"out={study_dir}", "n_test=10", "trace_instructions=[Answer directly., Check every step.]")
     assert result.exit_code == 0, result.output

@@ -159,3 +159,6 @@ def test_a_study_token_window_reaches_every_steered_condition_and_the_recommenda
     summary = summarize(conditions, {"baseline": _gen(["So 7."] * 8), "top@0.5": _gen(["Wait, 7."] * 8)}, n_resamples=200)
     chosen = recommend_steering(summary, layer=18, units="residual", tokens=32)
     assert chosen["condition"] == "top@0.5" and chosen["steering"]["tokens"] == 32
+    assert "skip_tokens" not in chosen["steering"]
+    late = recommend_steering(summary, layer=18, units="residual", tokens=32, skip=9)["steering"]
+    assert (late["tokens"], late["skip_tokens"]) == (32, 9) and top.steering("residual", 18, 32, 9).skip_tokens == 9

@@ -105,7 +105,7 @@ def prefix_kv(model: nn.Module, steerings: Sequence[RowSteering | None], prefix:
     from transformers import DynamicCache
 
     # a row steered in a token window leaves its prompt unsteered: its prefix is the plain one
-    steerings = [None if s is not None and s.tokens is not None else s for s in steerings]
+    steerings = [None if s is not None and not s.steers_prompt else s for s in steerings]
     groups: dict[Any, int] = {}
     index = [groups.setdefault(_steering_key(steering), len(groups)) for steering in steerings]
     first_row = {g: index.index(g) for g in groups.values()}

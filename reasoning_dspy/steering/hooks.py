@@ -59,7 +59,8 @@ class _LayerPlan:
     clamp_idx: Tensor | None = None  # [m] union of clamped features
     clamp_targets: Tensor | None = None  # [B, m]
     clamp_mask: Tensor | None = None  # [B, m] 1 where the row clamps that feature
-    window: Tensor | None = None  # [B] generated tokens each row is steered for (inf: every position); None: all
+    window: Tensor | None = None  # [B] generated tokens each row is steered for (inf: no end); None: all positions
+    skip: Tensor | None = None  # [B] generated tokens left unsteered before each row's window opens
 
 
 class Steerer:
@@ -69,8 +70,9 @@ class Steerer:
     ...     model.generate(ids, attention_mask=mask, max_new_tokens=32)
 
     `rows` holds one `RowSteering` (or None) per batch row. A row with a token window
-    (`RowSteering.tokens`) is steered only at the positions that predict its first `tokens`
-    generated tokens, not on the rest of its prompt. `first_generated` is the sequence position that
+    (`RowSteering.tokens`, after `RowSteering.skip` unsteered tokens) is steered only at the positions
+    that predict generated tokens `skip` to `skip + tokens - 1`, not on the rest of its prompt nor
+    after. `first_generated` is the sequence position that
     predicts the first generated token; by default the last position of the first forward, the
     prompt's, as in `generate` (a teacher-forced forward over prompt and answer passes it).
 
@@ -140,9 +142,11 @@ class Steerer:
                     plan.relative = torch.zeros(batch, d)
                 plan.relative[b] += row.add_relative
         for layer, plan in plans.items():
-            windows = [r.tokens if r is not None and r.layer == layer else None for r in self.rows]
-            if any(w is not None for w in windows):
-                plan.window = torch.tensor([float("inf") if w is None else w for w in windows])
+            mine = [r if r is not None and r.layer == layer else None for r in self.rows]
+            if any(r is not None and not r.steers_prompt for r in mine):
+                # a row steering every position, the prompt's included, opens its window at -inf
+                plan.skip = torch.tensor([float("-inf") if r is None or r.steers_prompt else r.skip for r in mine])
+                plan.window = torch.tensor([float("inf") if r is None or r.tokens is None else r.tokens for r in mine])
             clamped = [(b, r) for b, r in enumerate(self.rows)
                        if r is not None and r.layer == layer and r.clamp_features is not None]
             if not clamped:
@@ -216,10 +220,9 @@ class Steerer:
             if plan.window is not None:  # rows past their window go on unsteered
                 if self.first_generated is None:  # generation: the prompt's forward comes first
                     self.first_generated = x.shape[1] - 1
-                positions = torch.arange(start, start + x.shape[1], device=x.device)
-                window = plan.window[:, None]  # [B, 1]; inf: the row steers every position
-                inside = (positions[None, :] >= self.first_generated) & (positions[None, :] < self.first_generated + window)
-                keep = inside | torch.isinf(window)  # [B, T]
+                step = torch.arange(start, start + x.shape[1], device=x.device)[None, :] - self.first_generated
+                skip, window = plan.skip[:, None], plan.window[:, None]  # [B, 1]
+                keep = (step >= skip) & (step < skip.clamp_min(0) + window)  # [B, T]
                 new = torch.where(keep[..., None], new, x)
             last, moved = x[:, -1, :].float(), new[:, -1, :].float()
             self._moved.setdefault(layer, []).append(((moved - last).norm(dim=-1).detach(), last.norm(dim=-1)))
@@ -293,7 +296,7 @@ class Steerer:
 def _to_device(plan: _LayerPlan, device: torch.device) -> _LayerPlan:
     move = (lambda t: None if t is None else t.to(device))  # noqa: E731
     return _LayerPlan(move(plan.add), move(plan.relative), move(plan.clamp_idx), move(plan.clamp_targets),
-                      move(plan.clamp_mask), move(plan.window))
+                      move(plan.clamp_mask), move(plan.window), move(plan.skip))
 
 
 def steer(

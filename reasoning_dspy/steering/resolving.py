@@ -23,7 +23,13 @@ class RowSteering:
     add_relative: Tensor | None = None  # [d_model] float32 of norm α; ‖x_t‖ times it is added at position t
     clamp_features: Tensor | None = None  # [m] long
     clamp_targets: Tensor | None = None  # [m] float32, γ f_max per feature
-    tokens: int | None = None  # steer only the positions predicting the first `tokens` generated tokens
+    tokens: int | None = None  # steer only the positions predicting `tokens` generated tokens (after `skip`)
+    skip: int = 0  # generated tokens whose predicting positions are left unsteered before the window opens
+
+    @property
+    def steers_prompt(self) -> bool:
+        """True when the prompt's positions are steered too (no token window and nothing skipped)."""
+        return self.tokens is None and self.skip == 0
 
 
 def resolve(
@@ -42,7 +48,7 @@ def resolve(
     if not -n_layers <= layer < n_layers:
         raise SteeringError(f"steering layer {layer} is out of range for a model with {n_layers} layers")
     layer %= n_layers
-    row = RowSteering(layer=layer, tokens=spec.tokens)
+    row = RowSteering(layer=layer, tokens=spec.tokens, skip=spec.skip_tokens)
     if spec.features:
         if sae.cfg.hook_layer is not None and sae.cfg.hook_layer % n_layers != layer:
             raise SteeringError(

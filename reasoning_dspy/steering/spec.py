@@ -61,6 +61,12 @@ class SteeringSpec(BaseModel):
                                 "decision made early in a trace is steered, the question and the work after it "
                                 "are not",
     )
+    skip_tokens: int = Field(
+        0, ge=0, description="leave the positions that predict the first `skip_tokens` generated tokens "
+                             "unsteered, and steer from there on (with `tokens`: the `tokens` after them); a "
+                             "trace's fixed opening, such as DSPy's `[[ ## reasoning ## ]]` field header, is "
+                             "then written as the model would write it",
+    )
 
     @field_validator("features")
     @classmethod
@@ -128,14 +134,21 @@ class SteeringSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_default_units(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """f_max units and an unlimited token window are left out of the dump, so such a spec
-        serialises (and keys DSPy's cache and fingerprints) exactly as it did before either existed."""
+        """f_max units and an unlimited, unskipped token window are left out of the dump, so such a
+        spec serialises (and keys DSPy's cache and fingerprints) exactly as it did before they existed."""
         data = handler(self)
         if self.units == "fmax":
             data.pop("units", None)
         if self.tokens is None:
             data.pop("tokens", None)
+        if self.skip_tokens == 0:
+            data.pop("skip_tokens", None)
         return data
+
+    @property
+    def steers_prompt(self) -> bool:
+        """True when the prompt's positions are steered too (no token window and nothing skipped)."""
+        return self.tokens is None and self.skip_tokens == 0
 
     def fingerprint(self) -> str:
         """A stable short hash of the spec (for cache keys and model names)."""

@@ -62,6 +62,9 @@ class StudyConfig(BaseModel):
     steer_tokens: int | None = Field(None, ge=1, description=(
         "steer only the positions that predict the first N generated tokens, in every condition (None: every "
         "position, the prompt's included, as the paper does); see SteeringSpec.tokens"))
+    steer_skip: int = Field(0, ge=0, description=(
+        "leave the first N generated tokens unsteered before the window opens, in every condition (DSPy's "
+        "`[[ ## reasoning ## ]]` header is 9 tokens on the SmolLM2 tokenizer); see SteeringSpec.skip_tokens"))
 
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(embedder="minilm"), description=(
         "run tracking (database_url: None means $DATABASE_URL, else a SQLite file beside OUT); every generation "

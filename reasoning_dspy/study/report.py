@@ -204,8 +204,7 @@ def write_report(study: Any, summary: dict[str, Any]) -> tuple[Path, Path]:
         + (f" with the instruction \"{cfg.instruction}\"" if cfg.instruction else "") + " through `SteeredLM`; "
         f"{len(study.train)} training problems, {summary['n_problems']} held-out test problems; "
         f"{cfg.max_tokens} tokens per trace; strengths in `{cfg.units}` units, "
-        + (f"steering only the positions that predict the first {cfg.steer_tokens} generated tokens"
-           if cfg.steer_tokens else "steering every position (prompt and generated tokens)")
+        + _steered_positions(cfg.steer_tokens, cfg.steer_skip)
         + f"; seed {cfg.seed}.",
         "",
         "## SAE",
@@ -273,3 +272,15 @@ def quote_trace(text: str, limit: int = 600) -> str:
     """A trace on one line as inline code, cut at `limit` characters."""
     text = " ".join(text.split())
     return "`" + (text[:limit] + " …" if len(text) > limit else text).replace("`", "'") + "`"
+
+
+def _steered_positions(tokens: int | None, skip: int) -> str:
+    """Which positions the study steered, in words."""
+    if tokens is None and skip == 0:
+        return "steering every position (prompt and generated tokens)"
+    if tokens is None:
+        return f"steering the positions that predict generated token {skip + 1} and every one after it"
+    if skip == 0:
+        return f"steering only the positions that predict the first {tokens} generated tokens"
+    return (f"steering only the positions that predict generated tokens {skip + 1} to {skip + tokens} (the first "
+            f"{skip} written unsteered)")

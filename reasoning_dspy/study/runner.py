@@ -84,8 +84,9 @@ class Study:
                                             "tracking"})
         if path.is_file():
             theirs = json.loads(path.read_text())
-            theirs = {k: v for k, v in theirs.items() if k in mine}
-            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+            # a setting its config.json does not name is one the study ran with at its default
+            defaults = type(self.cfg).model_construct().model_dump()
+            changed = sorted(k for k in mine if theirs.get(k, defaults.get(k)) != mine[k])
             if changed:
                 raise StudyConfigError(
                     f"{str(self.out)!r} holds a study with different settings ({', '.join(changed)}); "
@@ -225,7 +226,8 @@ class Study:
         try:
             for end in range(CHUNK, len(self.test) + CHUNK, CHUNK):
                 for condition in self.conditions:
-                    steering = condition.steering(self.cfg.units, self.layer, self.cfg.steer_tokens)
+                    steering = condition.steering(self.cfg.units, self.layer, self.cfg.steer_tokens,
+                                                  self.cfg.steer_skip)
                     path = self.out / "generations" / f"{condition.name}.jsonl"
                     self.generations[condition.name] = self.generate(lm, self.test[:end], steering, path,
                                                                      condition.name)
