@@ -213,9 +213,10 @@ def test_shared_prefix_batch_matches_single_rows(tiny, steer_sae, steer_fmax, bu
     clamp = _resolve(SteeringSpec(features={3: 5.0}, mode="clamp"), tiny, steer_sae, steer_fmax)
     early = _resolve(SteeringSpec(features={11: 6.0}, tokens=2), tiny, steer_sae, steer_fmax)  # plain prefix
     late = _resolve(SteeringSpec(features={11: 6.0}, skip_tokens=2), tiny, steer_sae, steer_fmax)  # plain prefix
+    lines = _resolve(SteeringSpec(features={11: 6.0}, skip_lines=1), tiny, steer_sae, steer_fmax)  # plain prefix
     rows = [GenRow(_ids(tiny, system + q)[0].tolist(), 6, steering=s)
             for q, s in [(" Why?", add), (" Is it so?", None), (" Why?", clamp), (" How come?", add),
-                         (" Why not?", early), (" Why so?", late)]]
+                         (" Why not?", early), (" Why so?", late), (" And?", lines)]]
     assert _shared_prefix_len(rows) >= 32
     shared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view)
     unshared = generate_rows(tiny.model, tiny.tokenizer, rows, sae=view, share_prefix=False)
@@ -339,6 +340,48 @@ def test_a_token_window_steers_the_positions_of_its_generated_tokens_only(tiny, 
     torch.testing.assert_close(steered[end:], clean[end:], atol=2e-5, rtol=1e-4)
 
 
+def test_a_window_after_the_first_lines_opens_where_the_model_ends_them(tiny, steer_sae, steer_fmax):
+    """`skip_lines=1, tokens=2`: generation leaves every position unsteered until the model has
+    written its first line end (here at generated token 1), steers the two positions after it, and a
+    teacher-forced measure of the answer opens the same window."""
+    from reasoning_dspy.engine.generate import RowWatch
+    from reasoning_dspy.engine.jobs import MeasureJob, measure_response
+    from reasoning_dspy.steering.lines import line_ends
+
+    view = steer_sae.unit_norm_view()
+    newline = tiny.tokenizer("\n", add_special_tokens=False).input_ids[-1]
+    assert line_ends(tiny.tokenizer)[newline] == 1
+    prompt = _ids(tiny)[0].tolist()
+    first = generate_rows(tiny.model, tiny.tokenizer, [GenRow(prompt, 1)])[0].token_ids[0]
+    assert newline not in (first, *prompt)
+    row = _resolve(SteeringSpec(features={7: 3.0}, tokens=2, skip_lines=1), tiny, steer_sae, steer_fmax)
+    cfg = CaptureConfig(view, LAYER, k=5, top=128)
+    seen = []  # the next layer's input: this layer's output, after the steerer's hook
+    handle = tiny.model_spec.layer(LAYER + 1).register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        gen = GenRow(prompt, 6, steering=row, capture=True, capture_features=(3, 17),
+                     watch=RowWatch(sent=[first, newline]))  # the model "writes" a first line, one token long
+        out = generate_rows(tiny.model, tiny.tokenizer, [gen], sae=view, capture=cfg)[0]
+    finally:
+        handle.remove()
+    assert out.token_ids[:2] == [first, newline] and len(out.token_ids) == 6
+    steered = torch.cat(seen, dim=1)[0]
+    clean = residual_at(tiny.model, LAYER, torch.tensor([prompt + out.token_ids[:5]]))[0]
+    delta = (3.0 * steer_fmax[7]) * view.W_dec.detach()[7]
+    start = len(prompt) - 1 + 2  # the position that predicts generated token 2: the line end's own
+    torch.testing.assert_close(steered[:start], clean[:start], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(steered[start:start + 2] - clean[start:start + 2], delta.expand(2, -1), atol=2e-5,
+                               rtol=1e-4)
+    torch.testing.assert_close(steered[start + 2:], clean[start + 2:], atol=2e-5, rtol=1e-4)
+    job = MeasureJob.for_response(prompt, out.token_ids, row, (3, 17))
+    again = measure_response(tiny.model, tiny.model_spec, cfg, job, tiny.tokenizer)
+    assert again.features_mean == pytest.approx(out.report.features_mean, rel=1e-4, abs=1e-6)
+    with pytest.raises(SteeringError, match="skip_lines"):  # it cannot find the lines without the tokenizer
+        measure_response(tiny.model, tiny.model_spec, cfg, job)
+    with pytest.raises(SteeringError, match="skip_lines"):  # nor can a steerer around a plain model.generate
+        steer(tiny.model, SteeringSpec(features={7: 3.0}, skip_lines=1), sae=steer_sae, max_activation=steer_fmax)
+
+
 def test_a_windowed_row_keeps_its_first_tokens_and_its_measure_matches_generation(tiny, steer_sae, steer_fmax):
     from reasoning_dspy.engine.jobs import MeasureJob, measure_response
 
@@ -373,3 +416,8 @@ def test_a_token_window_is_checked_and_keys_the_spec_only_when_set():
     assert as_spec(late.model_dump(mode="json")) == late and plain.steers_prompt
     with pytest.raises(SteeringError, match="skip_tokens"):
         as_spec({"features": {3: 1.0}, "skip_tokens": -1})
+    lines = SteeringSpec(features={3: 1.0}, tokens=8, skip_lines=2)
+    assert lines.model_dump()["skip_lines"] == 2 and "skip_lines" not in late.model_dump()
+    assert as_spec(lines.model_dump(mode="json")) == lines and not lines.steers_prompt
+    with pytest.raises(SteeringError, match="not both"):
+        as_spec({"features": {3: 1.0}, "skip_tokens": 2, "skip_lines": 1})

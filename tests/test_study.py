@@ -109,6 +109,7 @@ def test_study_resumes_only_what_is_missing_and_refuses_other_settings(study_dir
 
 def test_study_cli_rejects_bad_configs(tmp_path):
     assert "n_test" in _study(f"out={tmp_path}", "n_test=0").output
+    assert "not both" in _study(f"out={tmp_path}", "steer_skip=2", "steer_skip_lines=1").output
     result = CliRunner().invoke(app, ["study", "a.yaml", "b.yaml"])
     assert result.exit_code == 2 and "several files" in result.output
     result = CliRunner().invoke(app, ["study", str(tmp_path / "missing.yaml")])

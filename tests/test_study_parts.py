@@ -152,13 +152,13 @@ def test_a_study_token_window_reaches_every_steered_condition_and_the_recommenda
     from reasoning_dspy.study.report import summarize
 
     top = Condition("top@0.5", "top", (1, 2), 0.5)
-    spec = top.steering("residual", 18, 32)
+    spec = top.steering("residual", 18, tokens=32)
     assert spec.tokens == 32 and spec.residual_strength == pytest.approx(0.5)
-    assert top.steering("residual", 18).tokens is None and Condition("baseline", "baseline").steering("residual", 18, 32) is None
+    assert top.steering("residual", 18).tokens is None and Condition("baseline", "baseline").steering("residual", 18, tokens=32) is None
     conditions = [Condition("baseline", "baseline"), top]
     summary = summarize(conditions, {"baseline": _gen(["So 7."] * 8), "top@0.5": _gen(["Wait, 7."] * 8)}, n_resamples=200)
     chosen = recommend_steering(summary, layer=18, units="residual", tokens=32)
     assert chosen["condition"] == "top@0.5" and chosen["steering"]["tokens"] == 32
     assert "skip_tokens" not in chosen["steering"]
-    late = recommend_steering(summary, layer=18, units="residual", tokens=32, skip=9)["steering"]
-    assert (late["tokens"], late["skip_tokens"]) == (32, 9) and top.steering("residual", 18, 32, 9).skip_tokens == 9
+    late = recommend_steering(summary, layer=18, units="residual", tokens=32, skip_tokens=9)["steering"]
+    assert (late["tokens"], late["skip_tokens"]) == (32, 9) and top.steering("residual", 18, skip_lines=2).skip_lines == 2

@@ -23,6 +23,7 @@ from reasoning_dspy.engine.prefix_cache import MIN_SHARED_PREFIX, PrefixCache, c
 from reasoning_dspy.features.activation import ActivationReport
 from reasoning_dspy.models import ModelSpec, kv_cache_kwarg
 from reasoning_dspy.steering import CaptureConfig, Perturbation, RowSteering, Steerer
+from reasoning_dspy.steering.lines import line_ends
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,10 @@ class _RowStopping:
     """Per-row stopping: a row is done at its own max_new_tokens, when one of its stop strings
     appears, or when its `RowWatch` is cancelled. Watched rows get each new token on the way."""
 
-    def __init__(self, rows: Sequence[GenRow], prompt_len: int, tokenizer: Any, eos: set[int]):
+    def __init__(self, rows: Sequence[GenRow], prompt_len: int, tokenizer: Any, eos: set[int],
+                 steerer: Steerer | None = None):
         self.rows, self.prompt_len, self.tokenizer, self.eos = rows, prompt_len, tokenizer, eos
+        self.steerer = steerer if steerer is not None and steerer.line_ends is not None else None
         self.max_new = torch.tensor([r.max_new_tokens for r in rows])
         self.done = torch.zeros(len(rows), dtype=torch.bool)
         self.cancelled: list[int | None] = [None] * len(rows)  # tokens a cancelled row kept
@@ -164,6 +167,8 @@ class _RowStopping:
         n_new = input_ids.shape[1] - self.prompt_len
         if self.watched:
             self._hand_over(input_ids[:, -1].tolist(), n_new - 1)
+        if self.steerer is not None:  # a window that opens after the first lines
+            self.steerer.saw_tokens(n_new - 1, input_ids[:, -1].tolist())
         self.done |= self.max_new <= n_new
         for b, row in enumerate(self.rows):
             if row.stop and not self.done[b]:
@@ -289,10 +294,12 @@ def generate_rows(
              for r in rows],
             forced, width,
         ))
-    stopping = _RowStopping(rows, width, tokenizer, eos)
     want_capture = capture if any(r.capture for r in rows) else None
+    waits = any(r.steering is not None and r.steering.skip_lines for r in rows)
     steerer = Steerer(model, [r.steering for r in rows], sae=sae, capture=want_capture,
-                      capture_features=[r.capture_features for r in rows], model_spec=model_spec)
+                      capture_features=[r.capture_features for r in rows], model_spec=model_spec,
+                      line_ends=line_ends(tokenizer) if waits else None)
+    stopping = _RowStopping(rows, width, tokenizer, eos, steerer)
     with steerer:
         out = model.generate(
             input_ids=ids, attention_mask=mask, generation_config=gen_cfg, **{kv_cache_kwarg(model): cache},

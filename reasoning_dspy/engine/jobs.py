@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from reasoning_dspy.engine.generate import GenRow
 from reasoning_dspy.features.activation import ActivationReport, summarize_latents
 from reasoning_dspy.models import ModelSpec
 from reasoning_dspy.steering import CaptureConfig, RowSteering, Steerer, SteeringSpec
+from reasoning_dspy.steering.lines import line_ends
 
 
 @dataclass
@@ -76,29 +78,38 @@ class LatentsJob(MeasureJob):
 
 
 @torch.inference_mode()
-def token_latents(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob) -> Tensor:
+def token_latents(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob,
+                  tokenizer: Any = None) -> Tensor:
     """SAE latents of the tokens at positions `job.start:`, each read at its own position by one
     teacher-forced forward over `job.token_ids`.
 
     The residual is read at the capture layer before steering adds to it there, as during
-    generation; steering at earlier layers acts on the forward as it did then.
+    generation; steering at earlier layers acts on the forward as it did then. A window that opens
+    after the answer's first lines (`skip_lines`) needs the `tokenizer` to find them.
     """
     sae = capture.sae
     if job.start >= len(job.token_ids):
         return torch.zeros((0, sae.d_sae), dtype=sae.W_enc.dtype, device=sae.W_enc.device)
     device = next(model.parameters()).device
     ids = torch.tensor([job.token_ids], dtype=torch.long, device=device)
-    steerer = (Steerer(model, [job.steering], sae=sae, model_spec=model_spec, first_generated=job.start)
-               if job.steering is not None else None)
+    steerer = None
+    if job.steering is not None:
+        waits = job.steering.skip_lines > 0 and tokenizer is not None
+        steerer = Steerer(model, [job.steering], sae=sae, model_spec=model_spec, first_generated=job.start,
+                          line_ends=line_ends(tokenizer) if waits else None)
+        if waits:  # the answer is known: its window opens where generation opened it
+            for step, token in enumerate(job.token_ids[job.start + 1:]):
+                steerer.saw_tokens(step, [token])
     acts = residual_at(model, capture.layer, ids, model_spec=model_spec, hooks=steerer)[0, job.start:]
     return sae.encode(acts.to(sae.W_enc.dtype))
 
 
-def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob) -> ActivationReport:
+def measure_response(model: nn.Module, model_spec: ModelSpec, capture: CaptureConfig, job: MeasureJob,
+                     tokenizer: Any = None) -> ActivationReport:
     """What generation's capture reports, recomputed by one teacher-forced forward."""
     if job.start >= len(job.token_ids):
         return ActivationReport(0, 0.0, 0.0 if job.features else None, [])
-    return summarize_latents(token_latents(model, model_spec, capture, job), capture.k, job.features)
+    return summarize_latents(token_latents(model, model_spec, capture, job, tokenizer), capture.k, job.features)
 
 
 class ReportStore:

@@ -40,9 +40,11 @@ class BatchWorker:
                 if isinstance(job, BatchJob):
                     results[i] = self._generate(job.rows, job.min_new_tokens)
                 elif isinstance(job, LatentsJob):
-                    results[i] = token_latents(self.model, self.model_spec, self._measure_config(), job).float().cpu()
+                    results[i] = token_latents(self.model, self.model_spec, self._measure_config(), job,
+                                               self._worker_tokenizer).float().cpu()
                 elif isinstance(job, MeasureJob):
-                    results[i] = measure_response(self.model, self.model_spec, self._measure_config(), job)
+                    results[i] = measure_response(self.model, self.model_spec, self._measure_config(), job,
+                                                  self._worker_tokenizer)
         return results
 
     def _generate(self, rows: list[GenRow], min_new_tokens: int = 0) -> list[GenResult]:

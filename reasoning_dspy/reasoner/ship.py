@@ -59,7 +59,8 @@ def ship_study(study: str | Path, dest: str | Path | None = None) -> Path:
     atomic_write_json(dest / "sae" / STEERING_FILE, recommend_steering(summary, layer=sae.cfg.hook_layer,
                                                                       units=config.get("units", "residual"),
                                                                       tokens=config.get("steer_tokens"),
-                                                                      skip=config.get("steer_skip", 0)))
+                                                                      skip_tokens=config.get("steer_skip", 0),
+                                                                      skip_lines=config.get("steer_skip_lines", 0)))
     return dest / "sae"
 
 
@@ -67,10 +68,10 @@ STEERING_FILE = "steering.json"
 
 
 def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str = "residual",
-                       tokens: int | None = None, skip: int = 0) -> dict[str, Any]:
+                       **window: int | None) -> dict[str, Any]:
     """The study's most accurate top-feature condition (ties: fewer loops, then more reflecting
-    traces), as a `SteeringSpec` dict (with the study's token window: `tokens` after `skip`) with the
-    measurements that chose it.
+    traces), as a `SteeringSpec` dict (with the study's token window: `tokens`, `skip_tokens`,
+    `skip_lines`) with the measurements that chose it.
 
     Accuracy decides, not reflection: on smollm2-reasoner the strength that made the most traces
     reflect within a loop limit was also the one that lost the most accuracy, because reflecting
@@ -82,7 +83,7 @@ def recommend_steering(summary: dict[str, Any], *, layer: int | None, units: str
         raise ValueError("the study summary has no top-feature condition to recommend")
     value = lambda c, k: c["measures"][k]["value"]  # noqa: E731
     best = max(tops, key=lambda c: (value(c, "accuracy"), -value(c, "loops"), value(c, "reflect")))
-    spec = Condition.from_dict(best).steering(units, layer, tokens, skip)
+    spec = Condition.from_dict(best).steering(units, layer, **window)
     measured = {k: value(best, k) for k in ("reflect", "word_rate", "accuracy", "loops")}
     chosen = {"steering": spec.model_dump(mode="json"), "condition": best["name"], "strength": best["strength"],
               "measured": measured, "rule": "most accurate top-feature condition (ties: fewer loops, then more "

@@ -72,7 +72,9 @@ class Steerer:
     `rows` holds one `RowSteering` (or None) per batch row. A row with a token window
     (`RowSteering.tokens`, after `RowSteering.skip` unsteered tokens) is steered only at the positions
     that predict generated tokens `skip` to `skip + tokens - 1`, not on the rest of its prompt nor
-    after. `first_generated` is the sequence position that
+    after. A row that opens its window after `RowSteering.skip_lines` lines waits, unsteered, until
+    the caller reports (`saw_tokens`) the token that ends its last skipped line; that needs
+    `line_ends` (`steering.lines.line_ends(tokenizer)`). `first_generated` is the sequence position that
     predicts the first generated token; by default the last position of the first forward, the
     prompt's, as in `generate` (a teacher-forced forward over prompt and answer passes it).
 
@@ -92,6 +94,7 @@ class Steerer:
         capture_features: Sequence[Sequence[int]] | None = None,
         model_spec: ModelSpec | None = None,
         first_generated: int | None = None,
+        line_ends: dict[int, int] | None = None,
     ):
         self.model = model
         self.model_spec = model_spec or get_model_spec(model)
@@ -103,6 +106,15 @@ class Steerer:
         self._moved: dict[int, list[tuple[Tensor, Tensor]]] = {}  # layer -> per forward (‖δ‖ [B], ‖x‖ [B])
         self._seen: dict[int, int] = {}  # layer -> positions its forwards have covered so far
         self.first_generated = first_generated
+        self.line_ends = line_ends
+        self._lines = [0] * len(self.rows)  # lines each row has ended so far (rows with skip_lines)
+        waiting = [r.skip_lines for r in self.rows if r is not None and r.skip_lines]
+        if waiting and line_ends is None:
+            raise SteeringError(
+                "skip_lines opens the window once the model has ended that many lines, so the steerer must see "
+                "the tokens as they are chosen: steer through SteeredEngine / generate_rows, or pass line_ends= "
+                "and call saw_tokens after every step"
+            )
         self._feat_idx, self._feat_w = self._feature_weights(capture_features)
         self._plans = self._build_plans()
         needs_sae = any(p.clamp_idx is not None for p in self._plans.values())
@@ -144,8 +156,10 @@ class Steerer:
         for layer, plan in plans.items():
             mine = [r if r is not None and r.layer == layer else None for r in self.rows]
             if any(r is not None and not r.steers_prompt for r in mine):
-                # a row steering every position, the prompt's included, opens its window at -inf
-                plan.skip = torch.tensor([float("-inf") if r is None or r.steers_prompt else r.skip for r in mine])
+                # a row steering every position, the prompt's included, opens its window at -inf; one that
+                # waits for its first lines at +inf, until `saw_tokens` sees them ended
+                plan.skip = torch.tensor([float("-inf") if r is None or r.steers_prompt else
+                                          float("inf") if r.skip_lines else r.skip for r in mine])
                 plan.window = torch.tensor([float("inf") if r is None or r.tokens is None else r.tokens for r in mine])
             clamped = [(b, r) for b, r in enumerate(self.rows)
                        if r is not None and r.layer == layer and r.clamp_features is not None]
@@ -163,6 +177,17 @@ class Steerer:
         if self.capture is not None:
             plans.setdefault(self.model_spec.check_layer(self.capture.layer), _LayerPlan())
         return plans
+
+    def saw_tokens(self, step: int, tokens: Sequence[int]) -> None:
+        """Generated token `step` of each row (`tokens`, in batch order) was chosen. A row whose
+        `skip_lines`-th line this token ends opens its window at the next position, the one that
+        predicts token `step + 1`."""
+        for b, row in enumerate(self.rows):
+            if row is None or not row.skip_lines or self._lines[b] >= row.skip_lines:
+                continue
+            self._lines[b] += self.line_ends.get(int(tokens[b]), 0)
+            if self._lines[b] >= row.skip_lines:
+                self._plans[row.layer].skip[b] = step + 1
 
     # -- context manager --------------------------------------------------------------------
     def __enter__(self) -> Steerer:

@@ -25,11 +25,12 @@ class RowSteering:
     clamp_targets: Tensor | None = None  # [m] float32, γ f_max per feature
     tokens: int | None = None  # steer only the positions predicting `tokens` generated tokens (after `skip`)
     skip: int = 0  # generated tokens whose predicting positions are left unsteered before the window opens
+    skip_lines: int = 0  # or: lines the model ends before the window opens (the engine reports them)
 
     @property
     def steers_prompt(self) -> bool:
         """True when the prompt's positions are steered too (no token window and nothing skipped)."""
-        return self.tokens is None and self.skip == 0
+        return self.tokens is None and self.skip == 0 and self.skip_lines == 0
 
 
 def resolve(
@@ -48,7 +49,7 @@ def resolve(
     if not -n_layers <= layer < n_layers:
         raise SteeringError(f"steering layer {layer} is out of range for a model with {n_layers} layers")
     layer %= n_layers
-    row = RowSteering(layer=layer, tokens=spec.tokens, skip=spec.skip_tokens)
+    row = RowSteering(layer=layer, tokens=spec.tokens, skip=spec.skip_tokens, skip_lines=spec.skip_lines)
     if spec.features:
         if sae.cfg.hook_layer is not None and sae.cfg.hook_layer % n_layers != layer:
             raise SteeringError(

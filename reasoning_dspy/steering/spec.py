@@ -67,6 +67,12 @@ class SteeringSpec(BaseModel):
                              "trace's fixed opening, such as DSPy's `[[ ## reasoning ## ]]` field header, is "
                              "then written as the model would write it",
     )
+    skip_lines: int = Field(
+        0, ge=0, description="leave every position unsteered until the model has ended `skip_lines` lines of "
+                             "its answer, and steer from there on (with `tokens`: the `tokens` after them); "
+                             "unlike `skip_tokens` it finds a trace's fixed opening whatever its length, such as "
+                             "DSPy's field header and an instruction the model restates on the next line",
+    )
 
     @field_validator("features")
     @classmethod
@@ -89,6 +95,11 @@ class SteeringSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_mode(self) -> SteeringSpec:
+        if self.skip_tokens and self.skip_lines:
+            raise ValueError(
+                f"give skip_tokens ({self.skip_tokens}) or skip_lines ({self.skip_lines}), not both: each says "
+                "where the token window opens"
+            )
         if self.mode == "clamp" and self.vector is not None:
             raise ValueError("a raw vector can only be added (mode='add'); clamp works on SAE features")
         if self.mode == "clamp" and self.units == "residual":
@@ -134,7 +145,7 @@ class SteeringSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_default_units(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """f_max units and an unlimited, unskipped token window are left out of the dump, so such a
+        """f_max units and an unlimited token window that skips nothing are left out of the dump, so such a
         spec serialises (and keys DSPy's cache and fingerprints) exactly as it did before they existed."""
         data = handler(self)
         if self.units == "fmax":
@@ -143,12 +154,14 @@ class SteeringSpec(BaseModel):
             data.pop("tokens", None)
         if self.skip_tokens == 0:
             data.pop("skip_tokens", None)
+        if self.skip_lines == 0:
+            data.pop("skip_lines", None)
         return data
 
     @property
     def steers_prompt(self) -> bool:
         """True when the prompt's positions are steered too (no token window and nothing skipped)."""
-        return self.tokens is None and self.skip_tokens == 0
+        return self.tokens is None and self.skip_tokens == 0 and self.skip_lines == 0
 
     def fingerprint(self) -> str:
         """A stable short hash of the spec (for cache keys and model names)."""

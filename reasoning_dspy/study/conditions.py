@@ -32,18 +32,17 @@ class Condition:
     def from_dict(cls, data: dict) -> Condition:
         return cls(data["name"], data["kind"], tuple(data["features"]), float(data["strength"]))
 
-    def steering(self, units: str, layer: int | None, tokens: int | None = None, skip: int = 0) -> Any:
+    def steering(self, units: str, layer: int | None, **window: int | None) -> Any:
         """The `SteeringSpec` this condition applies (None for the baseline). Each feature's γ: in
         residual units the perturbation's size is ‖γ‖₂, so m features at s/√m add a perturbation of
-        norm s·‖x‖ whatever m is; in f_max units each feature gets s. `tokens`: the spec's token
-        window (None: every position), opened after `skip` unsteered generated tokens."""
+        norm s·‖x‖ whatever m is; in f_max units each feature gets s. `window`: the spec's token
+        window (`tokens`, `skip_tokens`, `skip_lines`; none given: every position)."""
         from reasoning_dspy.steering import SteeringSpec
 
         if self.kind == "baseline":
             return None
         gamma = self.strength / len(self.features) ** 0.5 if units == "residual" else self.strength
-        return SteeringSpec(features=dict.fromkeys(self.features, gamma), units=units, layer=layer, tokens=tokens,
-                           skip_tokens=skip)
+        return SteeringSpec(features=dict.fromkeys(self.features, gamma), units=units, layer=layer, **window)
 
 
 def pick_top_features(scores: FeatureScores, n: int, density_cap: float | None = None) -> list[int]:

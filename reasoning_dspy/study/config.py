@@ -64,7 +64,11 @@ class StudyConfig(BaseModel):
         "position, the prompt's included, as the paper does); see SteeringSpec.tokens"))
     steer_skip: int = Field(0, ge=0, description=(
         "leave the first N generated tokens unsteered before the window opens, in every condition (DSPy's "
-        "`[[ ## reasoning ## ]]` header is 9 tokens on the SmolLM2 tokenizer); see SteeringSpec.skip_tokens"))
+        "`[[ ## reasoning ## ]]` header is 7 tokens on the SmolLM2 tokenizer); see SteeringSpec.skip_tokens"))
+    steer_skip_lines: int = Field(0, ge=0, description=(
+        "or: open the window once the model has ended this many lines of its answer, in every condition (2 "
+        "skips DSPy's field header and an instruction restated on the next line, whatever its length); see "
+        "SteeringSpec.skip_lines"))
 
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(embedder="minilm"), description=(
         "run tracking (database_url: None means $DATABASE_URL, else a SQLite file beside OUT); every generation "
@@ -97,6 +101,18 @@ class StudyConfig(BaseModel):
         except ValidationError as err:
             raise ValueError(f"invalid sae settings: {err}") from None
         return self
+
+    @model_validator(mode="after")
+    def _check_window(self) -> StudyConfig:
+        if self.steer_skip and self.steer_skip_lines:
+            raise ValueError(f"give steer_skip ({self.steer_skip}) or steer_skip_lines ({self.steer_skip_lines}), "
+                             "not both: each says where the steering window opens")
+        return self
+
+    @property
+    def steer_window(self) -> dict[str, int | None]:
+        """The token window every condition steers in, as `SteeringSpec` fields."""
+        return {"tokens": self.steer_tokens, "skip_tokens": self.steer_skip, "skip_lines": self.steer_skip_lines}
 
     def sae_config(self, *, cache: str, out: str, resume: bool = True) -> SAETrainConfig:
         return SAETrainConfig(**{"seed": self.seed, **self.sae, "cache": cache, "out": out, "resume": resume,

@@ -204,7 +204,7 @@ def write_report(study: Any, summary: dict[str, Any]) -> tuple[Path, Path]:
         + (f" with the instruction \"{cfg.instruction}\"" if cfg.instruction else "") + " through `SteeredLM`; "
         f"{len(study.train)} training problems, {summary['n_problems']} held-out test problems; "
         f"{cfg.max_tokens} tokens per trace; strengths in `{cfg.units}` units, "
-        + _steered_positions(cfg.steer_tokens, cfg.steer_skip)
+        + _steered_positions(cfg.steer_tokens, cfg.steer_skip, cfg.steer_skip_lines)
         + f"; seed {cfg.seed}.",
         "",
         "## SAE",
@@ -274,8 +274,12 @@ def quote_trace(text: str, limit: int = 600) -> str:
     return "`" + (text[:limit] + " …" if len(text) > limit else text).replace("`", "'") + "`"
 
 
-def _steered_positions(tokens: int | None, skip: int) -> str:
+def _steered_positions(tokens: int | None, skip: int, skip_lines: int = 0) -> str:
     """Which positions the study steered, in words."""
+    if skip_lines:
+        lines = f"{skip_lines} line" + ("s" if skip_lines > 1 else "")
+        return (f"steering only the {tokens} positions" if tokens else "steering every position") + (
+            f" from the one that ends the model's first {lines} on")
     if tokens is None and skip == 0:
         return "steering every position (prompt and generated tokens)"
     if tokens is None:

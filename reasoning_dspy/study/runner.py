@@ -226,8 +226,7 @@ class Study:
         try:
             for end in range(CHUNK, len(self.test) + CHUNK, CHUNK):
                 for condition in self.conditions:
-                    steering = condition.steering(self.cfg.units, self.layer, self.cfg.steer_tokens,
-                                                  self.cfg.steer_skip)
+                    steering = condition.steering(self.cfg.units, self.layer, **self.cfg.steer_window)
                     path = self.out / "generations" / f"{condition.name}.jsonl"
                     self.generations[condition.name] = self.generate(lm, self.test[:end], steering, path,
                                                                      condition.name)
