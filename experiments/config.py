@@ -98,6 +98,9 @@ class SteeringConfig(_Section):
     clamp_strength: tuple[float, float] = Field((0.5, 3.0), description="clamp: range in multiples of f_max")
     tokens: int | None = Field(None, ge=1, description=(
         "steer only the positions that predict the first N generated tokens (None: every position)"))
+    skip_lines: int = Field(0, ge=0, description=(
+        "open that window after the answer's first lines (2: after DSPy's field header and an instruction the "
+        "model restates; see SteeringSpec.skip_lines)"))
 
 
 class MetricConfig(_Section):

@@ -42,7 +42,7 @@ def _run(setup: Setup, pool: Any, journal: Path, *, progress: bool) -> tuple[Any
         optimizer = ReasoningOptimizer(
             pool=pool, features=setup.features, n_features=cfg.steering.n_features, modes=cfg.steering.modes,
             add_strength=cfg.steering.add_strength, clamp_strength=cfg.steering.clamp_strength, steer=o.steer,
-            steer_tokens=cfg.steering.tokens,
+            steer_tokens=cfg.steering.tokens, steer_skip_lines=cfg.steering.skip_lines,
             top_features=len(setup.features), objective=cfg.metric.objective,
             multi_objective=cfg.metric.multi_objective, accuracy_margin=cfg.metric.accuracy_margin,
             n_trials=o.n_trials, batch_trials=o.batch_trials, seed=cfg.seed, journal=journal,

@@ -57,6 +57,8 @@ class ReasoningOptimizer(Teleprompter):
         steer_layer: the layer steering is added at (None: the SAE's layer).
         steer_tokens: steer only the positions that predict the first N generated tokens
             (`SteeringSpec.tokens`; None: every position).
+        steer_skip_lines: open that window after the answer's first lines (`SteeringSpec.skip_lines`):
+            the decision a model makes after restating its instruction, whatever the instruction.
         objective: "activation" (mean reasoning activation of the generated tokens, the default),
             "reflect" (share of answers with a reflection word) or "word_rate".
         multi_objective: optimise (objective, accuracy, tokens) together; the best program is the
@@ -91,6 +93,7 @@ class ReasoningOptimizer(Teleprompter):
         clamp_strength: tuple[float, float] = (0.5, 3.0),
         steer_layer: int | None = None,
         steer_tokens: int | None = None,
+        steer_skip_lines: int = 0,
         steer: bool = True,
         objective: Objective = "activation",
         multi_objective: bool = False,
@@ -124,7 +127,9 @@ class ReasoningOptimizer(Teleprompter):
         self.n_features = sorted({n for n in n_features if n <= len(self.features)} | {0})
         self.modes = list(modes)
         self.add_strength, self.clamp_strength = tuple(add_strength), tuple(clamp_strength)
-        self.steer_layer, self.steer_tokens = steer_layer, steer_tokens
+        if steer_skip_lines < 0:
+            raise ValueError(f"steer_skip_lines must be >= 0, got {steer_skip_lines}")
+        self.steer_layer, self.steer_tokens, self.steer_skip_lines = steer_layer, steer_tokens, steer_skip_lines
         self.objective, self.multi_objective, self.accuracy_margin = objective, multi_objective, accuracy_margin
         self.n_trials, self.batch_trials = n_trials, batch_trials
         self.startup_trials = startup_trials if startup_trials is not None else max(batch_trials, n_trials // 3)
@@ -159,7 +164,8 @@ class ReasoningOptimizer(Teleprompter):
         self.space = SearchSpace(instructions=self.pool.candidates(student, trainset), features=self.features,
                                  n_features=self.n_features if self.features else [0], modes=self.modes,
                                  add_strength=self.add_strength, clamp_strength=self.clamp_strength,
-                                 layer=self.steer_layer, tokens=self.steer_tokens)
+                                 layer=self.steer_layer, tokens=self.steer_tokens,
+                                 skip_lines=self.steer_skip_lines)
         self.skipped = list(self.pool.skipped)
         self.trials = self._resume(self._settings(lm, examples))
         baseline = Candidate(instruction=current_instruction(student), layer=self.steer_layer)
@@ -212,7 +218,8 @@ class ReasoningOptimizer(Teleprompter):
                 "task_metric": f"{getattr(metric, '__module__', '')}.{metric_name}",
                 "lm": str(getattr(lm, "model", type(lm).__name__)),
                 "lm_kwargs": {k: v for k, v in sorted(kwargs.items()) if isinstance(v, (str, int, float, bool))},
-                **({"steer_tokens": self.steer_tokens} if self.steer_tokens is not None else {})}
+                **({"steer_tokens": self.steer_tokens} if self.steer_tokens is not None else {}),
+                **({"steer_skip_lines": self.steer_skip_lines} if self.steer_skip_lines else {})}
 
     def _study(self) -> optuna.Study:
         """An optuna study holding every finished trial, with a sampler seeded by the history length."""

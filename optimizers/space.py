@@ -34,6 +34,7 @@ class Candidate(BaseModel):
     mode: Mode = "add"
     layer: int | None = None
     tokens: int | None = None  # the steering's token window (`SteeringSpec.tokens`); None: every position
+    skip_lines: int = 0  # the window opens after the answer's first lines (`SteeringSpec.skip_lines`)
 
     def steering(self) -> SteeringSpec | None:
         """The `SteeringSpec` this candidate applies (None when it does not steer)."""
@@ -41,16 +42,18 @@ class Candidate(BaseModel):
             return None
         if self.mode == "clamp":
             return SteeringSpec(features=dict.fromkeys(self.features, self.strength), mode="clamp", units="fmax",
-                                layer=self.layer, tokens=self.tokens)
+                                layer=self.layer, tokens=self.tokens, skip_lines=self.skip_lines)
         per_feature = self.strength / len(self.features) ** 0.5
         return SteeringSpec(features=dict.fromkeys(self.features, per_feature), mode="add", units="residual",
-                            layer=self.layer, tokens=self.tokens)
+                            layer=self.layer, tokens=self.tokens, skip_lines=self.skip_lines)
 
     def steering_label(self) -> str:
         """The steering in a few words, with its features: 'add 0.094 on 1649' ('none' without)."""
         if not self.features:
             return "none"
-        window = f", first {self.tokens} tokens" if self.tokens else ""
+        window = (f", {self.tokens} tokens after {self.skip_lines} lines" if self.tokens and self.skip_lines else
+                  f", first {self.tokens} tokens" if self.tokens else
+                  f", after {self.skip_lines} lines" if self.skip_lines else "")
         return f"{self.mode} {self.strength:.3g} on {', '.join(map(str, self.features))}{window}"
 
     def label(self) -> str:
@@ -74,6 +77,7 @@ class SearchSpace(BaseModel):
     clamp_strength: tuple[float, float] = (0.5, 3.0)
     layer: int | None = None
     tokens: int | None = Field(None, ge=1, description="every candidate's steering token window (None: all positions)")
+    skip_lines: int = Field(0, ge=0, description="every candidate's window opens after the answer's first lines")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -110,7 +114,7 @@ class SearchSpace(BaseModel):
         low, high = self.add_strength if mode == "add" else self.clamp_strength
         strength = trial.suggest_float(f"{mode}_strength", low, high)
         return Candidate(instruction=instruction, features=tuple(self.features[:n]), strength=round(strength, 4),
-                         mode=mode, layer=self.layer, tokens=self.tokens)
+                         mode=mode, layer=self.layer, tokens=self.tokens, skip_lines=self.skip_lines)
 
     def params_of(self, candidate: Candidate) -> dict[str, Any]:
         """The optuna parameters that produce `candidate` (to enqueue the baseline, or replay one)."""

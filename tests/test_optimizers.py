@@ -257,7 +257,10 @@ def test_a_token_window_reaches_every_steered_candidate(lm, train):
     space = SearchSpace(instructions=["A."], features=[7, 2], n_features=[0, 1], tokens=32)
     cand = space.suggest(optuna.trial.FixedTrial({"instruction": 0, "n_features": 1, "add_strength": 0.2}))
     assert cand.tokens == 32 and cand.steering().tokens == 32 and cand.steering_label() == "add 0.2 on 7, first 32 tokens"
-    compiled = compile_with(lm, train, steer_tokens=3)
+    late = SearchSpace(instructions=["A."], features=[7, 2], n_features=[0, 1], tokens=8, skip_lines=2)
+    cand = late.suggest(optuna.trial.FixedTrial({"instruction": 0, "n_features": 1, "add_strength": 0.2}))
+    assert cand.steering().skip_lines == 2 and cand.steering_label() == "add 0.2 on 7, 8 tokens after 2 lines"
+    compiled = compile_with(lm, train, steer_tokens=3, steer_skip_lines=1)
     steered = [t for t in compiled.trials if t.candidate.features]
-    assert steered and all(t.candidate.steering().tokens == 3 for t in steered)
-    assert compiled.steering is None or compiled.steering.tokens == 3
+    assert steered and all((t.candidate.steering().tokens, t.candidate.steering().skip_lines) == (3, 1) for t in steered)
+    assert compiled.steering is None or (compiled.steering.tokens, compiled.steering.skip_lines) == (3, 1)

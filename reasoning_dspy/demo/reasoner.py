@@ -187,6 +187,7 @@ def stage_optimize(state: ReasonerDemoState) -> None:
     # steering candidates use the recommended steering's token window
     optimizer = ReasoningOptimizer(features=state.scores, top_features=3, n_trials=OPTIMIZER_TRIALS,
                                    batch_trials=OPTIMIZER_TRIALS, steer_tokens=state.steering.tokens,
+                                   steer_skip_lines=state.steering.skip_lines,
                                    accuracy_margin=None, seed=0, adapter=LenientChatAdapter())
     lm = _lm(state, max_batch_size=OPTIMIZER_TRIALS * OPTIMIZER_PROBLEMS)
     try:
